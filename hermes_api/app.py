@@ -1,0 +1,137 @@
+"""``create_app(settings)``: routes, middleware, the error handler and the lifespan.
+
+No app exists at import time (STYLE.md 1). ``serve`` builds one from the command line;
+``uvicorn --factory hermes_api.app:create_app_from_env`` builds one from the
+environment (``HERMES_API_CONFIG``). The lifespan opens what requests share, the
+profile registry, the pooled upstream client and the turn runner, and hands them to
+requests as ``request.state`` (STYLE.md 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .binding import ProfileEndpoint, model_in_path
+from .endpoints import chat, health, models
+from .errors import HermesAPIError, handle_error
+from .keys import KeyRing, on_auth_error
+from .registry import ProfileRegistry
+from .settings import Settings
+from .turns import TurnRunner, UpstreamTurns
+from .upstream import Upstream
+
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Give every response an ``x-request-id``: the client's, when it sent a sane one,
+    else a fresh one. It is also ``request.state.request_id`` for logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = (
+            next(
+                (v for k, v in scope["headers"] if k == b"x-request-id" and _CLIENT_REQUEST_ID.fullmatch(v)),
+                None,
+            )
+            or f"req_{uuid.uuid4().hex}".encode()
+        )
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                if not any(k == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def v1_routes() -> list[BaseRoute]:
+    """The OpenAI routes; mounted at ``/`` and again under ``/p/{profile}``."""
+    return [
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route(
+            "/v1/models/{model:path}",
+            ProfileEndpoint(models.retrieve_model, reads_body=False, model=model_in_path),
+            methods=["GET"],
+        ),
+        Route("/v1/chat/completions", ProfileEndpoint(chat.create_chat_completion), methods=["POST"]),
+    ]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
+) -> Starlette:
+    """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
+    supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
+    upstream connection pool (tests pass respx's); ``turn_runner`` builds the runner
+    of turns from the upstream client (default: one provider call per turn)."""
+    environ = os.environ if environ is None else environ
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        registry = ProfileRegistry(settings, environ)
+        registry.load()
+        upstream = Upstream(settings.timeouts, transport=transport)
+        sweeper = asyncio.create_task(registry.sweep())
+        try:
+            yield {
+                "settings": settings,
+                "registry": registry,
+                "turns": turn_runner(upstream),
+            }
+        finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
+            await upstream.aclose()
+
+    routes: list[BaseRoute] = [
+        Route("/health", health.get_health, methods=["GET"]),
+        *v1_routes(),
+        Mount("/p/{profile}", routes=v1_routes()),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(AuthenticationMiddleware, backend=KeyRing(settings.keys), on_error=on_auth_error),
+        ],
+        exception_handlers={
+            HermesAPIError: handle_error,
+            HTTPException: handle_error,
+            Exception: handle_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """``uvicorn --factory hermes_api.app:create_app_from_env``: settings from
+    ``HERMES_API_CONFIG`` and the process environment."""
+    return create_app(Settings.from_env(os.environ))

@@ -1,0 +1,107 @@
+"""Routes that run under one profile: read, resolve, bind, delegate (DESIGN.md §3).
+
+``ProfileEndpoint`` is a plain ASGI endpoint. It reads the JSON body (bounded by
+``max_body_bytes``), resolves the profile with the registry, then runs the handler *and
+sends its response* inside ``use_profile`` in the same frame, so a streamed body is still
+bound to its profile and the binding is undone after the last byte (STYLE.md 3). The
+same object serves the plain route and its ``/p/<profile>/`` twin: one enforcement point.
+
+Handlers get ``(request, body)``, read the profile with ``context.current_profile()``,
+and may put upstream streams in ``request.state.resources`` (an ``AsyncExitStack``)
+which is closed after the response is sent, or when the client goes away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from .context import use_profile
+from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, error_response
+
+Body = dict[str, Any]
+Handler = Callable[[Request, Body], Awaitable[Response]]
+ModelSelector = Callable[[Request, Body], object]
+
+
+async def read_json_object(request: Request, limit: int) -> Body:
+    """The request body as a JSON object. Raises ``RequestTooLargeError`` (413) as soon
+    as more than ``limit`` bytes are announced or read, ``InvalidJSONError`` (400) for
+    anything but a JSON object (bad UTF-8, too deep, trailing garbage)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise InvalidJSONError(
+            "We could not parse the JSON body of your request. The body must be a JSON object."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidJSONError("The request body must be a JSON object.")
+    return body
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+
+
+def model_in_body(request: Request, body: Body) -> object:
+    return body.get("model")
+
+
+def model_in_path(request: Request, body: Body) -> object:
+    return request.path_params["model"]
+
+
+class ProfileEndpoint:
+    """An ASGI endpoint bound to the profile its request selects.
+
+    ``reads_body``: parse the JSON body first (POST routes); ``model``: where the
+    request's ``model`` selector is (the body, the path, or nowhere).
+    """
+
+    def __init__(
+        self, handler: Handler, *, reads_body: bool = True, model: ModelSelector | None = model_in_body
+    ) -> None:
+        self.handler = handler
+        self.reads_body = reads_body
+        self.model = model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        state = request.state
+        body = await read_json_object(request, state.settings.max_body_bytes) if self.reads_body else {}
+        selection = state.registry.select(
+            request.headers,
+            prefix=request.path_params.get("profile"),
+            model=self.model(request, body) if self.model else None,
+        )
+        profile = state.registry.resolve(selection, request.user)
+        header = (b"x-hermes-profile", profile.name.encode())
+
+        async def send_with_profile(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        async with AsyncExitStack() as resources:
+            state.resources = resources
+            with use_profile(profile):
+                try:
+                    response = await self.handler(request, body)
+                except HermesAPIError as exc:  # routed: the answer names its profile
+                    response = error_response(exc)
+                await response(scope, receive, send_with_profile)

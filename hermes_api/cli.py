@@ -1,0 +1,190 @@
+"""``hermes-api serve | profiles | check | demo``.
+
+Exit codes: 0 success; 1 ``check`` found problems or the demo's model server failed;
+2 the configuration or the command line is invalid (including a non-loopback bind
+without any API key, DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .registry import ProfileRegistry
+from .settings import ConfigError, Settings
+
+EXIT_PROBLEMS = 1
+EXIT_CONFIG = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="server config file (default $HERMES_API_CONFIG)")
+    parser.add_argument("--hermes-home", help="Hermes home with the profiles (default $HERMES_HOME or ~/.hermes)")
+    parser.add_argument("--expose", help='profiles to serve, comma-separated, or "*"')
+    parser.add_argument("--default-profile", help="profile used when a request selects none")
+
+
+def _serving(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 8642)")
+    parser.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hermes-api", description="One OpenAI-compatible server, one port, many Hermes profiles."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the exposed profiles")
+    _common(serve)
+    _serving(serve)
+    profiles = commands.add_parser("profiles", help="list the profiles found and whether they are served")
+    _common(profiles)
+    check = commands.add_parser("check", help="validate the config and the profiles")
+    _common(check)
+    _serving(check)
+    demo = commands.add_parser("demo", help="serve the example profiles on a local SmolLM2 (needs the [demo] extra)")
+    demo.add_argument("--config", type=Path, help="default: profiles.example/hermes-api.yaml")
+    _serving(demo)
+    demo.add_argument("--llama-port", type=int, default=0, help="port for llama.cpp (default: a free one)")
+    return parser
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by the flags."""
+    config = args.config or (Path(environ["HERMES_API_CONFIG"]) if environ.get("HERMES_API_CONFIG") else None)
+    overrides = {
+        "hermes_home": getattr(args, "hermes_home", None),
+        "expose": getattr(args, "expose", None),
+        "default_profile": getattr(args, "default_profile", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "log_level": getattr(args, "log_level", None),
+    }
+    return Settings.load(config, environ, overrides)
+
+
+def open_bind_problem(settings: Settings) -> str | None:
+    if settings.keys or settings.is_loopback:
+        return None
+    return (
+        f"refusing to listen on {settings.host}: no API key is configured, so anyone who can "
+        "reach this address could use every exposed profile. Add keys (or set "
+        "API_SERVER_KEY), or bind to 127.0.0.1."
+    )
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config, with the ``hermes_api`` logger on its default handler."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["hermes_api"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def serve(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Run the server in the foreground until interrupted."""
+    config = uvicorn.Config(
+        functools.partial(create_app, settings, environ=environ),
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
+    rows = [("PROFILE", "EXPOSED", "SERVED", "MODEL", "PROVIDER", "BASE URL", "NOT SERVED BECAUSE")]
+    for status in ProfileRegistry(settings, environ).survey():
+        p = status.profile
+        served = p is not None and status.exposed
+        rows.append(
+            (
+                status.name,
+                "yes" if status.exposed else "no",
+                "yes" if served else "no",
+                p.model if p else "-",
+                p.provider if p else "-",
+                p.base_url if p else "-",
+                status.reason or "",
+            )
+        )
+    print(f"Hermes home: {settings.hermes_home}")
+    print(format_table(rows))
+    return 0
+
+
+def check_problems(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """``(problems, served profiles)``. Problems are what would make the server refuse
+    to start or serve less than configured: unservable exposed profiles, a default or
+    route profile that is not served, an open non-loopback bind."""
+    problems, served = [], []
+    for status in ProfileRegistry(settings, environ).survey():
+        if status.exposed and status.profile is None:
+            problems.append(f"profile {status.name}: {status.reason}")
+        elif status.exposed:
+            served.append(status.name)
+    if settings.default_profile and settings.default_profile not in served:
+        problems.append(f"default_profile {settings.default_profile} is not served")
+    for i, rule in enumerate(settings.routes):
+        if rule.profile not in served:
+            problems.append(f"routes[{i}]: profile {rule.profile} is not served")
+    if bind := open_bind_problem(settings):
+        problems.append(bind)
+    return problems, served
+
+
+def cmd_check(settings: Settings, environ: Mapping[str, str]) -> int:
+    problems, served = check_problems(settings, environ)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_PROBLEMS
+    print(f"ok: {len(served)} profile(s) served: {', '.join(served)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = dict(os.environ) if environ is None else environ
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args, environ)
+    try:
+        settings = load_settings(args, environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "profiles":
+        return cmd_profiles(settings, environ)
+    if args.command == "check":
+        return cmd_check(settings, environ)
+    if problem := open_bind_problem(settings):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    serve(settings, environ)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

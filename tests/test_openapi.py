@@ -1,0 +1,58 @@
+"""openapi/openapi.yaml describes every route, and only those (STYLE.md 11: test the docs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from starlette.routing import Mount, Route
+
+from hermes_api.binding import ProfileEndpoint
+
+SPEC = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi" / "openapi.yaml").read_text())
+
+
+def app_operations(app) -> dict[tuple[str, str], str]:
+    """(METHOD, path) -> handler name for every route of the app, mounts flattened."""
+    found: dict[tuple[str, str], str] = {}
+
+    def walk(routes, prefix: str) -> None:
+        for route in routes:
+            if isinstance(route, Mount):
+                walk(route.routes, prefix + route.path)
+            elif isinstance(route, Route):
+                endpoint = route.endpoint
+                handler = endpoint.handler if isinstance(endpoint, ProfileEndpoint) else endpoint
+                path = (prefix + route.path).replace(":path}", "}")
+                for method in route.methods - {"HEAD"}:
+                    found[(method, path)] = handler.__name__
+
+    walk(app.routes, "")
+    return found
+
+
+def spec_operations() -> dict[tuple[str, str], str]:
+    return {
+        (method.upper(), path): operation["operationId"]
+        for path, item in SPEC["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def test_routes_and_spec_are_equal(make_app) -> None:
+    assert app_operations(make_app()) == spec_operations()
+
+
+def test_every_operation_documents_its_errors() -> None:
+    for (method, path), _ in spec_operations().items():
+        responses = SPEC["paths"][path][method.lower()]["responses"]
+        assert "200" in responses
+        if path != "/health":
+            assert "401" in responses, path
+
+
+@pytest.mark.parametrize("name", sorted(SPEC["components"]["schemas"]))
+def test_every_schema_is_used(name: str) -> None:
+    text = yaml.safe_dump(SPEC)
+    assert text.count(f"#/components/schemas/{name}") >= 1

@@ -1,0 +1,223 @@
+"""Choosing the profile for a request (DESIGN.md §3) and picking up changed profiles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import pytest
+
+from hermes_api.errors import (
+    InvalidHeaderError,
+    InvalidValueError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ProfileConflictError,
+)
+from hermes_api.keys import Caller
+from hermes_api.registry import ProfileRegistry
+from hermes_api.settings import APIKey, Settings
+
+from .conftest import HermesHome
+
+OPEN = Caller(None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry(make_settings: Callable[..., Settings]) -> Callable[..., ProfileRegistry]:
+    def make(clock: Clock | None = None, **raw) -> ProfileRegistry:
+        reg = ProfileRegistry(make_settings(**raw), {}, clock=clock or Clock())
+        reg.load()
+        return reg
+
+    return make
+
+
+def resolve(reg: ProfileRegistry, headers=None, prefix=None, model=None, caller=OPEN) -> str:
+    return reg.resolve(reg.select(headers or {}, prefix=prefix, model=model), caller).name
+
+
+ROUTES = [
+    {"chat_id": "room-1", "profile": "alpha"},
+    {"user_id": "u1", "profile": "beta"},
+    {"user_id": "u1", "thread_id": "t9", "profile": "gamma"},
+    {"thread_id": "t9", "profile": "alpha"},
+]
+
+
+@pytest.mark.parametrize(
+    ("headers", "prefix", "model", "expected"),
+    [
+        pytest.param({}, None, None, "default", id="nothing-default"),
+        pytest.param({}, None, "alpha", "alpha", id="model"),
+        pytest.param({}, None, "", "default", id="empty-model-default"),
+        pytest.param({}, None, "hermes-agent", "default", id="alias-means-default"),
+        pytest.param({"x-hermes-profile": "beta"}, None, None, "beta", id="header"),
+        pytest.param({}, "gamma", None, "gamma", id="prefix"),
+        pytest.param({}, "gamma", "gamma", "gamma", id="prefix-and-model-agree"),
+        pytest.param({"x-hermes-profile": "beta"}, None, "hermes-agent", "beta", id="header-with-alias"),
+        pytest.param({"x-hermes-chat-id": "room-1"}, None, None, "alpha", id="route-chat"),
+        pytest.param({"x-hermes-user-id": "u1"}, None, None, "beta", id="route-user"),
+        pytest.param(
+            {"x-hermes-user-id": "u1", "x-hermes-thread-id": "t9"}, None, None, "gamma", id="most-specific-route-wins"
+        ),
+        pytest.param({"x-hermes-thread-id": "t9"}, None, None, "alpha", id="route-thread"),
+        pytest.param(
+            {"x-hermes-chat-id": "room-1", "x-hermes-user-id": "u1"}, None, None, "alpha", id="tie-file-order"
+        ),
+        pytest.param({"x-hermes-chat-id": "room-1"}, None, "beta", "beta", id="explicit-beats-route"),
+        pytest.param({"x-hermes-chat-id": "unknown-room"}, None, None, "default", id="no-route-match"),
+    ],
+)
+def test_resolution_rules(registry, headers, prefix, model, expected) -> None:
+    assert resolve(registry(routes=ROUTES), headers, prefix, model) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "prefix", "model"),
+    [
+        pytest.param({}, "alpha", "beta", id="prefix-vs-model"),
+        pytest.param({"x-hermes-profile": "alpha"}, None, "beta", id="header-vs-model"),
+        pytest.param({"x-hermes-profile": "alpha"}, "beta", None, id="header-vs-prefix"),
+        pytest.param({}, "alpha", "gpt-4o", id="prefix-vs-foreign-model"),
+    ],
+)
+def test_conflicting_selectors(registry, headers, prefix, model) -> None:
+    with pytest.raises(ProfileConflictError) as info:
+        resolve(registry(), headers, prefix, model)
+    assert (info.value.status_code, info.value.param, info.value.code) == (400, "model", "profile_conflict")
+
+
+def test_unknown_and_not_exposed_look_identical(registry, home: HermesHome) -> None:
+    home.add("hidden")
+    reg = registry(expose=["default", "alpha"])
+    errors = []
+    for name in ("hidden", "nonexistent"):
+        with pytest.raises(ModelNotFoundError) as info:
+            resolve(reg, model=name)
+        errors.append(info.value.to_dict()["error"] | {"message": info.value.message.replace(name, "X")})
+    assert errors[0] == errors[1]
+    assert errors[0]["code"] == "model_not_found" and errors[0]["param"] == "model"
+
+
+@pytest.mark.parametrize("name", ["../alpha", "alpha\n", "ALPHA", "alpha/../beta", "%2e%2e", "a" * 300])
+def test_malformed_names_are_not_found(registry, name: str) -> None:
+    with pytest.raises(ModelNotFoundError):
+        resolve(registry(), model=name)
+
+
+def test_key_allowlist_gives_403_without_naming_the_list(registry) -> None:
+    reg = registry()
+    caller = Caller(APIKey("k", b"x" * 32, frozenset({"alpha", "beta"})))
+    assert resolve(reg, model="alpha", caller=caller) == "alpha"
+    with pytest.raises(PermissionDeniedError) as info:
+        resolve(reg, model="gamma", caller=caller)
+    assert info.value.status_code == 403 and "beta" not in info.value.message
+    with pytest.raises(ModelNotFoundError):  # unknown stays 404 even for a restricted key
+        resolve(reg, model="zeta", caller=caller)
+
+
+def test_no_default_means_selection_required(registry) -> None:
+    with pytest.raises(InvalidValueError) as info:
+        resolve(registry(default_profile=None), {})
+    assert info.value.param == "model"
+
+
+def test_model_must_be_a_string(registry) -> None:
+    with pytest.raises(InvalidValueError, match="'model' must be a string"):
+        resolve(registry(), model=["alpha"])
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        pytest.param("x-hermes-profile", "a" * 257, id="too-long"),
+        pytest.param("x-hermes-chat-id", "room\x01", id="control-char"),
+        pytest.param("x-hermes-user-id", "\x7f", id="delete"),
+        pytest.param("x-hermes-thread-id", "\x9b", id="c1-control"),
+        pytest.param("x-hermes-user-id", "\xff\xfe", id="not-utf8"),
+    ],
+)
+def test_bad_routing_headers_name_the_header(registry, header: str, value: str) -> None:
+    with pytest.raises(InvalidHeaderError) as info:
+        resolve(registry(), {header: value})
+    assert info.value.param == header and info.value.status_code == 400
+
+
+def test_utf8_header_values_route(registry) -> None:
+    value = "José".encode().decode("latin-1")  # how Starlette hands over the raw bytes
+    reg = registry(routes=[{"user_id": "José", "profile": "beta"}])
+    assert resolve(reg, {"x-hermes-user-id": value}) == "beta"
+    assert resolve(reg, {"x-hermes-user-id": "a" * 256}) == "default"
+
+
+def test_edited_soul_is_picked_up_after_the_interval(registry, home: HermesHome) -> None:
+    clock = Clock()
+    reg = registry(clock)
+    assert reg.get("alpha").persona == "You are ALPHA-PERSONA."
+    (home.dir("alpha") / "SOUL.md").write_text("You are the NEW alpha.")
+    assert reg.get("alpha").persona == "You are ALPHA-PERSONA."  # within reload_interval: no stat
+    clock.now += 1.5
+    assert reg.get("alpha").persona == "You are the NEW alpha."
+
+
+def test_unchanged_profile_is_not_reloaded(registry, monkeypatch) -> None:
+    clock = Clock()
+    reg = registry(clock)
+    first = reg.get("beta")
+    clock.now += 5
+    assert reg.get("beta") is first
+
+
+def test_new_profile_appears_with_expose_star(registry, home: HermesHome) -> None:
+    clock = Clock()
+    reg = registry(clock, expose="*")
+    assert reg.get("delta") is None
+    home.add("delta")
+    os.utime(home.root / "profiles", ns=(1, 1))  # a distinct directory mtime, however fast
+    clock.now += 2
+    assert reg.get("delta").name == "delta"
+    assert [p.name for p in reg.models()] == ["alpha", "beta", "default", "delta", "gamma"]
+
+
+def test_broken_then_fixed_profile(registry, home: HermesHome) -> None:
+    clock = Clock()
+    (home.dir("beta") / "config.yaml").write_text("model: [\n")
+    reg = registry(clock)
+    assert reg.get("beta") is None and "beta" not in [p.name for p in reg.models()]
+    home.add("beta")
+    clock.now += 2
+    assert reg.get("beta") is not None and "beta" in [p.name for p in reg.models()]
+
+
+def test_background_sweep_refreshes_unused_profiles(make_settings, home: HermesHome) -> None:
+    async def scenario() -> str:
+        reg = ProfileRegistry(make_settings(reload_interval=0.05), {})
+        reg.load()
+        (home.dir("gamma") / "SOUL.md").write_text("swept")
+        task = asyncio.create_task(reg.sweep())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return reg._entries["gamma"].profile.persona
+
+    assert asyncio.run(scenario()) == "swept"
+
+
+def test_survey_lists_found_and_exposed(registry, home: HermesHome) -> None:
+    home.add("extra")
+    home.add("broken", model={"default": "m", "provider": "anthropic"})
+    reg = registry(expose=["default", "alpha", "broken", "ghost"])
+    rows = {s.name: s for s in reg.survey()}
+    assert rows["extra"].exposed is False and rows["extra"].reason == "not in expose"
+    assert rows["broken"].profile is None and "unsupported" in rows["broken"].reason
+    assert rows["ghost"].profile is None and "is not a directory" in rows["ghost"].reason
+    assert rows["alpha"].profile is not None and rows["alpha"].reason is None

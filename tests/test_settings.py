@@ -1,0 +1,133 @@
+"""The server configuration (DESIGN.md §2): every problem reported, keys kept hashed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hermes_api.settings import ConfigError, Settings
+
+
+def load(tmp_path: Path, raw: dict, environ: dict | None = None, **overrides) -> Settings:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return Settings.load(path, environ or {}, overrides)
+
+
+def test_defaults_from_nothing(tmp_path: Path) -> None:
+    s = Settings.load(None, {"HERMES_HOME": str(tmp_path)})
+    assert s.hermes_home == tmp_path
+    assert s.expose == frozenset({"default"}) and s.default_profile == "default"
+    assert (s.host, s.port, s.max_body_bytes) == ("127.0.0.1", 8642, 10 * 1024 * 1024)
+    assert s.state_dir == tmp_path / "hermes-api"
+    assert s.model_aliases == frozenset({"hermes-agent"}) and s.keys == ()
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    s = load(tmp_path, {"hermes_home": "home", "state_dir": "state"})
+    assert (s.hermes_home, s.state_dir) == (tmp_path / "home", tmp_path / "state")
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    s = load(tmp_path, {"port": 9000, "expose": ["default", "a"]}, port=9100, expose="*")
+    assert s.port == 9100 and s.expose is None
+
+
+def test_keys_env_sha256_and_api_server_key(tmp_path: Path) -> None:
+    raw = {
+        "expose": ["default", "research"],
+        "keys": [
+            {"name": "webui", "key_env": "WEBUI_KEY", "profiles": ["research"]},
+            {"name": "ops", "key_sha256": hashlib.sha256(b"ops-key").hexdigest().upper()},
+        ],
+    }
+    s = load(tmp_path, raw, {"WEBUI_KEY": "webui-key", "API_SERVER_KEY": "server-key"})
+    webui, ops, server = s.keys
+    assert (webui.name, webui.profiles, webui.digest) == (
+        "webui",
+        frozenset({"research"}),
+        hashlib.sha256(b"webui-key").digest(),
+    )
+    assert ops.profiles is None and ops.digest == hashlib.sha256(b"ops-key").digest()
+    assert server.name == "API_SERVER_KEY" and server.profiles is None
+    assert "webui-key" not in repr(s)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    raw = {
+        "expose": ["default", "Bad"],
+        "default_profile": "other",
+        "port": "eighty",
+        "timeouts": {"connect": -1},
+        "max_body_bytes": 0,
+        "keys": [{"name": "k", "key_env": "MISSING"}, {"name": "j"}, {"name": "s", "key_sha256": "xyz"}],
+        "routes": [{"chat_id": "c"}, {"profile": "default", "room": "r"}, {"profile": "default"}],
+        "colour": "blue",
+    }
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, raw)
+    text = str(info.value)
+    for expected in [
+        "unknown setting 'colour'",
+        "expose: 'Bad' is not a valid profile name",
+        "default_profile 'other' is not in expose",
+        "port must be an integer",
+        "timeouts.connect must be a positive number",
+        "max_body_bytes must be a positive number",
+        "key_env MISSING is not set",
+        "keys[1] (j) needs exactly one of key_env or key_sha256",
+        "key_sha256 must be 64 hex digits",
+        "routes[0] needs a valid profile",
+        "unknown match field 'room'",
+        "routes[2] matches nothing",
+    ]:
+        assert expected in text
+    assert len(info.value.problems) >= 12
+
+
+def test_key_and_route_profiles_must_be_exposed(tmp_path: Path) -> None:
+    raw = {
+        "expose": ["default"],
+        "keys": [{"name": "k", "key_sha256": "a" * 64, "profiles": ["hidden"]}],
+        "routes": [{"user_id": "u", "profile": "hidden"}],
+    }
+    with pytest.raises(ConfigError, match="profile 'hidden' is not in expose") as info:
+        load(tmp_path, raw)
+    assert len(info.value.problems) == 2
+
+
+def test_duplicate_key_values_are_refused(tmp_path: Path) -> None:
+    raw = {"keys": [{"name": "a", "key_env": "K"}, {"name": "b", "key_sha256": hashlib.sha256(b"same").hexdigest()}]}
+    with pytest.raises(ConfigError, match="two keys have the same value"):
+        load(tmp_path, raw, {"K": "same"})
+
+
+def test_expose_star_and_null_default(tmp_path: Path) -> None:
+    s = load(tmp_path, {"expose": "*", "default_profile": None})
+    assert s.expose is None and s.default_profile is None
+    with pytest.raises(ConfigError, match="nothing would be served"):
+        load(tmp_path, {"default_profile": None})
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.5", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.10", False),
+        ("example.com", False),
+    ],
+)
+def test_loopback_detection(tmp_path: Path, host: str, loopback: bool) -> None:
+    assert load(tmp_path, {"host": host}).is_loopback is loopback
+
+
+def test_routes_keep_file_order_and_stringify(tmp_path: Path) -> None:
+    s = load(tmp_path, {"routes": [{"thread_id": 42, "profile": "default"}, {"chat_id": "c", "profile": "default"}]})
+    assert [r.match for r in s.routes] == [(("thread_id", "42"),), (("chat_id", "c"),)]
