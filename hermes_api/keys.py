@@ -68,7 +68,9 @@ class KeyRing(AuthenticationBackend):
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("Missing API key: send it as 'Authorization: Bearer <key>'.")
-        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        # Starlette decodes header bytes as Latin-1: encoding back gives the bytes the
+        # client sent, which for a UTF-8 key are the UTF-8 bytes its digest was made from.
+        digest = hashlib.sha256(token.strip().encode("latin-1")).digest()
         found = None
         for key in self._keys:
             if hmac.compare_digest(digest, key.digest):

@@ -186,7 +186,8 @@ class Upstream:
         await self._client.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        accept = "text/event-stream" if payload.get("stream") else "application/json"
+        headers = {"content-type": "application/json", "accept": accept}
         if profile.api_key:
             headers["authorization"] = f"Bearer {profile.api_key}"
         return self._client.build_request(

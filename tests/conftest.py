@@ -100,9 +100,9 @@ def make_settings(home: HermesHome, tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 def upstream() -> Iterator[respx.MockRouter]:
-    """The mocked provider at http://upstream.test/v1 (only that host is mocked)."""
-    with respx.MockRouter(base_url=UPSTREAM, assert_all_called=False) as router:
-        yield router
+    """The mocked provider at http://upstream.test/v1. Only the app's injected transport
+    uses it: nothing is patched globally, so real clients in a test stay real."""
+    yield respx.MockRouter(base_url=UPSTREAM, assert_all_called=False)
 
 
 def completion(content: str = "Hello!", model: str = "upstream-model", **extra: Any) -> dict[str, Any]:

@@ -212,3 +212,11 @@ def test_client_request_id_is_echoed_when_sane(client) -> None:
     assert client.get("/health", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
     rid = client.get("/health", headers={"x-request-id": "bad id\twith tab"}).headers["x-request-id"]
     assert rid.startswith("req_")
+
+
+def test_non_ascii_key_matches_its_utf8_bytes(make_app, live) -> None:
+    # Over a real socket: Starlette's TestClient would re-encode the header bytes.
+    server = live(make_app(keys=[{"name": "k", "key_sha256": digest("clé-secrète")}]))
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get("/v1/models", headers={"Authorization": "Bearer clé-secrète".encode()}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": b"Bearer cl\xe9-secr\xe8te"}).status_code == 401
