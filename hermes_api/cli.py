@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,19 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         "log_level": getattr(args, "log_level", None),
     }
     return Settings.load(config, environ, overrides)
+
+
+def report(problems: Iterable[str]) -> None:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def serving_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Settings fit to serve: ``ConfigError`` also for an open non-loopback bind (§2)."""
+    settings = load_settings(args, environ)
+    if problem := open_bind_problem(settings):
+        raise ConfigError([problem])
+    return settings
 
 
 def open_bind_problem(settings: Settings) -> str | None:
@@ -153,8 +166,7 @@ def check_problems(settings: Settings, environ: Mapping[str, str]) -> tuple[list
 
 def cmd_check(settings: Settings, environ: Mapping[str, str]) -> int:
     problems, served = check_problems(settings, environ)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+    report(problems)
     if problems:
         return EXIT_PROBLEMS
     print(f"ok: {len(served)} profile(s) served: {', '.join(served)}")
@@ -170,18 +182,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         return run_demo(args, environ)
     try:
-        settings = load_settings(args, environ)
+        settings = (serving_settings if args.command == "serve" else load_settings)(args, environ)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        report(exc.problems)
         return EXIT_CONFIG
     if args.command == "profiles":
         return cmd_profiles(settings, environ)
     if args.command == "check":
         return cmd_check(settings, environ)
-    if problem := open_bind_problem(settings):
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
     serve(settings, environ)
     return 0
 

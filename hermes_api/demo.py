@@ -134,7 +134,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .cli import EXIT_CONFIG, EXIT_PROBLEMS, load_settings, open_bind_problem, serve
+    from .cli import EXIT_CONFIG, EXIT_PROBLEMS, report, serve, serving_settings
 
     weights = find_weights()
     if importlib.util.find_spec("llama_cpp") is None or weights is None:
@@ -152,13 +152,9 @@ def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         with llama_server(weights, args.llama_port or free_port(), log_path) as base_url:
             env = {**environ, "HERMES_EXAMPLE_BASE_URL": base_url}
             try:
-                settings = load_settings(args, env)
+                settings = serving_settings(args, env)
             except ConfigError as exc:
-                for problem in exc.problems:
-                    print(f"error: {problem}", file=sys.stderr)
-                return EXIT_CONFIG
-            if problem := open_bind_problem(settings):
-                print(f"error: {problem}", file=sys.stderr)
+                report(exc.problems)
                 return EXIT_CONFIG
             print(f"llama.cpp serves SmolLM2 at {base_url} (log: {log_path})")
             print(usage_text(f"http://{settings.host}:{settings.port}"))
