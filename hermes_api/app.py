@@ -3,8 +3,8 @@
 No app exists at import time (STYLE.md 1). ``serve`` builds one from the command line;
 ``uvicorn --factory hermes_api.app:create_app_from_env`` builds one from the
 environment (``HERMES_API_CONFIG``). The lifespan opens what requests share, the
-profile registry, the pooled upstream client and the turn runner, and hands them to
-requests as ``request.state`` (STYLE.md 2).
+profile registry, the pooled upstream client, the turn runner and the response store,
+and hands them to requests as ``request.state`` (STYLE.md 2).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import ProfileEndpoint, model_in_path
-from .endpoints import chat, health, models
+from .endpoints import chat, health, models, responses
 from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
 from .registry import ProfileRegistry
 from .settings import Settings
+from .store import SQLiteStore
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
 
@@ -77,6 +78,19 @@ def v1_routes() -> list[BaseRoute]:
             methods=["GET"],
         ),
         Route("/v1/chat/completions", ProfileEndpoint(chat.create_chat_completion), methods=["POST"]),
+        Route("/v1/responses", ProfileEndpoint(responses.create_response), methods=["POST"]),
+        *(
+            Route(
+                path,
+                ProfileEndpoint(handler, reads_body=False, model=None, implied=responses.stored_profile),
+                methods=[method],
+            )
+            for method, path, handler in (
+                ("GET", "/v1/responses/{response_id}", responses.retrieve_response),
+                ("DELETE", "/v1/responses/{response_id}", responses.delete_response),
+                ("GET", "/v1/responses/{response_id}/input_items", responses.list_input_items),
+            )
+        ),
     ]
 
 
@@ -97,6 +111,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         registry.load()
+        store = await SQLiteStore.open(settings.state_dir, settings.retention)
         upstream = Upstream(settings.timeouts, transport=transport)
         sweeper = asyncio.create_task(registry.sweep())
         try:
@@ -104,12 +119,14 @@ def create_app(
                 "settings": settings,
                 "registry": registry,
                 "turns": turn_runner(upstream),
+                "store": store,
             }
         finally:
             sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await sweeper
             await upstream.aclose()
+            await store.aclose()
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
