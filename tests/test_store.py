@@ -56,8 +56,8 @@ def open_store(tmp_path: Path) -> Callable[..., SQLiteStore]:
     """Open a store in tmp_path; closed at teardown."""
     opened: list[SQLiteStore] = []
 
-    def make(retention: Retention = Retention(), clock: Clock | None = None) -> SQLiteStore:
-        store = asyncio.run(SQLiteStore.open(tmp_path / "state", retention, clock=clock or Clock()))
+    def make(retention: Retention | None = None, clock: Clock | None = None) -> SQLiteStore:
+        store = asyncio.run(SQLiteStore.open(tmp_path / "state", retention or Retention(), clock=clock or Clock()))
         opened.append(store)
         return store
 
@@ -197,7 +197,15 @@ def test_retention_applies_when_the_store_opens(open_store, tmp_path: Path) -> N
 
 def test_sessions_are_scoped_and_ordered(open_store) -> None:
     store = open_store()
-    for owner, profile, text in [("k1", "alpha", "a1"), ("k2", "alpha", "x"), ("k1", "beta", "y"), ("k1", "alpha", "a2")]:
-        run(lambda s, o=owner, p=profile, t=text: s.append_session(o, p, "chat", [{"role": "user", "content": t}]), store)
+    for owner, profile, text in [
+        ("k1", "alpha", "a1"),
+        ("k2", "alpha", "x"),
+        ("k1", "beta", "y"),
+        ("k1", "alpha", "a2"),
+    ]:
+        run(
+            lambda s, o=owner, p=profile, t=text: s.append_session(o, p, "chat", [{"role": "user", "content": t}]),
+            store,
+        )
     assert [m["content"] for m in run(lambda s: s.session_messages("k1", "alpha", "chat"), store)] == ["a1", "a2"]
     assert run(lambda s: s.session_messages("k1", "alpha", "other"), store) == []
