@@ -9,10 +9,13 @@ increasing ``sequence_number``; no ``[DONE]``.
     6 response.output_text.done                             7 response.content_part.done
     8 response.output_item.done                             9 response.completed
 
-A response cut at the token limit ends with ``response.incomplete`` instead of 9, as
-OpenAI's does. A failure after the first byte ends the stream with ``response.failed``
-carrying ``error{code, message}`` (STYLE.md 7). ``finish`` (the store write) runs
-before the last event, so a client that saw the final event can retrieve the response.
+A response cut at the token limit also ends with ``response.completed``, its response
+``status: "incomplete"`` with ``incomplete_details`` (OpenAI sends ``response.incomplete``
+there, which the SDK's ``get_final_response()`` rejects; small local models hit
+``max_output_tokens`` often, and the contract lists nine events). A failure after the
+first byte ends the stream with ``response.failed`` carrying ``error{code, message}``
+(STYLE.md 7). ``finish`` (the store write) runs before the last event, so a client that
+saw the final event can retrieve the response.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ async def response_events(
         error = ServerError("The response could not be stored; see the server log.")
         yield event("response.failed", response=translation.failed(draft, error))
         return
-    yield event("response.incomplete" if final["status"] == "incomplete" else "response.completed", response=final)
+    yield event("response.completed", response=final)
 
 
 async def _failed(event: EventWriter, draft: dict[str, Any], exc: HermesAPIError, finish: Finish) -> bytes:

@@ -230,13 +230,15 @@ def test_stream_without_provider_usage_completes_with_null_usage(client, upstrea
     assert events[-1]["type"] == "response.completed" and events[-1]["response"]["usage"] is None
 
 
-def test_stream_cut_at_the_limit_ends_incomplete(client, upstream) -> None:
+def test_stream_cut_at_the_limit_completes_with_status_incomplete(client, upstream) -> None:
     cut = chunks("a b")
     cut[-1]["choices"][0]["finish_reason"] = "length"
     streamed(upstream, *cut)
     events = stream_events(client.post("/v1/responses", json={"model": "alpha", "input": "x", "stream": True}).text)
-    assert events[-1]["type"] == "response.incomplete"
-    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [e["type"] for e in events] == NINE[:4] + ["response.output_text.delta"] * 2 + NINE[5:]
+    final = events[-1]["response"]
+    assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert events[-2]["item"]["status"] == "incomplete" and final["output"] == [events[-2]["item"]]
 
 
 def test_streamed_response_is_stored_before_the_final_event(client, upstream) -> None:

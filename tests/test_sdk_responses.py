@@ -88,6 +88,16 @@ def test_stream_helper_and_get_final_response(sdk: OpenAI, upstream: respx.MockR
     assert sdk.responses.retrieve(final.id).output_text == "helper text "
 
 
+def test_stream_helper_returns_a_response_cut_at_the_limit(sdk: OpenAI, upstream: respx.MockRouter) -> None:
+    cut = chunks("a long story")
+    cut[-1]["choices"][0]["finish_reason"] = "length"
+    upstream.post("/chat/completions").respond(content=sse_body(*cut))
+    with sdk.responses.stream(model="alpha", input="Tell a story", max_output_tokens=3) as stream:
+        final = stream.get_final_response()
+    assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+    assert final.output_text == "a long story "
+
+
 def test_a_chain_of_three_turns(sdk: OpenAI, upstream: respx.MockRouter) -> None:
     route = upstream.post("/chat/completions")
     route.side_effect = [httpx.Response(200, json=completion(f"Answer {n}")) for n in (1, 2)]
