@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from . import translation
+from . import response_objects
 from .errors import HermesAPIError, ServerError
 
 logger = logging.getLogger("hermes_api")
@@ -68,7 +68,7 @@ async def response_events(
     """The SSE body for one streamed response. ``draft`` is the in-progress response
     object; ``finish`` receives the final (or failed) response before it is sent."""
     event = EventWriter()
-    message_id = translation.new_id("msg")
+    message_id = response_objects.new_id("msg")
     where = {"item_id": message_id, "output_index": 0, "content_index": 0}
     yield event("response.created", response=draft)
     yield event("response.in_progress", response=draft)
@@ -88,7 +88,7 @@ async def response_events(
         yield await _failed(event, draft, exc, finish)
         return
     text, reason, usage = "".join(parts), state.get("finish_reason"), state.get("usage")
-    final = translation.finished(draft, message_id=message_id, text=text, finish_reason=reason, chat_usage=usage)
+    final = response_objects.finished(draft, message_id=message_id, text=text, finish_reason=reason, chat_usage=usage)
     message = final["output"][0]
     yield event("response.output_text.done", **where, text=message["content"][0]["text"], logprobs=[])
     yield event("response.content_part.done", **where, part=message["content"][0])
@@ -98,13 +98,13 @@ async def response_events(
     except Exception:
         logger.exception("could not store response %s", final["id"])
         error = ServerError("The response could not be stored; see the server log.")
-        yield event("response.failed", response=translation.failed(draft, error))
+        yield event("response.failed", response=response_objects.failed(draft, error))
         return
     yield event("response.completed", response=final)
 
 
 async def _failed(event: EventWriter, draft: dict[str, Any], exc: HermesAPIError, finish: Finish) -> bytes:
-    response = translation.failed(draft, exc)
+    response = response_objects.failed(draft, exc)
     try:
         await finish(response)
     except Exception:

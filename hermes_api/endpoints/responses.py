@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import translation
+from .. import response_objects, translation
 from ..context import current_profile
 from ..errors import InvalidValueError, ResponseNotFoundError
 from ..events import response_events
@@ -64,7 +64,7 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
             raise _not_found(parsed.previous_response_id, "previous_response_id")
         history = found
     chat = translation.chat_request(parsed, history)
-    draft = translation.new_response(parsed, model=profile.name)
+    draft = response_objects.new_response(parsed, model=profile.name)
 
     async def finish(response: dict[str, Any]) -> None:
         if parsed.store:
@@ -76,7 +76,7 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
         return EventSourceResponse(
             response_events(chunks, draft, finish), ping=request.state.settings.sse_keepalive, sep="\n"
         )
-    response = translation.from_completion(draft, await turns.complete(profile, chat))
+    response = response_objects.from_completion(draft, await turns.complete(profile, chat))
     await finish(response)
     return JSONResponse(response)
 
@@ -89,7 +89,7 @@ def _record(parsed: ResponseRequest, response: dict[str, Any], owner: str, profi
         created_at=response["created_at"],
         previous_response_id=parsed.previous_response_id,
         input_items=parsed.items,
-        messages=[*translation.turn_messages(parsed.items), *translation.answer_message(response)],
+        messages=[*translation.turn_messages(parsed.items), *response_objects.answer_message(response)],
         body=response,
     )
 
