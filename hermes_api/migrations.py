@@ -18,12 +18,13 @@ Migration = Callable[[sqlite3.Connection], None]
 
 def m001_responses(db: sqlite3.Connection) -> None:
     """Stored Responses API answers, each bound to the key (``owner``) and profile that
-    made it. ``messages``: the chat messages of that turn (input, then answer), which
+    made it. ``seq``: insertion order, never reused (retention counts on it);
+    ``messages``: the chat messages of that turn (input, then answer), which
     ``previous_response_id`` chains replay; ``body``: the response object as served."""
     db.execute(
         """
         CREATE TABLE responses (
-            seq INTEGER PRIMARY KEY,
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
             id TEXT NOT NULL UNIQUE,
             owner TEXT NOT NULL,
             profile TEXT NOT NULL,
@@ -44,7 +45,7 @@ def m002_session_turns(db: sqlite3.Connection) -> None:
     db.execute(
         """
         CREATE TABLE session_turns (
-            seq INTEGER PRIMARY KEY,
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
             owner TEXT NOT NULL,
             profile TEXT NOT NULL,
             session_id TEXT NOT NULL,

@@ -82,8 +82,9 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class Retention:
     """What the response store keeps (DESIGN.md §2 ``state_dir``): rows older than
-    ``max_age_days`` days go, and beyond the newest ``max_responses`` stored responses
-    and ``max_session_turns`` chat-session turns the oldest go. None = no such bound."""
+    ``max_age_days`` days go, and a stored response (chat-session turn) goes once
+    ``max_responses`` (``max_session_turns``) newer ones have been stored, so at most
+    that many are kept. None = no such bound."""
 
     max_age_days: float | None = 30.0
     max_responses: int | None = 10_000

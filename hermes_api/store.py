@@ -168,11 +168,8 @@ class SQLiteStore:
         ):
             db.execute(f"DELETE FROM {table} WHERE created_at < ?", (cutoff,))
             if keep is not None:
-                # Everything older than the newest `keep` rows, by insertion order.
-                db.execute(
-                    f"DELETE FROM {table} WHERE seq <= (SELECT seq FROM {table} ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (keep,),
-                )
+                # Rows with `keep` or more rows inserted after them: a rowid range, O(log n).
+                db.execute(f"DELETE FROM {table} WHERE seq <= (SELECT max(seq) FROM {table}) - ?", (keep,))
 
     async def prune(self) -> None:
         """Apply retention now (it also runs in every write)."""
