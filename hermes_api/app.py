@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -31,7 +31,7 @@ from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
 from .registry import ProfileRegistry
 from .settings import Settings
-from .store import SQLiteStore
+from .store import ResponseStore, open_store
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
 
@@ -100,18 +100,20 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
+    store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
     upstream connection pool (tests pass respx's); ``turn_runner`` builds the runner
-    of turns from the upstream client (default: one provider call per turn)."""
+    of turns from the upstream client (default: one provider call per turn); ``store``
+    opens the response store (default: SQLite in ``state_dir``)."""
     environ = os.environ if environ is None else environ
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         registry.load()
-        store = await SQLiteStore.open(settings.state_dir, settings.retention)
+        response_store = await store(settings)
         upstream = Upstream(settings.timeouts, transport=transport)
         sweeper = asyncio.create_task(registry.sweep())
         try:
@@ -119,14 +121,14 @@ def create_app(
                 "settings": settings,
                 "registry": registry,
                 "turns": turn_runner(upstream),
-                "store": store,
+                "store": response_store,
             }
         finally:
             sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await sweeper
             await upstream.aclose()
-            await store.aclose()
+            await response_store.aclose()
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),

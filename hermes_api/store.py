@@ -31,7 +31,7 @@ import orjson
 
 from .context import run_sync
 from .migrations import migrate
-from .settings import Retention
+from .settings import Retention, Settings
 
 logger = logging.getLogger("hermes_api")
 
@@ -93,6 +93,11 @@ class ResponseStore(Protocol):
     async def aclose(self) -> None:
         """Finish queued work and release the database."""
         ...
+
+
+async def open_store(settings: Settings) -> ResponseStore:
+    """The default store: ``SQLiteStore`` in ``settings.state_dir``."""
+    return await SQLiteStore.open(settings.state_dir, settings.retention)
 
 
 def _dumps(value: Any) -> str:

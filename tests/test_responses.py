@@ -3,11 +3,16 @@ what comes back, the event stream, the store and who may see what."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
 import orjson
 import pytest
 import respx
 from starlette.testclient import TestClient
+
+from hermes_api.app import create_app
+from hermes_api.store import SQLiteStore
 
 from .conftest import chunks, completion, digest, sse_body
 
@@ -505,3 +510,37 @@ def test_a_key_no_longer_allowed_the_profile_gets_403(make_app, upstream) -> Non
     with TestClient(make_app(keys=narrowed)) as c:  # same state_dir: the response is still stored
         r = c.get(f"/v1/responses/{rid}", headers={"Authorization": "Bearer key-one"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_found"
+
+
+class BrokenStore(SQLiteStore):
+    """Reads work; every write fails the way a full disk does."""
+
+    async def put_response(self, record):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def append_session(self, owner, profile, session_id, messages):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_failed_store_write_is_never_acknowledged(make_settings, upstream) -> None:
+    async def broken(settings):
+        return await BrokenStore.open(settings.state_dir, settings.retention)
+
+    app = create_app(make_settings(), environ={}, transport=httpx.MockTransport(upstream.async_handler), store=broken)
+    route = upstream.post("/chat/completions")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        route.respond(json=completion())
+        r = c.post("/v1/responses", json={"model": "alpha", "input": "x"})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "server_error"
+        assert "disk" not in r.text  # details go to the log only
+        route.respond(content=sse_body(*chunks("a b")))
+        events = stream_events(c.post("/v1/responses", json={"model": "alpha", "input": "x", "stream": True}).text)
+        assert [e["type"] for e in events][-2:] == ["response.output_item.done", "response.failed"]
+        assert events[-1]["response"]["error"]["code"] == "server_error"
+        chat = c.post(
+            "/v1/chat/completions",
+            headers={"X-Hermes-Session-Id": "s"},
+            json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        )
+        data = [line[6:] for line in chat.text.splitlines() if line.startswith("data: ")]
+        assert data[-1] == "[DONE]" and orjson.loads(data[-2])["error"]["code"] == "server_error"

@@ -116,14 +116,17 @@ async def chat_events(
                     "usage": usage,
                 }
             )
-        if on_answer is not None:
-            await on_answer({"role": "assistant", "content": "".join(text)})
     except HermesAPIError as exc:
         logger.warning("stream failed after the first byte: %s (%s)", exc.code, exc.message)
         yield sse(exc.to_dict())
-    except Exception:
-        logger.exception("could not finish the chat stream")
-        yield sse(ServerError("The server had an error while finishing this answer.").to_dict())
+        yield DONE
+        return
+    if on_answer is not None:
+        try:
+            await on_answer({"role": "assistant", "content": "".join(text)})
+        except Exception:
+            logger.exception("could not store the session turn")
+            yield sse(ServerError("The answer could not be stored in the session; see the server log.").to_dict())
     yield DONE
 
 
