@@ -3,8 +3,8 @@
 No app exists at import time (STYLE.md 1). ``serve`` builds one from the command line;
 ``uvicorn --factory hermes_api.app:create_app_from_env`` builds one from the
 environment (``HERMES_API_CONFIG``). The lifespan opens what requests share, the
-profile registry, the pooled upstream client and the turn runner, and hands them to
-requests as ``request.state`` (STYLE.md 2).
+profile registry, the pooled upstream client, the turn runner and the response store,
+and hands them to requests as ``request.state`` (STYLE.md 2).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -26,11 +26,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import ProfileEndpoint, model_in_path
-from .endpoints import chat, health, models
+from .endpoints import chat, health, models, responses
 from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
 from .registry import ProfileRegistry
 from .settings import Settings
+from .store import ResponseStore, open_store
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
 
@@ -77,6 +78,19 @@ def v1_routes() -> list[BaseRoute]:
             methods=["GET"],
         ),
         Route("/v1/chat/completions", ProfileEndpoint(chat.create_chat_completion), methods=["POST"]),
+        Route("/v1/responses", ProfileEndpoint(responses.create_response), methods=["POST"]),
+        *(
+            Route(
+                path,
+                ProfileEndpoint(handler, reads_body=False, model=None, implied=responses.stored_profile),
+                methods=[method],
+            )
+            for method, path, handler in (
+                ("GET", "/v1/responses/{response_id}", responses.retrieve_response),
+                ("DELETE", "/v1/responses/{response_id}", responses.delete_response),
+                ("GET", "/v1/responses/{response_id}/input_items", responses.list_input_items),
+            )
+        ),
     ]
 
 
@@ -86,17 +100,20 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
+    store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
     upstream connection pool (tests pass respx's); ``turn_runner`` builds the runner
-    of turns from the upstream client (default: one provider call per turn)."""
+    of turns from the upstream client (default: one provider call per turn); ``store``
+    opens the response store (default: SQLite in ``state_dir``)."""
     environ = os.environ if environ is None else environ
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         registry.load()
+        response_store = await store(settings)
         upstream = Upstream(settings.timeouts, transport=transport)
         sweeper = asyncio.create_task(registry.sweep())
         try:
@@ -104,12 +121,14 @@ def create_app(
                 "settings": settings,
                 "registry": registry,
                 "turns": turn_runner(upstream),
+                "store": response_store,
             }
         finally:
             sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await sweeper
             await upstream.aclose()
+            await response_store.aclose()
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),

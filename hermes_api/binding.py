@@ -6,6 +6,10 @@ sends its response* inside ``use_profile`` in the same frame, so a streamed body
 bound to its profile and the binding is undone after the last byte (STYLE.md 3). The
 same object serves the plain route and its ``/p/<profile>/`` twin: one enforcement point.
 
+Routes about a stored object (``/v1/responses/{id}``) pass ``implied``: when the request
+names no profile explicitly, the object's own profile applies (never ``routes`` or the
+default profile), and is still checked against the caller's key.
+
 Handlers get ``(request, body)``, read the profile with ``context.current_profile()``,
 and may put upstream streams in ``request.state.resources`` (an ``AsyncExitStack``)
 which is closed after the response is sent, or when the client goes away.
@@ -24,10 +28,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .context import use_profile
 from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, error_response
+from .registry import Selection
 
 Body = dict[str, Any]
 Handler = Callable[[Request, Body], Awaitable[Response]]
 ModelSelector = Callable[[Request, Body], object]
+ImpliedProfile = Callable[[Request], Awaitable[str]]
 
 
 async def read_json_object(request: Request, limit: int) -> Body:
@@ -70,15 +76,23 @@ class ProfileEndpoint:
     """An ASGI endpoint bound to the profile its request selects.
 
     ``reads_body``: parse the JSON body first (POST routes); ``model``: where the
-    request's ``model`` selector is (the body, the path, or nowhere).
+    request's ``model`` selector is (the body, the path, or nowhere); ``implied``: the
+    profile of the object the path names, used when nothing explicit names one (it
+    raises the object's 404 itself).
     """
 
     def __init__(
-        self, handler: Handler, *, reads_body: bool = True, model: ModelSelector | None = model_in_body
+        self,
+        handler: Handler,
+        *,
+        reads_body: bool = True,
+        model: ModelSelector | None = model_in_body,
+        implied: ImpliedProfile | None = None,
     ) -> None:
         self.handler = handler
         self.reads_body = reads_body
         self.model = model
+        self.implied = implied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -89,6 +103,8 @@ class ProfileEndpoint:
             prefix=request.path_params.get("profile"),
             model=self.model(request, body) if self.model else None,
         )
+        if self.implied is not None and not selection.explicit:
+            selection = Selection((("stored", await self.implied(request)),))
         profile = state.registry.resolve(selection, request.user)
         header = (b"x-hermes-profile", profile.name.encode())
 

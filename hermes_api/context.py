@@ -7,8 +7,10 @@ worker threads. Nothing else in the process reads a "current" profile from anywh
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,8 +42,12 @@ def current_profile() -> Profile:
     return profile
 
 
-async def run_sync(func: Callable[..., T], *args: object) -> T:
+async def run_sync(func: Callable[..., T], *args: object, executor: Executor | None = None) -> T:
     """Run blocking ``func(*args)`` in a worker thread under a copy of this context, so
-    the thread sees the same profile (``contextvars.copy_context()``)."""
+    the thread sees the same profile (``contextvars.copy_context()``). ``executor``: a
+    pool of one's own (the store's single thread) instead of anyio's shared one; its
+    work finishes even if the awaiting request is cancelled."""
     ctx = contextvars.copy_context()
+    if executor is not None:
+        return await asyncio.get_running_loop().run_in_executor(executor, ctx.run, func, *args)
     return await anyio.to_thread.run_sync(ctx.run, func, *args)

@@ -47,6 +47,12 @@ class Caller(BaseUser):
     def trusted_identity(self) -> bool:
         return self.key.trusted_identity if self.key else False
 
+    @property
+    def owner(self) -> str:
+        """Whose stored data this caller may see: the hex SHA-256 of its key, or
+        ``"open"`` on a server without keys. Never the key itself."""
+        return self.key.digest.hex() if self.key else "open"
+
     def may_use(self, profile: str) -> bool:
         """True when this caller's key allows ``profile`` (an exposed profile's name)."""
         return self.key is None or self.key.profiles is None or profile in self.key.profiles

@@ -39,7 +39,9 @@ _TOP_LEVEL = {
     "reload_interval",
     "sse_keepalive",
     "log_level",
+    "retention",
 }
+RETENTION_FIELDS = {"max_age_days": float, "max_responses": int, "max_session_turns": int}
 
 
 class ConfigError(Exception):
@@ -78,6 +80,18 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """What the response store keeps (DESIGN.md §2 ``state_dir``): rows older than
+    ``max_age_days`` days go, and a stored response (chat-session turn) goes once
+    ``max_responses`` (``max_session_turns``) newer ones have been stored, so at most
+    that many are kept. None = no such bound."""
+
+    max_age_days: float | None = 30.0
+    max_responses: int | None = 10_000
+    max_session_turns: int | None = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated server configuration; ``expose`` None means every valid profile."""
 
@@ -95,6 +109,7 @@ class Settings:
     reload_interval: float = 1.0
     sse_keepalive: float = 15.0
     log_level: str = "info"
+    retention: Retention = Retention()
 
     @property
     def is_loopback(self) -> bool:
@@ -220,6 +235,7 @@ class _Parser:
         max_body = self.number(raw.get("max_body_bytes", 10 * 1024 * 1024), "max_body_bytes", int)
         reload_interval = self.number(raw.get("reload_interval", 1.0), "reload_interval")
         keepalive = self.number(raw.get("sse_keepalive", 15.0), "sse_keepalive")
+        retention = self.retention(raw.get("retention") or {})
         if self.problems:
             raise ConfigError(self.problems)
         assert home is not None and state_dir is not None
@@ -238,7 +254,18 @@ class _Parser:
             reload_interval=reload_interval,
             sse_keepalive=keepalive,
             log_level=log_level,
+            retention=retention,
         )
+
+    def retention(self, raw: Any) -> Retention:
+        """``retention``: each of ``RETENTION_FIELDS`` a positive number, or null for no bound."""
+        if not isinstance(raw, dict) or set(raw) - set(RETENTION_FIELDS):
+            self.fail(f"retention must be a mapping with {', '.join(RETENTION_FIELDS)} (each a number or null)")
+            return Retention()
+        values = {}
+        for key, value in raw.items():
+            values[key] = None if value is None else self.number(value, f"retention.{key}", RETENTION_FIELDS[key])
+        return Retention(**values)
 
     def timeouts(self, raw: Any) -> Timeouts:
         if not isinstance(raw, dict) or set(raw) - {"connect", "read"}:

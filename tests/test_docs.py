@@ -35,5 +35,4 @@ def test_error_table_lists_every_error_code() -> None:
     }
     table = README.split("## Errors", 1)[1].split("\n## ", 1)[0]
     missing = {code for code in codes if code not in table}
-    # response_not_found belongs to the Responses API (not served yet).
-    assert missing <= {"response_not_found"}, missing
+    assert missing == set(), missing

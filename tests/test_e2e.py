@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from openai import OpenAI
 
 from hermes_api.demo import find_weights, free_port, llama_server
@@ -73,10 +74,15 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def hermes(llama: str, tmp_path_factory) -> Iterator[str]:
     port = free_port()
-    log = open(tmp_path_factory.mktemp("hermes") / "serve.log", "wb")
+    work = tmp_path_factory.mktemp("hermes")
+    log = open(work / "serve.log", "wb")
     env = {**os.environ, "HERMES_EXAMPLE_BASE_URL": llama}
+    # The example config, with the response store in a fresh directory.
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config.update(hermes_home=str(EXAMPLE_CONFIG.parent), state_dir=str(work / "state"))
+    (work / "hermes-api.yaml").write_text(yaml.safe_dump(config))
     process = subprocess.Popen(
-        [sys.executable, "-m", "hermes_api", "serve", "--config", str(EXAMPLE_CONFIG), "--port", str(port)],
+        [sys.executable, "-m", "hermes_api", "serve", "--config", str(work / "hermes-api.yaml"), "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -134,6 +140,46 @@ def test_personas_differ_between_profiles(hermes: str) -> None:
     }
     print(f"\nnames: {answers}")
     assert answers["researcher"] != answers["family"]
+
+
+def test_responses_two_turns_with_previous_response_id(hermes: str) -> None:
+    """llama.cpp has no Responses API: hermes-api translates both turns to chat."""
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    said = ["My name is Ada and I love astronomy.", "What is my name? Reply with my name only."]
+    first = client.responses.create(
+        model="default",
+        input=said[0],
+        instructions="Answer in one short sentence.",
+        max_output_tokens=48,
+        temperature=0,
+    )
+    second = client.responses.create(
+        model="default", input=said[1], previous_response_id=first.id, max_output_tokens=48, temperature=0
+    )
+    alone = client.responses.create(model="default", input=said[1], max_output_tokens=48, temperature=0)
+    print(f"\nturn 1 {first.id} ({first.status})\n  user: {said[0]}\n  default: {first.output_text!r}")
+    print(f"turn 2 {second.id} (previous_response_id={second.previous_response_id}, {second.status})")
+    print(f"  user: {said[1]}\n  default: {second.output_text!r}")
+    tokens = (first.usage.input_tokens, first.usage.output_tokens, second.usage.input_tokens, alone.usage.input_tokens)
+    print("usage: turn 1 {} in / {} out; turn 2 {} in; the same question without history {} in".format(*tokens))
+    assert first.model == second.model == "default"
+    assert first.output_text.strip() and second.output_text.strip()
+    assert second.previous_response_id == first.id
+    # Turn 2 carried turn 1's input and answer: at least the answer's tokens and a few for the input.
+    assert second.usage.input_tokens - alone.usage.input_tokens >= first.usage.output_tokens + 5
+    assert client.responses.retrieve(second.id).output_text == second.output_text
+    items = client.responses.input_items.list(second.id)
+    assert [i.content[0].text for i in items.data] == [said[1]]
+
+
+def test_responses_stream_helper_with_a_real_model(hermes: str) -> None:
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    with client.responses.stream(model="family", input="Say hello.", max_output_tokens=24, temperature=0) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    print(f"\nfamily (responses stream, {final.status}): {final.output_text!r}")
+    assert final.status in ("completed", "incomplete") and final.output_text == "".join(deltas)
+    assert final.output_text.strip() and final.model == "family"
 
 
 def test_demo_command_serves_and_stops_its_model_server(tmp_path: Path) -> None:

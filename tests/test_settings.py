@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hermes_api.settings import ConfigError, Settings
+from hermes_api.settings import ConfigError, Retention, Settings
 
 
 def load(tmp_path: Path, raw: dict, environ: dict | None = None, **overrides) -> Settings:
@@ -131,3 +131,22 @@ def test_loopback_detection(tmp_path: Path, host: str, loopback: bool) -> None:
 def test_routes_keep_file_order_and_stringify(tmp_path: Path) -> None:
     s = load(tmp_path, {"routes": [{"thread_id": 42, "profile": "default"}, {"chat_id": "c", "profile": "default"}]})
     assert [r.match for r in s.routes] == [(("thread_id", "42"),), (("chat_id", "c"),)]
+
+
+def test_retention_defaults_values_and_null(tmp_path: Path) -> None:
+    assert load(tmp_path, {}).retention == Retention(max_age_days=30, max_responses=10_000, max_session_turns=10_000)
+    s = load(tmp_path, {"retention": {"max_age_days": 0.5, "max_responses": 200, "max_session_turns": None}})
+    assert s.retention == Retention(max_age_days=0.5, max_responses=200, max_session_turns=None)
+
+
+def test_retention_problems_are_all_reported(tmp_path: Path) -> None:
+    raw = {"retention": {"max_age_days": -1, "max_responses": 2.5, "max_session_turns": "many"}}
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, raw)
+    assert info.value.problems == [
+        "retention.max_age_days must be a positive number",
+        "retention.max_responses must be a positive integer",
+        "retention.max_session_turns must be a positive number",
+    ]
+    with pytest.raises(ConfigError, match="retention must be a mapping"):
+        load(tmp_path, {"retention": {"max_rows": 5}})

@@ -2,6 +2,11 @@
 
 The handler validates only the fields the server reads (``messages``, ``stream``,
 ``stream_options``); every other field passes upstream untouched, ``tools`` included.
+
+Session continuity, as Hermes's own API server has it: with ``X-Hermes-Session-Id``
+the earlier turns of that session (same key, same profile) are put before the
+request's messages, and after a successful answer the request's non-system messages
+and the answer are stored as the session's next turn. The header is echoed back.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,12 +23,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..context import current_profile
-from ..errors import HermesAPIError, InvalidValueError
+from ..errors import HermesAPIError, InvalidValueError, ServerError
+from ..persona import SYSTEM_ROLES
+from ..registry import header_value
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
 
 DONE = b"data: [DONE]\n\n"
+SESSION_HEADER = "x-hermes-session-id"
+
+AnswerHook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def validate_chat_request(body: dict[str, Any]) -> bool:
@@ -61,14 +71,19 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-async def chat_events(chunks: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
+async def chat_events(
+    chunks: AsyncIterator[dict[str, Any]], include_usage: bool, on_answer: AnswerHook | None = None
+) -> AsyncIterator[bytes]:
     """The client's SSE body: every chunk with one ``id`` and ``created``, the first
     delta with ``role: assistant``; chunks without choices dropped; with
     ``include_usage`` every chunk has ``usage: null`` and the provider's usage comes
     in one last ``choices: []`` chunk (when the provider sent one). A failure after the
-    first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream."""
+    first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream.
+    ``on_answer`` gets the assistant message (its text) after a stream that ended well,
+    before ``[DONE]``."""
     ident = f"chatcmpl-{uuid.uuid4().hex}"
     created, model, usage, first = int(time.time()), None, None, True
+    text: list[str] = []
     try:
         async for chunk in chunks:
             if first:
@@ -88,6 +103,7 @@ async def chat_events(chunks: AsyncIterator[dict[str, Any]], include_usage: bool
                 chunk["usage"] = None
             else:
                 chunk.pop("usage", None)
+            text.extend(_content(choices))
             yield sse(chunk)
         if include_usage and usage:
             yield sse(
@@ -103,19 +119,67 @@ async def chat_events(chunks: AsyncIterator[dict[str, Any]], include_usage: bool
     except HermesAPIError as exc:
         logger.warning("stream failed after the first byte: %s (%s)", exc.code, exc.message)
         yield sse(exc.to_dict())
+        yield DONE
+        return
+    if on_answer is not None:
+        try:
+            await on_answer({"role": "assistant", "content": "".join(text)})
+        except Exception:
+            logger.exception("could not store the session turn")
+            yield sse(ServerError("The answer could not be stored in the session; see the server log.").to_dict())
     yield DONE
+
+
+def _content(choices: list[Any]) -> list[str]:
+    """The content deltas of choice 0."""
+    return [
+        choice["delta"]["content"]
+        for choice in choices
+        if isinstance(choice, dict)
+        and choice.get("index", 0) == 0
+        and isinstance(choice.get("delta"), dict)
+        and isinstance(choice["delta"].get("content"), str)
+    ]
 
 
 async def create_chat_completion(request: Request, body: dict[str, Any]) -> Response:
     """Run one chat turn under the bound profile; ``model`` in the answer is the
-    profile's id. Errors before the first byte are JSON (§5)."""
+    profile's id. Errors before the first byte are JSON (§5). With
+    ``X-Hermes-Session-Id`` (sanitised like the routing headers, else 400) the
+    session's earlier turns go first and this turn is stored after it succeeds."""
     include_usage = validate_chat_request(body)
     profile, turns = current_profile(), request.state.turns
+    session_id = header_value(request.headers, SESSION_HEADER)
+    on_answer: AnswerHook | None = None
+    headers = {}
+    if session_id:
+        store, owner = request.state.store, request.user.owner
+        earlier = await store.session_messages(owner, profile.name, session_id)
+        turn = [m for m in body["messages"] if m["role"] not in SYSTEM_ROLES]
+        body = {**body, "messages": [*earlier, *body["messages"]]}
+        headers[SESSION_HEADER] = request.headers[SESSION_HEADER]  # the bytes as sent (UTF-8 intact)
+
+        async def on_answer(answer: dict[str, Any]) -> None:
+            await store.append_session(owner, profile.name, session_id, [*turn, answer])
+
     if body.get("stream"):
         chunks = await request.state.resources.enter_async_context(turns.stream(profile, body))
         return EventSourceResponse(
-            chat_events(chunks, include_usage),
+            chat_events(chunks, include_usage, on_answer),
             ping=request.state.settings.sse_keepalive,
             sep="\n",
+            headers=headers,
         )
-    return JSONResponse(await turns.complete(profile, body))
+    completion = await turns.complete(profile, body)
+    if on_answer is not None:
+        await on_answer(_answer(completion))
+    return JSONResponse(completion, headers=headers)
+
+
+def _answer(completion: dict[str, Any]) -> dict[str, Any]:
+    """The assistant message of a ``chat.completion`` as it goes into a session."""
+    choice = completion["choices"][0] if completion["choices"] else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        return {"role": "assistant", "content": ""}
+    return {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "refusal") and v is not None}

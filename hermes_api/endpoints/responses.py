@@ -1,0 +1,147 @@
+"""``/v1/responses``: OpenAI's Responses API over any chat-completions provider (DESIGN.md §4).
+
+``POST`` validates and translates (``translation``), runs the turn through the
+``TurnRunner`` and renders JSON or the event stream (``events``); stored responses
+(``store``, default true) live in ``request.state.store`` bound to the caller's key
+and the profile. ``GET``/``DELETE`` by id run under the profile the response belongs
+to; a prefix or ``X-Hermes-Profile`` naming another profile finds nothing (404).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import response_objects, translation
+from ..context import current_profile
+from ..errors import InvalidValueError, ResponseNotFoundError
+from ..events import response_events
+from ..store import StoredResponse
+from ..translation import ResponseRequest
+from . import JSONResponse
+
+MAX_ITEMS_PAGE = 100
+
+
+def _not_found(response_id: str, param: str | None = None) -> ResponseNotFoundError:
+    shown = "".join(c if c.isprintable() else "?" for c in response_id[:80])
+    return ResponseNotFoundError(f"No response with id '{shown}' was found.", param=param)
+
+
+async def stored_profile(request: Request) -> str:
+    """The profile of the stored response the path names, when the request names none
+    (``binding.ProfileEndpoint(implied=...)``). Raises 404 ``ResponseNotFoundError``
+    when this key has no response by that id."""
+    response_id = request.path_params["response_id"]
+    record = await request.state.store.get_response(request.user.owner, response_id)
+    if record is None:
+        raise _not_found(response_id)
+    return record.profile
+
+
+async def _owned(request: Request) -> StoredResponse:
+    response_id = request.path_params["response_id"]
+    record = await request.state.store.get_response(request.user.owner, response_id, current_profile().name)
+    if record is None:
+        raise _not_found(response_id)
+    return record
+
+
+async def create_response(request: Request, body: dict[str, Any]) -> Response:
+    """Run one turn under the bound profile and answer with a ``response`` object, or
+    its event stream. An unknown ``previous_response_id`` (or another key's, another
+    profile's, a deleted one) is 404 ``response_not_found``. Errors before the first
+    byte are JSON (§5); after it, ``response.failed``."""
+    parsed = translation.parse_request(body)
+    profile, owner, store = current_profile(), request.user.owner, request.state.store
+    history: list[dict[str, Any]] = []
+    if parsed.previous_response_id:
+        found = await store.conversation(owner, profile.name, parsed.previous_response_id)
+        if found is None:
+            raise _not_found(parsed.previous_response_id, "previous_response_id")
+        history = found
+    chat = translation.chat_request(parsed, history)
+    draft = response_objects.new_response(parsed, model=profile.name)
+
+    async def finish(response: dict[str, Any]) -> None:
+        if parsed.store:
+            await store.put_response(_record(parsed, response, owner, profile.name))
+
+    turns = request.state.turns
+    if parsed.stream:
+        chunks = await request.state.resources.enter_async_context(turns.stream(profile, chat))
+        return EventSourceResponse(
+            response_events(chunks, draft, finish), ping=request.state.settings.sse_keepalive, sep="\n"
+        )
+    response = response_objects.from_completion(draft, await turns.complete(profile, chat))
+    await finish(response)
+    return JSONResponse(response)
+
+
+def _record(parsed: ResponseRequest, response: dict[str, Any], owner: str, profile: str) -> StoredResponse:
+    return StoredResponse(
+        id=response["id"],
+        owner=owner,
+        profile=profile,
+        created_at=response["created_at"],
+        previous_response_id=parsed.previous_response_id,
+        input_items=parsed.items,
+        messages=[*translation.turn_messages(parsed.items), *response_objects.answer_message(response)],
+        body=response,
+    )
+
+
+async def retrieve_response(request: Request, body: dict[str, Any]) -> JSONResponse:
+    """The stored response object; 404 for any id this key and profile did not store."""
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+        raise InvalidValueError("Streaming a stored response is not supported; omit 'stream'.", param="stream")
+    return JSONResponse((await _owned(request)).body)
+
+
+async def delete_response(request: Request, body: dict[str, Any]) -> JSONResponse:
+    """``{"id", "object": "response", "deleted": true}``; 404 when there is nothing of
+    this key and profile to delete. Later responses that chained onto it continue
+    without it."""
+    response_id = request.path_params["response_id"]
+    if not await request.state.store.delete_response(request.user.owner, current_profile().name, response_id):
+        raise _not_found(response_id)
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+def _page_params(request: Request) -> tuple[int, bool, str | None]:
+    query = request.query_params
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_ITEMS_PAGE:
+        raise InvalidValueError(f"'limit' must be an integer from 1 to {MAX_ITEMS_PAGE}.", param="limit")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidValueError("'order' must be 'asc' or 'desc'.", param="order")
+    return int(limit), order == "desc", query.get("after")
+
+
+async def list_input_items(request: Request, body: dict[str, Any]) -> JSONResponse:
+    """The input items of a stored response as a list object (``data``, ``first_id``,
+    ``last_id``, ``has_more``), newest first unless ``order=asc``; ``limit`` 1–100
+    (default 20); ``after`` an item id to continue after."""
+    limit, descending, after = _page_params(request)
+    items = (await _owned(request)).input_items
+    if descending:
+        items = items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidValueError("'after' is not the id of an input item of this response.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
