@@ -88,6 +88,7 @@ class ProfileEndpoint:
             request.headers,
             prefix=request.path_params.get("profile"),
             model=self.model(request, body) if self.model else None,
+            identity=request.user.trusted_identity,
         )
         profile = state.registry.resolve(selection, request.user)
         header = (b"x-hermes-profile", profile.name.encode())
