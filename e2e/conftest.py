@@ -24,7 +24,16 @@ import pytest
 from hermes_api.demo import find_weights, free_port, llama_server
 
 from .recorder import RecordingUpstream
-from .stack import ARTIFACTS, OPEN_WEBUI_BIN, OpenWebUIClient, Service, hermes_api, open_webui, record_figure, write_home
+from .stack import (
+    ARTIFACTS,
+    OPEN_WEBUI_BIN,
+    OpenWebUIClient,
+    Service,
+    hermes_api,
+    open_webui,
+    record_figure,
+    write_home,
+)
 
 WEBUI_KEY = "e2e-webui-key-0123456789"
 PROFILES = {"alpha": "upstream-alpha", "beta": "upstream-beta", "gamma": "upstream-gamma"}
