@@ -100,8 +100,11 @@ def make_settings(home: HermesHome, tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 def upstream() -> Iterator[respx.MockRouter]:
-    """The mocked provider at http://upstream.test/v1 (only that host is mocked)."""
+    """The mocked provider at http://upstream.test/v1 (only that host is mocked).
+    Loopback passes through, so clients that speak httpx (the OpenAI SDK 2.x) reach
+    the ``live`` servers for real."""
     with respx.MockRouter(base_url=UPSTREAM, assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
         yield router
 
 
