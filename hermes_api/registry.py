@@ -35,11 +35,11 @@ from .profiles import (
     profile_home,
     signature,
 )
-from .settings import PLACEHOLDER, Settings
+from .settings import MAX_ROUTE_VALUE_CHARS, PLACEHOLDER, Settings
 
 logger = logging.getLogger("hermes_api")
 
-MAX_HEADER_CHARS = 256
+MAX_HEADER_CHARS = MAX_ROUTE_VALUE_CHARS
 ROUTING_HEADERS = {
     "chat_id": "x-hermes-chat-id",
     "user_id": "x-hermes-user-id",

@@ -25,7 +25,8 @@ ALL = "*"
 # Route match fields. The X-Hermes-* ones count for every caller; the identity fields
 # are the user and chat ids that Open WebUI (ENABLE_FORWARD_USER_INFO_HEADERS) and
 # LibreChat (custom endpoint `headers:` placeholders) send, and count only for keys with
-# `trusted_identity: true`. registry.ROUTING_HEADERS maps each field to its header.
+# `trusted_identity: true`. registry.ROUTING_HEADERS and registry.IDENTITY_HEADERS map
+# each field to its header.
 HERMES_FIELDS = ("chat_id", "user_id", "thread_id")
 IDENTITY_FIELDS = (
     "openwebui_user_id",
