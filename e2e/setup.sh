@@ -48,8 +48,12 @@ if [ ! -f "$OWUI/.done" ]; then
     python3 -c "import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read('requirements-slim.txt').decode())" \
         "${wheel[0]}" > "$OWUI/requirements-slim.txt"
     "$OWUI/bin/pip" install -q --no-deps "${wheel[0]}"
-    # pip's "requires ... which is not installed" warnings are expected for the slim set.
-    "$OWUI/bin/pip" install -q -r "$OWUI/requirements-slim.txt" 2>&1 | grep -v "which is not installed" || true
+    # pip's "requires ... which is not installed" warnings are expected for the slim set:
+    # keep its output in a log, show it only when the install fails.
+    if ! "$OWUI/bin/pip" install -q -r "$OWUI/requirements-slim.txt" > "$OWUI/pip.log" 2>&1; then
+        cat "$OWUI/pip.log"
+        exit 1
+    fi
     "$OWUI/bin/python" -c "import open_webui" # fails the setup if the install is broken
     rm -rf "$dl"
     touch "$OWUI/.done"
