@@ -102,6 +102,7 @@ class ProfileEndpoint:
             request.headers,
             prefix=request.path_params.get("profile"),
             model=self.model(request, body) if self.model else None,
+            identity=request.user.trusted_identity,
         )
         if self.implied is not None and not selection.explicit:
             selection = Selection((("stored", await self.implied(request)),))

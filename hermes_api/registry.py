@@ -35,15 +35,26 @@ from .profiles import (
     profile_home,
     signature,
 )
-from .settings import Settings
+from .settings import MAX_ROUTE_VALUE_CHARS, PLACEHOLDER, Settings
 
 logger = logging.getLogger("hermes_api")
 
-MAX_HEADER_CHARS = 256
+MAX_HEADER_CHARS = MAX_ROUTE_VALUE_CHARS
 ROUTING_HEADERS = {
     "chat_id": "x-hermes-chat-id",
     "user_id": "x-hermes-user-id",
     "thread_id": "x-hermes-thread-id",
+}
+# Read only for keys with trusted_identity: true. Open WebUI's names are its own
+# (ENABLE_FORWARD_USER_INFO_HEADERS, open_webui/utils/headers.py); the LibreChat ones are
+# ours, filled by the librechat.yaml `headers:` block in docs/clients.md.
+IDENTITY_HEADERS = {
+    "openwebui_user_id": "x-openwebui-user-id",
+    "openwebui_user_email": "x-openwebui-user-email",
+    "openwebui_chat_id": "x-openwebui-chat-id",
+    "librechat_user_id": "x-librechat-user-id",
+    "librechat_user_email": "x-librechat-user-email",
+    "librechat_conversation_id": "x-librechat-conversation-id",
 }
 SWEEP_SLICE = 256  # profiles re-checked per sweep tick
 
@@ -95,6 +106,23 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
         raise InvalidHeaderError(f"The {name} header is longer than {MAX_HEADER_CHARS} characters.", param=name)
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
         raise InvalidHeaderError(f"The {name} header contains control characters.", param=name)
+    return value
+
+
+def identity_value(headers: Mapping[str, str], name: str) -> str | None:
+    """An identity header's value, or None when absent: ``header_value``'s rules, and
+    it must be ASCII with no unexpanded ``{{...}}`` placeholder (a client template that
+    failed, which must not route as a literal). Raises ``InvalidHeaderError``."""
+    value = header_value(headers, name)
+    if value is None:
+        return None
+    if not value.isascii():
+        raise InvalidHeaderError(f"The {name} header is not ASCII.", param=name)
+    if PLACEHOLDER.search(value):
+        raise InvalidHeaderError(
+            f"The {name} header holds an unexpanded placeholder; check the client's header template.",
+            param=name,
+        )
     return value
 
 
@@ -250,10 +278,13 @@ class ProfileRegistry:
         *,
         prefix: str | None = None,
         model: object = None,
+        identity: bool = False,
     ) -> Selection:
         """Read a request's selectors. ``model`` is the body's (or path's) ``model``;
-        empty values and ``model_aliases`` mean "no explicit profile". Raises
-        ``InvalidHeaderError`` and ``InvalidValueError`` (``model`` not a string)."""
+        empty values and ``model_aliases`` mean "no explicit profile". ``identity``: the
+        caller's key has ``trusted_identity``, so the ``IDENTITY_HEADERS`` count too;
+        otherwise they are not even read. Raises ``InvalidHeaderError`` and
+        ``InvalidValueError`` (``model`` not a string)."""
         explicit = []
         if prefix is not None:
             explicit.append(("prefix", prefix))
@@ -269,6 +300,11 @@ class ProfileRegistry:
             value = header_value(headers, header_name)
             if value:
                 route[field_name] = value
+        if identity:
+            for field_name, header_name in IDENTITY_HEADERS.items():
+                value = identity_value(headers, header_name)
+                if value:
+                    route[field_name] = value
         return Selection(tuple(explicit), route)
 
     def resolve(self, selection: Selection, caller: Caller) -> Profile:

@@ -22,7 +22,25 @@ import yaml
 from .profiles import DEFAULT_PROFILE, is_profile_name
 
 ALL = "*"
-ROUTE_FIELDS = ("chat_id", "user_id", "thread_id")
+# Route match fields. The X-Hermes-* ones count for every caller; the identity fields
+# are the user and chat ids that Open WebUI (ENABLE_FORWARD_USER_INFO_HEADERS) and
+# LibreChat (custom endpoint `headers:` placeholders) send, and count only for keys with
+# `trusted_identity: true`. registry.ROUTING_HEADERS and registry.IDENTITY_HEADERS map
+# each field to its header.
+HERMES_FIELDS = ("chat_id", "user_id", "thread_id")
+IDENTITY_FIELDS = (
+    "openwebui_user_id",
+    "openwebui_user_email",
+    "openwebui_chat_id",
+    "librechat_user_id",
+    "librechat_user_email",
+    "librechat_conversation_id",
+)
+ROUTE_FIELDS = HERMES_FIELDS + IDENTITY_FIELDS
+MAX_ROUTE_VALUE_CHARS = 256  # the longest routing header value accepted (registry.header_value)
+# A template placeholder a client failed to expand, e.g. LibreChat's {{LIBRECHAT_USER_ID}}
+# when it has no user (packages/api/src/utils/env.ts leaves it in place then).
+PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TOP_LEVEL = {
     "hermes_home",
@@ -228,7 +246,7 @@ class _Parser:
         if log_level not in {"critical", "error", "warning", "info", "debug"}:
             self.fail("log_level must be one of critical, error, warning, info, debug")
         keys = self.keys(raw.get("keys") or [], expose)
-        routes = self.routes(raw.get("routes") or [], expose)
+        routes = self.routes(raw.get("routes") or [], expose, trusted=any(k.trusted_identity for k in keys))
         state_dir = (
             self.path(raw["state_dir"], "state_dir") if "state_dir" in raw else (home / "hermes-api" if home else None)
         )
@@ -326,7 +344,9 @@ class _Parser:
             return None
         return bytes.fromhex(key_sha)
 
-    def routes(self, raw: Any, expose: frozenset[str] | None) -> tuple[RouteRule, ...]:
+    def routes(self, raw: Any, expose: frozenset[str] | None, *, trusted: bool) -> tuple[RouteRule, ...]:
+        """The ``routes`` list. ``trusted``: some key has ``trusted_identity: true``; without
+        one, a rule on an identity field could never match, which is reported."""
         if not isinstance(raw, list):
             self.fail("routes must be a list")
             return ()
@@ -350,9 +370,32 @@ class _Parser:
                     self.fail(f"{where}: unknown match field {key!r} (use {', '.join(ROUTE_FIELDS)})")
                 elif isinstance(value, bool) or not isinstance(value, (str, int)):
                     self.fail(f"{where}: {key} must be a string")
+                elif problem := self.route_value_problem(key, str(value)):
+                    self.fail(f"{where}: {key} {problem}, so the rule could never match")
                 else:
                     match.append((key, str(value)))
+                if key in IDENTITY_FIELDS and not trusted:
+                    self.fail(
+                        f"{where}: {key} is an identity field, read only for keys with "
+                        "trusted_identity: true, and no key has it"
+                    )
             if not match:
                 self.fail(f"{where} matches nothing: give at least one of {', '.join(ROUTE_FIELDS)}")
             rules.append(RouteRule(tuple(match), profile))
         return tuple(rules)
+
+    @staticmethod
+    def route_value_problem(key: str, value: str) -> str | None:
+        """Why no request header could ever carry ``value`` (None if one can): the
+        rules of ``registry.header_value`` and, for identity fields, ``identity_value``."""
+        if not value:
+            return "is empty (an empty header counts as absent)"
+        if len(value) > MAX_ROUTE_VALUE_CHARS:
+            return f"is longer than {MAX_ROUTE_VALUE_CHARS} characters"
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+            return "contains control characters"
+        if key in IDENTITY_FIELDS and not value.isascii():
+            return "is not ASCII (identity headers must be)"
+        if key in IDENTITY_FIELDS and PLACEHOLDER.search(value):
+            return "holds a {{...}} placeholder (unexpanded identity headers are refused)"
+        return None

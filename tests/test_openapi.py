@@ -9,6 +9,8 @@ import yaml
 from starlette.routing import Mount, Route
 
 from hermes_api.binding import ProfileEndpoint
+from hermes_api.endpoints.chat import SESSION_HEADER
+from hermes_api.registry import IDENTITY_HEADERS, ROUTING_HEADERS
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi" / "openapi.yaml").read_text())
 
@@ -56,3 +58,16 @@ def test_every_operation_documents_its_errors() -> None:
 def test_every_schema_is_used(name: str) -> None:
     text = yaml.safe_dump(SPEC)
     assert text.count(f"#/components/schemas/{name}") >= 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/chat/completions", "/p/{profile}/v1/chat/completions", "/v1/responses", "/p/{profile}/v1/responses"],
+)
+def test_turn_routes_document_every_routing_header(path: str) -> None:
+    params = [
+        SPEC["components"]["parameters"][p["$ref"].rsplit("/", 1)[1]] for p in SPEC["paths"][path]["post"]["parameters"]
+    ]
+    documented = {p["name"].lower() for p in params if p["in"] == "header"}
+    session = {SESSION_HEADER} if "chat" in path else set()
+    assert documented == {"x-hermes-profile", *ROUTING_HEADERS.values(), *IDENTITY_HEADERS.values(), *session}

@@ -16,8 +16,8 @@ from hermes_api.errors import (
     ProfileConflictError,
 )
 from hermes_api.keys import Caller
-from hermes_api.registry import ProfileRegistry
-from hermes_api.settings import APIKey, Settings
+from hermes_api.registry import IDENTITY_HEADERS, ROUTING_HEADERS, ProfileRegistry
+from hermes_api.settings import IDENTITY_FIELDS, ROUTE_FIELDS, APIKey, Settings
 
 from .conftest import HermesHome
 
@@ -221,3 +221,107 @@ def test_survey_lists_found_and_exposed(registry, home: HermesHome) -> None:
     assert rows["broken"].profile is None and "unsupported" in rows["broken"].reason
     assert rows["ghost"].profile is None and "is not a directory" in rows["ghost"].reason
     assert rows["alpha"].profile is not None and rows["alpha"].reason is None
+
+
+TRUSTED = Caller(APIKey("webui", b"t" * 32, None, trusted_identity=True))
+UNTRUSTED = Caller(APIKey("plain", b"u" * 32, None))
+IDENTITY_ROUTES = [
+    {"openwebui_user_email": "alice@example.com", "profile": "alpha"},
+    {"openwebui_user_id": "u-bob", "profile": "beta"},
+    {"openwebui_user_id": "u-bob", "openwebui_chat_id": "chat-7", "profile": "gamma"},
+    {"librechat_user_id": "65f0c0ffee", "profile": "beta"},
+    {"librechat_user_email": "carol@example.com", "librechat_conversation_id": "conv-1", "profile": "gamma"},
+    {"user_id": "u-bob", "profile": "alpha"},
+]
+
+
+@pytest.fixture
+def identity_registry(registry) -> ProfileRegistry:
+    keys = [{"name": "webui", "key_sha256": "c" * 64, "trusted_identity": True}]
+    return registry(routes=IDENTITY_ROUTES, keys=keys)
+
+
+def identity_resolve(reg: ProfileRegistry, headers: dict, caller: Caller, model: str | None = None) -> str:
+    return reg.resolve(reg.select(headers, model=model, identity=caller.trusted_identity), caller).name
+
+
+@pytest.mark.parametrize(
+    ("headers", "model", "caller", "expected"),
+    [
+        pytest.param({"x-openwebui-user-email": "alice@example.com"}, None, TRUSTED, "alpha", id="owui-email"),
+        pytest.param({"x-openwebui-user-id": "u-bob"}, None, TRUSTED, "beta", id="owui-user-id"),
+        pytest.param(
+            {"x-openwebui-user-id": "u-bob", "x-openwebui-chat-id": "chat-7"},
+            None,
+            TRUSTED,
+            "gamma",
+            id="most-specific",
+        ),
+        pytest.param({"x-librechat-user-id": "65f0c0ffee"}, None, TRUSTED, "beta", id="librechat-user-id"),
+        pytest.param(
+            {"x-librechat-user-email": "carol@example.com", "x-librechat-conversation-id": "conv-1"},
+            None,
+            TRUSTED,
+            "gamma",
+            id="librechat-email-and-conversation",
+        ),
+        pytest.param(
+            {"x-librechat-user-email": "carol@example.com"}, None, TRUSTED, "default", id="partial-match-is-no-match"
+        ),
+        pytest.param(
+            {"x-openwebui-user-email": "alice@example.com"}, "beta", TRUSTED, "beta", id="explicit-model-wins"
+        ),
+        pytest.param(
+            {"x-openwebui-user-email": "alice@example.com"}, "hermes-agent", TRUSTED, "alpha", id="alias-routes"
+        ),
+        pytest.param({"x-openwebui-user-email": "ALICE@example.com"}, None, TRUSTED, "default", id="exact-match-only"),
+        pytest.param({"x-openwebui-user-email": ""}, None, TRUSTED, "default", id="empty-is-absent"),
+        pytest.param(
+            {"x-openwebui-user-email": "alice@example.com"}, None, UNTRUSTED, "default", id="untrusted-ignored"
+        ),
+        pytest.param({"x-openwebui-user-email": "alice@example.com"}, None, OPEN, "default", id="open-server-ignored"),
+        pytest.param({"x-hermes-user-id": "u-bob"}, None, UNTRUSTED, "alpha", id="hermes-headers-for-everyone"),
+    ],
+)
+def test_identity_routing(identity_registry, headers, model, caller, expected) -> None:
+    assert identity_resolve(identity_registry, headers, caller, model) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        pytest.param("x-librechat-user-id", "{{LIBRECHAT_USER_ID}}", id="librechat-placeholder"),
+        pytest.param("x-librechat-conversation-id", "c-{{LIBRECHAT_BODY_CONVERSATIONID}}", id="embedded-placeholder"),
+        pytest.param("x-openwebui-user-email", "{{user.email}}", id="other-template"),
+        pytest.param("x-openwebui-user-email", "josé@example.com".encode().decode("latin-1"), id="non-ascii"),
+        pytest.param("x-openwebui-user-id", "\xff", id="not-utf8"),
+        pytest.param("x-openwebui-chat-id", "c" * 257, id="too-long"),
+        pytest.param("x-librechat-user-email", "a\x00b", id="control-char"),
+    ],
+)
+def test_bad_identity_headers_name_the_header(identity_registry, header: str, value: str) -> None:
+    with pytest.raises(InvalidHeaderError) as info:
+        identity_resolve(identity_registry, {header: value}, TRUSTED)
+    assert (info.value.status_code, info.value.code, info.value.param) == (400, "invalid_header", header)
+    assert header in info.value.message
+    # The same header from a key without trusted_identity is not read at all.
+    assert identity_resolve(identity_registry, {header: value}, UNTRUSTED) == "default"
+
+
+def test_bad_identity_header_is_refused_even_with_an_explicit_model(identity_registry) -> None:
+    with pytest.raises(InvalidHeaderError):
+        identity_resolve(identity_registry, {"x-librechat-user-id": "{{LIBRECHAT_USER_ID}}"}, TRUSTED, model="beta")
+
+
+def test_identity_route_to_a_forbidden_profile_is_403(registry) -> None:
+    keys = [{"name": "webui", "key_sha256": "c" * 64, "trusted_identity": True, "profiles": ["beta"]}]
+    reg = registry(routes=IDENTITY_ROUTES, keys=keys)
+    caller = Caller(reg.settings.keys[0])
+    assert identity_resolve(reg, {"x-openwebui-user-id": "u-bob"}, caller) == "beta"
+    with pytest.raises(PermissionDeniedError):
+        identity_resolve(reg, {"x-openwebui-user-email": "alice@example.com"}, caller)
+
+
+def test_every_identity_field_has_a_header() -> None:
+    assert tuple(IDENTITY_HEADERS) == IDENTITY_FIELDS
+    assert set(ROUTING_HEADERS) | set(IDENTITY_HEADERS) == set(ROUTE_FIELDS)

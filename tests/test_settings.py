@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,75 @@ def test_retention_problems_are_all_reported(tmp_path: Path) -> None:
     ]
     with pytest.raises(ConfigError, match="retention must be a mapping"):
         load(tmp_path, {"retention": {"max_rows": 5}})
+
+
+def trusted_key(**extra) -> dict:
+    return {"name": "webui", "key_sha256": "a" * 64, "trusted_identity": True, **extra}
+
+
+def test_identity_route_fields(tmp_path: Path) -> None:
+    raw = {
+        "keys": [trusted_key()],
+        "routes": [
+            {"openwebui_user_email": "alice@example.com", "profile": "default"},
+            {"librechat_user_id": "65f0c0ffee", "librechat_conversation_id": "c-1", "profile": "default"},
+        ],
+    }
+    s = load(tmp_path, raw)
+    assert s.keys[0].trusted_identity is True
+    assert [dict(r.match) for r in s.routes] == [
+        {"openwebui_user_email": "alice@example.com"},
+        {"librechat_user_id": "65f0c0ffee", "librechat_conversation_id": "c-1"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("route", "keys", "problem"),
+    [
+        pytest.param(
+            {"openwebui_user_email": "a@b.c"},
+            [],
+            "identity field, read only for keys with trusted_identity",
+            id="no-trusted-key",
+        ),
+        pytest.param(
+            {"openwebui_user_id": "u"},
+            [{"name": "plain", "key_sha256": "b" * 64}],
+            "no key has it",
+            id="only-untrusted-keys",
+        ),
+        pytest.param({"openwebui_user_email": "josé@example.com"}, None, "is not ASCII", id="non-ascii"),
+        pytest.param({"librechat_user_id": "{{LIBRECHAT_USER_ID}}"}, None, "placeholder", id="placeholder"),
+        pytest.param({"openwebui_chat_id": ""}, None, "is empty", id="empty"),
+        pytest.param({"user_id": "u" * 257}, None, "longer than 256", id="too-long"),
+        pytest.param({"chat_id": "a\tb"}, None, "control characters", id="control-char"),
+        pytest.param({"openwebui_user_name": "Alice"}, None, "unknown match field 'openwebui_user_name'", id="unknown"),
+    ],
+)
+def test_route_values_that_could_never_match_are_refused(tmp_path: Path, route, keys, problem) -> None:
+    raw = {"keys": [trusted_key()] if keys is None else keys, "routes": [{**route, "profile": "default"}]}
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load(tmp_path, raw)
+
+
+def test_every_route_problem_is_reported(tmp_path: Path) -> None:
+    raw = {
+        "routes": [
+            {"openwebui_user_email": "josé@example.com", "profile": "default"},
+            {"librechat_user_id": "{{LIBRECHAT_USER_ID}}", "user_id": "", "profile": "default"},
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, raw)
+    problems = info.value.problems
+    assert sum("is not ASCII" in p for p in problems) == 1
+    assert sum("placeholder" in p for p in problems) == 1
+    assert sum("is empty" in p for p in problems) == 1
+    assert sum("no key has it" in p for p in problems) == 2
+    assert sum("matches nothing" in p for p in problems) == 2
+    assert len(problems) == 7
+
+
+def test_trusted_identity_must_be_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"keys\[0\] \(webui\): trusted_identity must be true or false"):
+        load(tmp_path, {"keys": [trusted_key(trusted_identity="yes")]})
