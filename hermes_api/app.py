@@ -10,6 +10,7 @@ requests as ``request.state`` (STYLE.md 2).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import uuid
@@ -29,10 +30,14 @@ from .binding import ProfileEndpoint, model_in_path
 from .endpoints import chat, health, models
 from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
+from .limits import ConcurrencyLimiter
 from .registry import ProfileRegistry
 from .settings import Settings
+from .shutdown import Drain
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
+
+logger = logging.getLogger("hermes_api")
 
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
@@ -76,7 +81,11 @@ def v1_routes() -> list[BaseRoute]:
             ProfileEndpoint(models.retrieve_model, reads_body=False, model=model_in_path),
             methods=["GET"],
         ),
-        Route("/v1/chat/completions", ProfileEndpoint(chat.create_chat_completion), methods=["POST"]),
+        Route(
+            "/v1/chat/completions",
+            ProfileEndpoint(chat.create_chat_completion, runs_turns=True),
+            methods=["POST"],
+        ),
     ]
 
 
@@ -86,30 +95,42 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
+    drain: Drain | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
     upstream connection pool (tests pass respx's); ``turn_runner`` builds the runner
-    of turns from the upstream client (default: one provider call per turn)."""
+    of turns from the upstream client (default: one provider call per turn);
+    ``drain`` is told when shutdown begins (``serve`` passes the one its signal
+    handler calls; default: a new one, told by sse-starlette)."""
     environ = os.environ if environ is None else environ
+    drain = Drain(settings.shutdown_grace) if drain is None else drain
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         registry.load()
-        upstream = Upstream(settings.timeouts, transport=transport)
-        sweeper = asyncio.create_task(registry.sweep())
+        upstream = Upstream(settings, transport=transport)
+        tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
         try:
             yield {
                 "settings": settings,
                 "registry": registry,
                 "turns": turn_runner(upstream),
+                "limiter": ConcurrencyLimiter(settings),
+                "drain": drain,
             }
         finally:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            # uvicorn runs this only once no request is left (streams included), so
+            # what closes here closes after the last turn: the upstream pool, and
+            # whatever stores are added later, last of all.
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
             await upstream.aclose()
+            logger.info("stopped")
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),

@@ -70,15 +70,23 @@ class ProfileEndpoint:
     """An ASGI endpoint bound to the profile its request selects.
 
     ``reads_body``: parse the JSON body first (POST routes); ``model``: where the
-    request's ``model`` selector is (the body, the path, or nowhere).
+    request's ``model`` selector is (the body, the path, or nowhere); ``runs_turns``:
+    the handler calls the upstream, so the request holds a concurrency slot
+    (``limits.ConcurrencyLimiter``) until its response has been sent or abandoned.
     """
 
     def __init__(
-        self, handler: Handler, *, reads_body: bool = True, model: ModelSelector | None = model_in_body
+        self,
+        handler: Handler,
+        *,
+        reads_body: bool = True,
+        model: ModelSelector | None = model_in_body,
+        runs_turns: bool = False,
     ) -> None:
         self.handler = handler
         self.reads_body = reads_body
         self.model = model
+        self.runs_turns = runs_turns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -101,6 +109,8 @@ class ProfileEndpoint:
             state.resources = resources
             with use_profile(profile):
                 try:
+                    if self.runs_turns:
+                        resources.enter_context(state.limiter.slot(profile.name))
                     response = await self.handler(request, body)
                 except HermesAPIError as exc:  # routed: the answer names its profile
                     response = error_response(exc)

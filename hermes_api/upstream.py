@@ -32,7 +32,7 @@ from .errors import (
     UpstreamUnavailableError,
 )
 from .profiles import Profile
-from .settings import Timeouts
+from .settings import Settings, Timeouts
 
 logger = logging.getLogger("hermes_api")
 
@@ -155,12 +155,19 @@ class ChatStream:
         return chunk
 
 
+def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
+    """httpx-aiohttp hands ``connect`` to aiohttp as ``sock_connect``, ``read`` as
+    ``sock_read`` (the longest silence between bytes) and ``pool`` as ``connect``."""
+    return httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect)
+
+
 class Upstream:
-    """The pooled client. ``transport`` None = aiohttp's pool; tests pass respx's."""
+    """The pooled client. ``transport`` None = aiohttp's pool; tests pass respx's.
+    Timeouts are the server-wide ``timeouts``, or a profile's own from ``per_profile``."""
 
     def __init__(
         self,
-        timeouts: Timeouts,
+        settings: Settings,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 0,
@@ -175,12 +182,10 @@ class Upstream:
                 ),
             )
         self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
-            ),
-            follow_redirects=False,
+            transport=transport, timeout=_httpx_timeout(settings.timeouts), follow_redirects=False
         )
+        # Profiles with their own timeouts (per_profile.<name>.timeouts); the rest use the client's.
+        self._timeouts = {name: _httpx_timeout(limits.timeouts) for name, limits in settings.per_profile.items()}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -190,7 +195,11 @@ class Upstream:
         if profile.api_key:
             headers["authorization"] = f"Bearer {profile.api_key}"
         return self._client.build_request(
-            "POST", profile.chat_completions_url, content=orjson.dumps(payload), headers=headers
+            "POST",
+            profile.chat_completions_url,
+            content=orjson.dumps(payload),
+            headers=headers,
+            timeout=self._timeouts.get(profile.name, httpx.USE_CLIENT_DEFAULT),
         )
 
     async def create_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,12 @@ speaks httpx2, so it cannot use Starlette's TestClient transport).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -197,3 +202,114 @@ def live() -> Iterator[Callable[[Any], LiveServer]]:
     yield start
     for server in reversed(servers):
         server.__exit__()
+
+
+FAKE_UPSTREAM = Path(__file__).resolve().parent / "fakeupstream.py"
+
+
+class FakeUpstream:
+    """``tests/fakeupstream.py`` in its own process: a provider that misbehaves on
+    purpose. ``base_url(behaviour)`` is a profile's ``model.base_url``."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(FAKE_UPSTREAM)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            ports = json.loads(self.process.stdout.readline())
+        except ValueError:
+            self.stop()
+            raise RuntimeError("the fake upstream did not start") from None
+        self.port, self.refused, self.blackhole = ports["port"], ports["refused"], ports["blackhole"]
+
+    def base_url(self, behaviour: str) -> str:
+        if behaviour in ("refused", "blackhole"):
+            return f"http://127.0.0.1:{getattr(self, behaviour)}/v1"
+        return f"http://127.0.0.1:{self.port}/{behaviour}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=5).json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``hermes-api serve`` in a subprocess on a free loopback port; its log (stdout
+    and stderr) goes to ``log_path``. Stopped by PID, never by name."""
+
+    def __init__(self, config: Path, log_path: Path, environ: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log_path.parent), **(environ or {})}
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hermes_api", "serve", "--config", str(config), "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"hermes-api serve did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(config: Path, log_path: Path, environ: dict[str, str] | None = None) -> ServeProcess:
+        server = ServeProcess(config, log_path, environ)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()

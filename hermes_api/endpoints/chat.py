@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from ..context import current_profile
 from ..errors import HermesAPIError, InvalidValueError
+from ..shutdown import FORCE_MARGIN, Drain
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
@@ -110,12 +111,15 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     """Run one chat turn under the bound profile; ``model`` in the answer is the
     profile's id. Errors before the first byte are JSON (§5)."""
     include_usage = validate_chat_request(body)
-    profile, turns = current_profile(), request.state.turns
+    profile, state = current_profile(), request.state
+    drain: Drain = state.drain
     if body.get("stream"):
-        chunks = await request.state.resources.enter_async_context(turns.stream(profile, body))
+        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, body)))
         return EventSourceResponse(
-            chat_events(chunks, include_usage),
-            ping=request.state.settings.sse_keepalive,
+            chat_events(drain.iterate(chunks), include_usage),
+            ping=state.settings.sse_keepalive,
             sep="\n",
+            shutdown_event=drain.event,
+            shutdown_grace_period=drain.grace + FORCE_MARGIN,
         )
-    return JSONResponse(await turns.complete(profile, body))
+    return JSONResponse(await drain.run(state.turns.complete(profile, body)))
