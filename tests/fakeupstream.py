@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
@@ -220,6 +221,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     # Stop when the parent closes our stdin (or dies): never outlive the test.
     await loop.run_in_executor(None, sys.stdin.read)
+    os._exit(0)  # connections still open are dropped without a word
 
 
 if __name__ == "__main__":
