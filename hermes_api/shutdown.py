@@ -73,7 +73,7 @@ class Drain:
     async def run(self, awaitable: Awaitable[T]) -> T:
         """``await awaitable``, given up at the shutdown deadline with
         ``ShuttingDownError``; a cancellation from elsewhere passes through unchanged."""
-        timeout = asyncio.timeout(self._deadline)
+        timeout = asyncio.timeout_at(self._deadline)
         try:
             async with timeout:
                 self._waits.add(timeout)

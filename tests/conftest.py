@@ -260,13 +260,21 @@ class ServeProcess:
     """``hermes-api serve`` in a subprocess on a free loopback port; its log (stdout
     and stderr) goes to ``log_path``. Stopped by PID, never by name."""
 
-    def __init__(self, config: Path, log_path: Path, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, log_path: Path, environ: dict[str, str] | None = None, *, uvicorn_factory: bool = False
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
+        self.logs_hermes_api = not uvicorn_factory  # plain uvicorn leaves our logger unconfigured
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log_path.parent), **(environ or {})}
+        command = [sys.executable, "-m", "hermes_api", "serve", "--config", str(config), "--port", str(self.port)]
+        if uvicorn_factory:  # the README's other way to run it
+            env["HERMES_API_CONFIG"] = str(config)
+            command = [sys.executable, "-m", "uvicorn", "--factory", "hermes_api.app:create_app_from_env"]
+            command += ["--port", str(self.port)]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hermes_api", "serve", "--config", str(config), "--port", str(self.port)],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -305,8 +313,8 @@ class ServeProcess:
 def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     started: list[ServeProcess] = []
 
-    def start(config: Path, log_path: Path, environ: dict[str, str] | None = None) -> ServeProcess:
-        server = ServeProcess(config, log_path, environ)
+    def start(config: Path, log_path: Path, environ: dict[str, str] | None = None, **kw: Any) -> ServeProcess:
+        server = ServeProcess(config, log_path, environ, **kw)
         started.append(server)
         return server
 
