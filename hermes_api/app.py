@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,7 +33,7 @@ from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
 from .registry import ProfileRegistry
-from .settings import Settings
+from .settings import CORS, Settings
 from .shutdown import Drain
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
@@ -40,6 +41,16 @@ from .upstream import Upstream
 logger = logging.getLogger("hermes_api")
 
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "content-type",
+    "x-request-id",
+    "x-hermes-profile",
+    "x-hermes-chat-id",
+    "x-hermes-user-id",
+    "x-hermes-thread-id",
+)
+CORS_EXPOSED_HEADERS = ("x-hermes-profile", "x-request-id", "retry-after", "x-should-retry")
 
 
 class RequestIdMiddleware:
@@ -70,6 +81,26 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def cors_middleware(cors: CORS | None) -> list[Middleware]:
+    """Starlette's CORSMiddleware when ``cors`` is configured (none by default). It sits
+    outside authentication, so preflights need no key and errors (a 401 too) carry the
+    CORS headers a browser needs to read them. No credentials: keys travel as
+    ``Authorization: Bearer``, never as cookies."""
+    if cors is None:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(cors.allow_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[*CORS_REQUEST_HEADERS, *cors.allow_headers],
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            allow_credentials=False,
+            max_age=cors.max_age,
+        )
+    ]
 
 
 def v1_routes() -> list[BaseRoute]:
@@ -141,6 +172,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
+            *cors_middleware(settings.cors),
             Middleware(AuthenticationMiddleware, backend=KeyRing(settings.keys), on_error=on_auth_error),
         ],
         exception_handlers={
