@@ -13,6 +13,7 @@ which is closed after the response is sent, or when the client goes away.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -23,7 +24,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .context import use_profile
-from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, error_response
+from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, RouteNotFoundError, error_response
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Body = dict[str, Any]
 Handler = Callable[[Request, Body], Awaitable[Response]]
@@ -89,6 +92,10 @@ class ProfileEndpoint:
         self.runs_turns = runs_turns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _CONTROL.search(scope["path"]):
+            # Starlette's route patterns end in `$`, which also matches before a final
+            # newline: "/v1/models/alpha%0A" would otherwise be "alpha".
+            raise RouteNotFoundError(f"{scope['method']} {scope['path']!r} is not a route of this server.")
         request = Request(scope, receive)
         state = request.state
         body = await read_json_object(request, state.settings.max_body_bytes) if self.reads_body else {}

@@ -5,6 +5,7 @@
     │   ├── InvalidJSONError            400 invalid_json: the body is not a JSON object
     │   ├── InvalidValueError           400 invalid_value: a field is missing or has a bad type
     │   ├── InvalidHeaderError          400 invalid_header: a routing header is malformed
+    │   ├── MalformedHTTPError          400 invalid_http: not HTTP/1.1 as the parser reads it
     │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
     ├── AuthenticationError             401 invalid_api_key
     ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
@@ -97,6 +98,13 @@ class InvalidHeaderError(InvalidRequestError):
     """A routing header is too long, not UTF-8 or holds control characters."""
 
     code = "invalid_header"
+
+
+class MalformedHTTPError(InvalidRequestError):
+    """The HTTP parser refused the request (a control character in a header value, a
+    broken request line): answered by the protocol, before any route."""
+
+    code = "invalid_http"
 
 
 class ProfileConflictError(InvalidRequestError):

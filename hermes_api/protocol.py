@@ -6,7 +6,9 @@ gigabytes of headers and the server would hold them all in memory. uvicorn's h11
 protocol has a limit (``h11_max_incomplete_event_size``) but is slower, and answers a
 plain-text 400. Here a head over ``max_header_bytes`` (request line plus every header
 name and value) gets ``431`` with the OpenAI error envelope and the connection is
-closed; at most ``max_header_bytes`` plus one read (256 KiB) is ever buffered.
+closed; at most ``max_header_bytes`` plus one read (256 KiB) is ever buffered. What
+httptools cannot parse at all (a control character in a header value, a broken request
+line) gets uvicorn's 400, but in the envelope (``invalid_http``) instead of plain text.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import logging
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .errors import HeadersTooLargeError
+from .errors import HeadersTooLargeError, HermesAPIError, MalformedHTTPError
 
 logger = logging.getLogger("hermes_api")
 
@@ -78,22 +80,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge  # httptools stops; uvicorn calls send_400_response
 
     def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what httptools cannot parse, in the envelope (§5)."""
         if self._too_large:
             self._refuse()
         else:
-            super().send_400_response(msg)
+            self._close_with(MalformedHTTPError("The request is not valid HTTP/1.1 (" + msg.rstrip(".") + ")."))
 
     def _refuse(self) -> None:
         """Answer 431 with the envelope and close the connection."""
         self._too_large = True
         logger.warning("refused a request whose headers are larger than %d bytes", self.max_header_bytes)
-        error = HeadersTooLargeError(
-            f"The request line and headers are larger than {self.max_header_bytes} bytes.", param=None
+        self._close_with(
+            HeadersTooLargeError(f"The request line and headers are larger than {self.max_header_bytes} bytes.")
         )
+
+    def _close_with(self, error: HermesAPIError) -> None:
         body = orjson.dumps(error.to_dict())
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
+            STATUS_LINE[error.status_code] + b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body
         )

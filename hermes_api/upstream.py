@@ -23,6 +23,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from .errors import (
+    InvalidJSONError,
     UpstreamAuthError,
     UpstreamBadResponseError,
     UpstreamError,
@@ -191,13 +192,19 @@ class Upstream:
         await self._client.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
+        """The POST to the profile's provider. Raises ``InvalidJSONError`` for a body
+        too deeply nested to serialise again."""
         headers = {"content-type": "application/json", "accept": "application/json"}
         if profile.api_key:
             headers["authorization"] = f"Bearer {profile.api_key}"
+        try:
+            content = orjson.dumps(payload)
+        except orjson.JSONEncodeError:  # parsed fine (1024 levels), but orjson writes 254 at most
+            raise InvalidJSONError("The JSON body is nested too deeply.") from None
         return self._client.build_request(
             "POST",
             profile.chat_completions_url,
-            content=orjson.dumps(payload),
+            content=content,
             headers=headers,
             timeout=self._timeouts.get(profile.name, httpx.USE_CLIENT_DEFAULT),
         )

@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from hermes_api.app import create_app
+from hermes_api.protocol import bounded_protocol
 from hermes_api.settings import Settings
 
 UPSTREAM = "http://upstream.test/v1"
@@ -162,13 +163,21 @@ def client(make_app: Callable[..., Starlette]) -> Iterator[TestClient]:
 
 
 class LiveServer:
-    """An ASGI app under uvicorn in a thread, on 127.0.0.1 and a free port."""
+    """An ASGI app under uvicorn in a thread, on 127.0.0.1 and a free port, with the
+    HTTP protocol ``hermes-api serve`` uses."""
 
     def __init__(self, app: Any) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=bounded_protocol(64 * 1024),  # as hermes-api serve runs
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -321,3 +330,17 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for server in started:
         server.kill()
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw request bytes (``Connection: close`` included by the caller) and read
+    the answer to the end: for what an HTTP client would refuse or rewrite."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while data := s.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    return int(status_line.split(" ")[1]), headers, body

@@ -16,6 +16,7 @@ cut is exactly what the test asked for. The first path segment picks the behavio
     slow-<ms>     silence for <ms> before an ok answer (non-stream), or between the
                   first chunk and the rest (stream)
     forever       a chunk every 50 ms until the client goes
+    deep          valid JSON nested 300 levels deep (more than orjson writes)
 
 Two more ports: ``refused`` (bound, never listening: connections are refused) and
 ``blackhole`` (listening with a full backlog: connections hang, so they time out).
@@ -122,6 +123,9 @@ class Connection:
             w.write(head(200, "application/json", len(data)) + data[:20])
             await w.drain()
             return False
+        elif behaviour == "deep":
+            data = completion(tag, model)[:-1] + b', "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
+            w.write(head(200, "application/json", len(data)) + data)
         elif behaviour in ("stall", "hang"):
             if behaviour == "stall":
                 w.write(head(200, "application/json", 1000) + b'{"id": ')
@@ -163,6 +167,8 @@ class Connection:
             if behaviour == "stall":
                 record["client_left"] = await self.until_eof(None)
                 return False
+            if behaviour == "deep":
+                w.write(frame(chunk("x", tag, model)[:-3] + b', "extra": ' + b"[" * 300 + b"]" * 300 + b"}\n\n"))
             if behaviour == "reset":
                 w.write(b"ff\r\ndata: {")
                 await w.drain()

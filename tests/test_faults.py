@@ -37,6 +37,7 @@ BEHAVIOURS = [
     "reset",
     "stall",
     "slow-1500",
+    "deep",
 ]
 READ_TIMEOUT = 0.5  # server-wide; the profile "patient" has its own, longer one
 
@@ -114,9 +115,10 @@ FAULTS = [
     ("reset", 502, "upstream_error", "upstream_unavailable", None),
     ("stall", 504, "upstream_error", "upstream_timeout", None),
     ("slow-1500", 504, "upstream_error", "upstream_timeout", None),
+    ("deep", 502, "upstream_error", "upstream_error", None),
 ]
 # Streams whose provider said 200 fail after the first byte: the in-stream form.
-IN_STREAM = {"notjson", "cut", "reset", "stall", "slow-1500"}
+IN_STREAM = {"notjson", "cut", "reset", "stall", "slow-1500", "deep"}
 
 
 def fault_cases() -> Iterator[Any]:

@@ -18,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..context import current_profile
-from ..errors import HermesAPIError, InvalidValueError
+from ..errors import HermesAPIError, InvalidValueError, UpstreamBadResponseError
 from ..shutdown import FORCE_MARGIN, Drain
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
 
 DONE = b"data: [DONE]\n\n"
+TOO_DEEP = "The upstream provider's answer is nested too deeply to pass on."
 
 
 def validate_chat_request(body: dict[str, Any]) -> bool:
@@ -37,9 +38,9 @@ def validate_chat_request(body: dict[str, Any]) -> bool:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidValueError(f"messages[{i}] must be an object with a string 'role'.", param=f"messages[{i}]")
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if content is not None and not isinstance(content, str) and not _is_parts(content):
             raise InvalidValueError(
-                f"messages[{i}].content must be a string or an array of content parts.",
+                f"messages[{i}].content must be a string or an array of content parts (objects).",
                 param=f"messages[{i}].content",
             )
     stream = body.get("stream")
@@ -58,8 +59,17 @@ def validate_chat_request(body: dict[str, Any]) -> bool:
     return include_usage and stream is True
 
 
+def _is_parts(content: object) -> bool:
+    return isinstance(content, list) and all(isinstance(part, dict) for part in content)
+
+
 def sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+    """One ``data:`` event. Raises ``UpstreamBadResponseError`` for a provider chunk
+    nested too deeply to serialise (orjson reads 1024 levels but writes 254)."""
+    try:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+    except orjson.JSONEncodeError:
+        raise UpstreamBadResponseError(TOO_DEEP) from None
 
 
 async def chat_events(chunks: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
@@ -122,4 +132,8 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
             shutdown_event=drain.event,
             shutdown_grace_period=drain.grace + FORCE_MARGIN,
         )
-    return JSONResponse(await drain.run(state.turns.complete(profile, body)))
+    answer = await drain.run(state.turns.complete(profile, body))
+    try:
+        return JSONResponse(answer)
+    except orjson.JSONEncodeError:
+        raise UpstreamBadResponseError(TOO_DEEP) from None
