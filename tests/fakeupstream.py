@@ -17,6 +17,9 @@ cut is exactly what the test asked for. The first path segment picks the behavio
                   first chunk and the rest (stream)
     forever       a chunk every 50 ms until the client goes
     deep          valid JSON nested 300 levels deep (more than orjson writes)
+    echo          after 0-20 ms, an answer whose text is what the call carried: its
+                  Authorization, model, system message and last message (JSON);
+                  streamed in two chunks 0-10 ms apart
 
 Two more ports: ``refused`` (bound, never listening: connections are refused) and
 ``blackhole`` (listening with a full backlog: connections hang, so they time out).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -48,7 +52,7 @@ def chunk(content: str, tag: str, model: str) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-def completion(tag: str, model: str) -> bytes:
+def completion(tag: str, model: str, content: str | None = None) -> bytes:
     return json.dumps(
         {
             "id": "chatcmpl-fake",
@@ -56,7 +60,11 @@ def completion(tag: str, model: str) -> bytes:
             "created": 1700000000,
             "model": model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": f"ok {tag}"}, "finish_reason": "stop"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content or f"ok {tag}"},
+                    "finish_reason": "stop",
+                }
             ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
@@ -77,6 +85,7 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.headers: dict[str, str] = {}
 
     async def serve(self) -> None:
         try:
@@ -87,7 +96,8 @@ class Connection:
                     return
                 request_line, *header_lines = line.decode("latin-1").split("\r\n")
                 method, path, _ = request_line.split(" ", 2)
-                headers = dict(h.lower().split(": ", 1) for h in header_lines if ": " in h)
+                pairs = (h.split(": ", 1) for h in header_lines if ": " in h)
+                headers = self.headers = {k.lower(): v for k, v in pairs}
                 body = await self.reader.readexactly(int(headers.get("content-length", 0)))
                 if not await self.answer(method, path, body):
                     return
@@ -107,6 +117,8 @@ class Connection:
         body = json.loads(raw or b"{}")
         tag = str((body.get("messages") or [{}])[-1].get("content"))
         model = str(body.get("model"))
+        if behaviour == "echo":
+            return await self.echo(body, tag, model)
         if body.get("stream"):
             return await self.stream(behaviour, tag, model)
         if behaviour.startswith("status-"):
@@ -136,6 +148,31 @@ class Connection:
                 await asyncio.sleep(int(behaviour.split("-")[1]) / 1000)
             data = completion(tag, model)
             w.write(head(200, "application/json", len(data)) + data)
+        await w.drain()
+        return True
+
+    async def echo(self, body: dict[str, Any], tag: str, model: str) -> bool:
+        messages = body.get("messages") or [{}]
+        seen = {
+            "auth": self.headers.get("authorization"),
+            "model": model,
+            "system": messages[0].get("content"),
+            "tag": tag,
+        }
+        text = json.dumps(seen)
+        await asyncio.sleep(random.uniform(0, 0.02))
+        w = self.writer
+        if not body.get("stream"):
+            data = completion(tag, model, text)
+            w.write(head(200, "application/json", len(data)) + data)
+            await w.drain()
+            return True
+        w.write(head(200, "text/event-stream", None))
+        for part in (text[: len(text) // 2], text[len(text) // 2 :]):
+            w.write(frame(chunk(part, tag, model)))
+            await w.drain()
+            await asyncio.sleep(random.uniform(0, 0.01))
+        w.write(frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await w.drain()
         return True
 
