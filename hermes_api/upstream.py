@@ -51,6 +51,9 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
     ``ConnectTimeout``), so an aiohttp cause, when there is one, decides."""
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
+    logger.debug(
+        "profile %s: upstream transport failure %s: %s", profile.name, type(root).__name__, _scrub(str(root), profile)
+    )
     if isinstance(root, (TimeoutError, httpx.TimeoutException)):
         return UpstreamTimeoutError(f"The upstream provider of profile '{profile.name}' did not answer in time.")
     return UpstreamUnavailableError(
@@ -63,6 +66,8 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
     provider's message; 401/403 are our key's fault (502); 429 keeps Retry-After;
     timeouts are 504; everything else is 502."""
     who = f"The upstream provider of profile '{profile.name}'"
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
     if status in (401, 403):
         return UpstreamAuthError(f"{who} refused its API key (HTTP {status}).")
     if status == 429:
@@ -88,6 +93,13 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
     return UpstreamBadResponseError(
         f"{who} answered HTTP {status}; check model.base_url and the model id of the profile."
     )
+
+
+def _excerpt(body: bytes, profile: Profile, limit: int = 300) -> str:
+    """The start of an upstream body for a debug line, the key scrubbed before cutting
+    (so no part of it can be left behind)."""
+    text = _scrub(body[: limit * 4].decode("utf-8", "replace"), profile)
+    return text[:limit] + "…" if len(text) > limit else text
 
 
 def _error_detail(body: bytes) -> dict[str, Any]:

@@ -17,6 +17,8 @@ cut is exactly what the test asked for. The first path segment picks the behavio
                   first chunk and the rest (stream)
     forever       a chunk every 50 ms until the client goes
     deep          valid JSON nested 300 levels deep (more than orjson writes)
+    leak          a 400 whose message repeats the Authorization it got; streamed, an
+                  in-stream error event that does the same
     echo          after 0-20 ms, an answer whose text is what the call carried: its
                   Authorization, model, system message and last message (JSON);
                   streamed in two chunks 0-10 ms apart
@@ -119,6 +121,16 @@ class Connection:
         model = str(body.get("model"))
         if behaviour == "echo":
             return await self.echo(body, tag, model)
+        if behaviour == "leak":
+            leaked = {"error": {"message": f"bad key {self.headers.get('authorization')}", "code": "leak"}}
+            if body.get("stream"):
+                w.write(head(200, "text/event-stream", None) + frame(chunk("first ", tag, model)))
+                w.write(frame(b"data: " + json.dumps(leaked).encode() + b"\n\n") + b"0\r\n\r\n")
+            else:
+                data = json.dumps(leaked).encode()
+                w.write(head(400, "application/json", len(data)) + data)
+            await w.drain()
+            return True
         if body.get("stream"):
             return await self.stream(behaviour, tag, model)
         if behaviour.startswith("status-"):
