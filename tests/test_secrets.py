@@ -128,3 +128,53 @@ def test_no_secret_in_logs_or_responses(secret_world, fake_upstream: FakeUpstrea
     found = {s for s in everything for text in (log, *seen) if s in text}
     assert found == set(), f"secrets found: {found}"
     assert len(seen) > 40
+
+
+def test_keys_are_kept_as_digests_and_all_compared(monkeypatch) -> None:
+    """``key_sha256`` keys work, and ``identify`` compares the digest with every key
+    whichever matches (no early exit), through ``hmac.compare_digest``."""
+    import hmac
+
+    from hermes_api import keys as keys_module
+    from hermes_api.errors import AuthenticationError
+    from hermes_api.keys import KeyRing
+    from hermes_api.settings import APIKey
+
+    clear = [sentinel("KEY") for _ in range(5)]
+    ring = KeyRing(APIKey(f"k{i}", bytes.fromhex(digest(k))) for i, k in enumerate(clear))
+    calls: list[int] = []
+    compare = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append(1)
+        return compare(a, b)
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", counting)
+    for i, key in enumerate(clear):
+        calls.clear()
+        assert ring.identify(f"Bearer {key}").display_name == f"k{i}"
+        assert len(calls) == len(clear)
+    calls.clear()
+    with pytest.raises(AuthenticationError):
+        ring.identify("Bearer " + clear[0][:-1])
+    assert len(calls) == len(clear)
+    assert not any(k in repr(ring.__dict__) for k in clear), "only digests are kept"
+
+
+def test_key_sha256_through_the_real_server(home: HermesHome, tmp_path: Path, serve_process) -> None:
+    key = sentinel("CLIENTKEY")
+    config = tmp_path / "hermes-api.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hermes_home": str(home.root),
+                "expose": ["default", "alpha"],
+                "keys": [{"name": "hashed", "key_sha256": digest(key), "profiles": ["alpha"]}],
+            }
+        )
+    )
+    server = serve_process(config, tmp_path / "serve.log")
+    r = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["alpha"]
+    assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {key}x"}).status_code == 401
+    assert key not in config.read_text() and key not in server.log()
