@@ -48,6 +48,7 @@ def test_every_operation_documents_its_errors() -> None:
     for (method, path), _ in spec_operations().items():
         responses = SPEC["paths"][path][method.lower()]["responses"]
         assert "200" in responses
+        assert "431" in responses, path  # the header-size cap applies to every route
         if path != "/health":
             assert "401" in responses, path
 
