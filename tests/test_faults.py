@@ -36,10 +36,12 @@ BEHAVIOURS = [
     "cut",
     "reset",
     "stall",
-    "slow-1500",
+    "slow-2500",
     "deep",
 ]
-READ_TIMEOUT = 0.5  # server-wide; the profile "patient" has its own, longer one
+# Server-wide; "patient" and "ok" have their own, longer ones (per_profile), so a loaded
+# machine cannot turn their answers into timeouts.
+READ_TIMEOUT = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def server(fake_upstream: FakeUpstream, tmp_path_factory) -> Iterator[LiveServer
             behaviour,
             model={"default": f"m-{behaviour}", "provider": "custom", "base_url": fake_upstream.base_url(behaviour)},
         )
-    home.add("patient", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("slow-1500")})
+    home.add("patient", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("slow-2500")})
     config = root / "hermes-api.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -60,7 +62,10 @@ def server(fake_upstream: FakeUpstream, tmp_path_factory) -> Iterator[LiveServer
                 "expose": "*",
                 "default_profile": "ok",
                 "timeouts": {"connect": READ_TIMEOUT, "read": READ_TIMEOUT},
-                "per_profile": {"patient": {"timeouts": {"read": 10}}},
+                "per_profile": {
+                    "patient": {"timeouts": {"read": 10}},
+                    "ok": {"timeouts": {"connect": 5, "read": 10}},
+                },
             }
         )
     )
@@ -114,11 +119,11 @@ FAULTS = [
     ("cut", 502, "upstream_error", "upstream_error", None),
     ("reset", 502, "upstream_error", "upstream_unavailable", None),
     ("stall", 504, "upstream_error", "upstream_timeout", None),
-    ("slow-1500", 504, "upstream_error", "upstream_timeout", None),
+    ("slow-2500", 504, "upstream_error", "upstream_timeout", None),
     ("deep", 502, "upstream_error", "upstream_error", None),
 ]
 # Streams whose provider said 200 fail after the first byte: the in-stream form.
-IN_STREAM = {"notjson", "cut", "reset", "stall", "slow-1500", "deep"}
+IN_STREAM = {"notjson", "cut", "reset", "stall", "slow-2500", "deep"}
 
 
 def fault_cases() -> Iterator[Any]:
@@ -153,8 +158,8 @@ def test_fault_gives_the_error_of_the_table_and_the_server_survives(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_read_timeout_per_profile_overrides_the_server_wide_one(client: httpx.Client, stream: bool) -> None:
-    """The provider is silent for 1.5 s: over the server-wide read timeout (0.5 s, see
-    the ``slow-1500`` fault) but within ``per_profile.patient.timeouts.read`` (10 s)."""
+    """The provider is silent for 2.5 s: over the server-wide read timeout (1 s, see
+    the ``slow-2500`` fault) but within ``per_profile.patient.timeouts.read`` (10 s)."""
     r = chat(client, "patient", stream, "late")
     assert r.status_code == 200
     if stream:
