@@ -10,6 +10,7 @@ and hands them to requests as ``request.state`` (STYLE.md 2).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import uuid
@@ -22,20 +23,35 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .binding import ProfileEndpoint, model_in_path
+from .binding import Handler, ProfileEndpoint, model_in_path
 from .endpoints import chat, health, models, responses
 from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
+from .limits import ConcurrencyLimiter
 from .registry import ProfileRegistry
-from .settings import Settings
+from .settings import CORS, Settings
+from .shutdown import Drain
 from .store import ResponseStore, open_store
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
 
+logger = logging.getLogger("hermes_api")
+
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "content-type",
+    "x-request-id",
+    "x-hermes-profile",
+    "x-hermes-chat-id",
+    "x-hermes-user-id",
+    "x-hermes-thread-id",
+)
+CORS_EXPOSED_HEADERS = ("x-hermes-profile", "x-request-id", "retry-after", "x-should-retry")
 
 
 class RequestIdMiddleware:
@@ -68,6 +84,43 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+def cors_middleware(cors: CORS | None) -> list[Middleware]:
+    """Starlette's CORSMiddleware when ``cors`` is configured (none by default). It sits
+    outside authentication, so preflights need no key and errors (a 401 too) carry the
+    CORS headers a browser needs to read them. No credentials: keys travel as
+    ``Authorization: Bearer``, never as cookies."""
+    if cors is None:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(cors.allow_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[*CORS_REQUEST_HEADERS, *cors.allow_headers],
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            allow_credentials=False,
+            max_age=cors.max_age,
+        )
+    ]
+
+
+class ByMethod:
+    """One path, an endpoint per method: a single Route, so a 405 on the path lists
+    every method it has in ``Allow`` (Starlette reports only the first partial match)."""
+
+    def __init__(self, **endpoints: ASGIApp) -> None:
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        await self.endpoints[method](scope, receive, send)
+
+
+def stored(handler: Handler) -> ProfileEndpoint:
+    """An endpoint about a stored response: its profile applies unless one is named."""
+    return ProfileEndpoint(handler, reads_body=False, model=None, implied=responses.stored_profile)
+
+
 def v1_routes() -> list[BaseRoute]:
     """The OpenAI routes; mounted at ``/`` and again under ``/p/{profile}``."""
     return [
@@ -77,20 +130,21 @@ def v1_routes() -> list[BaseRoute]:
             ProfileEndpoint(models.retrieve_model, reads_body=False, model=model_in_path),
             methods=["GET"],
         ),
-        Route("/v1/chat/completions", ProfileEndpoint(chat.create_chat_completion), methods=["POST"]),
-        Route("/v1/responses", ProfileEndpoint(responses.create_response), methods=["POST"]),
-        *(
-            Route(
-                path,
-                ProfileEndpoint(handler, reads_body=False, model=None, implied=responses.stored_profile),
-                methods=[method],
-            )
-            for method, path, handler in (
-                ("GET", "/v1/responses/{response_id}", responses.retrieve_response),
-                ("DELETE", "/v1/responses/{response_id}", responses.delete_response),
-                ("GET", "/v1/responses/{response_id}/input_items", responses.list_input_items),
-            )
+        Route(
+            "/v1/chat/completions",
+            ProfileEndpoint(chat.create_chat_completion, runs_turns=True),
+            methods=["POST"],
         ),
+        Route("/v1/responses", ProfileEndpoint(responses.create_response, runs_turns=True), methods=["POST"]),
+        Route(
+            "/v1/responses/{response_id}",
+            ByMethod(
+                GET=stored(responses.retrieve_response),
+                DELETE=stored(responses.delete_response),
+            ),
+            methods=["GET", "DELETE"],
+        ),
+        Route("/v1/responses/{response_id}/input_items", stored(responses.list_input_items), methods=["GET"]),
     ]
 
 
@@ -101,34 +155,46 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
     store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
+    drain: Drain | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
     upstream connection pool (tests pass respx's); ``turn_runner`` builds the runner
     of turns from the upstream client (default: one provider call per turn); ``store``
-    opens the response store (default: SQLite in ``state_dir``)."""
+    opens the response store (default: SQLite in ``state_dir``); ``drain`` is told when
+    shutdown begins (``serve`` passes the one its signal handler calls; default: a new
+    one, told by sse-starlette)."""
     environ = os.environ if environ is None else environ
+    drain = Drain(settings.shutdown_grace) if drain is None else drain
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         registry.load()
         response_store = await store(settings)
-        upstream = Upstream(settings.timeouts, transport=transport)
-        sweeper = asyncio.create_task(registry.sweep())
+        upstream = Upstream(settings, transport=transport)
+        tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
         try:
             yield {
                 "settings": settings,
                 "registry": registry,
                 "turns": turn_runner(upstream),
                 "store": response_store,
+                "limiter": ConcurrencyLimiter(settings),
+                "drain": drain,
             }
         finally:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            # uvicorn runs this only once no request is left (streams included), so
+            # what closes here closes after the last turn: the upstream pool, then the
+            # store, last of all, so no acknowledged response is lost.
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
             await upstream.aclose()
             await response_store.aclose()
+            logger.info("stopped")
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
@@ -139,6 +205,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
+            *cors_middleware(settings.cors),
             Middleware(AuthenticationMiddleware, backend=KeyRing(settings.keys), on_error=on_auth_error),
         ],
         exception_handlers={

@@ -17,6 +17,7 @@ which is closed after the response is sent, or when the client goes away.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -27,8 +28,10 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .context import use_profile
-from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, error_response
+from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, RouteNotFoundError, error_response
 from .registry import Selection
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Body = dict[str, Any]
 Handler = Callable[[Request, Body], Awaitable[Response]]
@@ -78,7 +81,9 @@ class ProfileEndpoint:
     ``reads_body``: parse the JSON body first (POST routes); ``model``: where the
     request's ``model`` selector is (the body, the path, or nowhere); ``implied``: the
     profile of the object the path names, used when nothing explicit names one (it
-    raises the object's 404 itself).
+    raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
+    the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
+    response has been sent or abandoned.
     """
 
     def __init__(
@@ -88,13 +93,19 @@ class ProfileEndpoint:
         reads_body: bool = True,
         model: ModelSelector | None = model_in_body,
         implied: ImpliedProfile | None = None,
+        runs_turns: bool = False,
     ) -> None:
         self.handler = handler
         self.reads_body = reads_body
         self.model = model
         self.implied = implied
+        self.runs_turns = runs_turns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _CONTROL.search(scope["path"]):
+            # Starlette's route patterns end in `$`, which also matches before a final
+            # newline: "/v1/models/alpha%0A" would otherwise be "alpha".
+            raise RouteNotFoundError(f"{scope['method']} {scope['path']!r} is not a route of this server.")
         request = Request(scope, receive)
         state = request.state
         body = await read_json_object(request, state.settings.max_body_bytes) if self.reads_body else {}
@@ -118,6 +129,8 @@ class ProfileEndpoint:
             state.resources = resources
             with use_profile(profile):
                 try:
+                    if self.runs_turns:
+                        resources.enter_context(state.limiter.slot(profile.name))
                     response = await self.handler(request, body)
                 except HermesAPIError as exc:  # routed: the answer names its profile
                     response = error_response(exc)

@@ -15,13 +15,16 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from .app import create_app
+from .protocol import bounded_protocol
 from .registry import ProfileRegistry
 from .settings import ConfigError, Settings
+from .shutdown import FORCE_MARGIN, Drain
 
 EXIT_PROBLEMS = 1
 EXIT_CONFIG = 2
@@ -104,18 +107,36 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app's ``Drain`` the moment a signal asks it to
+    stop, so in-flight turns get ``shutdown_grace`` seconds from then."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.drain.begin()
+
+
 def serve(settings: Settings, environ: Mapping[str, str]) -> None:
-    """Run the server in the foreground until interrupted."""
+    """Run the server in the foreground until SIGINT or SIGTERM: then stop accepting,
+    give turns in flight ``shutdown_grace`` seconds, close the rest, and exit."""
+    drain = Drain(settings.shutdown_grace)
     config = uvicorn.Config(
-        functools.partial(create_app, settings, environ=environ),
+        functools.partial(create_app, settings, environ=environ, drain=drain),
         factory=True,
         host=settings.host,
         port=settings.port,
+        http=bounded_protocol(settings.max_header_bytes),
         log_level=settings.log_level,
         log_config=log_config(settings.log_level),
         server_header=False,
+        # A backstop only: Drain ends every turn at the grace period.
+        timeout_graceful_shutdown=int(settings.shutdown_grace + FORCE_MARGIN),
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, drain).run()
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:

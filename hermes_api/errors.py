@@ -5,6 +5,7 @@
     │   ├── InvalidJSONError            400 invalid_json: the body is not a JSON object
     │   ├── InvalidValueError           400 invalid_value: a field is missing or has a bad type
     │   ├── InvalidHeaderError          400 invalid_header: a routing header is malformed
+    │   ├── MalformedHTTPError          400 invalid_http: not HTTP/1.1 as the parser reads it
     │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
     ├── AuthenticationError             401 invalid_api_key
     ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
@@ -14,6 +15,8 @@
     │   └── RouteNotFoundError          404 not_found: no such path
     ├── MethodNotAllowedError           405 method_not_allowed
     ├── RequestTooLargeError            413 request_too_large
+    ├── HeadersTooLargeError            431 request_headers_too_large: over max_header_bytes
+    ├── ConcurrencyLimitError           429 rate_limit_error concurrency_limit_exceeded: our own cap
     ├── UpstreamError                   upstream_error: the profile's provider failed us
     │   ├── UpstreamRejectedError       400/413/422 as the upstream said, its message and code
     │   ├── UpstreamRateLimitError      429 rate_limit_error, Retry-After passed on
@@ -21,6 +24,7 @@
     │   ├── UpstreamUnavailableError    502 upstream_unavailable: refused, reset, 5xx
     │   ├── UpstreamBadResponseError    502 upstream_error: not JSON, cut-off stream
     │   └── UpstreamTimeoutError        504 upstream_timeout
+    ├── ShuttingDownError               503 server_shutting_down: the shutdown grace period ran out
     └── ServerError                     500 server_error: a bug; details go to the log only
 
 Every error renders as ``{"error": {"message", "type", "param", "code"}}`` with all four
@@ -96,6 +100,13 @@ class InvalidHeaderError(InvalidRequestError):
     code = "invalid_header"
 
 
+class MalformedHTTPError(InvalidRequestError):
+    """The HTTP parser refused the request (a control character in a header value, a
+    broken request line): answered by the protocol, before any route."""
+
+    code = "invalid_http"
+
+
 class ProfileConflictError(InvalidRequestError):
     """The URL prefix, ``X-Hermes-Profile`` and ``model`` name different profiles."""
 
@@ -162,6 +173,27 @@ class RequestTooLargeError(HermesAPIError):
     code = "request_too_large"
 
 
+class HeadersTooLargeError(HermesAPIError):
+    """The request line and headers are larger than ``max_header_bytes``."""
+
+    status_code = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
+class ConcurrencyLimitError(HermesAPIError):
+    """hermes-api's own cap on concurrent upstream requests (server-wide or per profile)
+    is reached; ``Retry-After`` says when to try again. The code tells it apart from the
+    provider's own 429 (``rate_limit_exceeded``)."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "concurrency_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
 class UpstreamError(HermesAPIError):
     """The profile's provider did not give a usable answer."""
 
@@ -223,6 +255,15 @@ class UpstreamTimeoutError(UpstreamError):
 
     status_code = 504
     code = "upstream_timeout"
+
+
+class ShuttingDownError(HermesAPIError):
+    """The server is stopping and the request outlived ``shutdown_grace``; retrying
+    (against this server once restarted, or another) can succeed."""
+
+    status_code = 503
+    type = "server_error"
+    code = "server_shutting_down"
 
 
 class ServerError(HermesAPIError):

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ MAX_ROUTE_VALUE_CHARS = 256  # the longest routing header value accepted (regist
 # when it has no user (packages/api/src/utils/env.ts leaves it in place then).
 PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ORIGIN = re.compile(r"https?://[^/\s]+")
 _TOP_LEVEL = {
     "hermes_home",
     "host",
@@ -54,12 +55,20 @@ _TOP_LEVEL = {
     "state_dir",
     "timeouts",
     "max_body_bytes",
+    "max_header_bytes",
+    "max_concurrent",
+    "max_concurrent_per_profile",
+    "per_profile",
+    "shutdown_grace",
+    "cors",
     "reload_interval",
     "sse_keepalive",
     "log_level",
     "retention",
 }
 RETENTION_FIELDS = {"max_age_days": float, "max_responses": int, "max_session_turns": int}
+_PER_PROFILE_FIELDS = {"timeouts", "max_concurrent"}
+_CORS_FIELDS = {"allow_origins", "allow_headers", "max_age"}
 
 
 class ConfigError(Exception):
@@ -110,6 +119,25 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileLimits:
+    """One profile's upstream timeouts and cap on concurrent upstream requests: the
+    server-wide values, overridden by ``per_profile.<name>`` in the config file."""
+
+    timeouts: Timeouts = Timeouts()
+    max_concurrent: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class CORS:
+    """Cross-origin access for browsers (off unless ``cors.allow_origins`` is set).
+    ``allow_headers`` are request headers allowed beyond the built-in ones."""
+
+    allow_origins: tuple[str, ...]
+    allow_headers: tuple[str, ...] = ()
+    max_age: int = 600
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated server configuration; ``expose`` None means every valid profile."""
 
@@ -124,10 +152,23 @@ class Settings:
     routes: tuple[RouteRule, ...] = ()
     timeouts: Timeouts = Timeouts()
     max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_concurrent: int = 512
+    max_concurrent_per_profile: int = 128
+    per_profile: Mapping[str, ProfileLimits] = field(default_factory=dict)
+    shutdown_grace: float = 20.0
+    cors: CORS | None = None
     reload_interval: float = 1.0
     sse_keepalive: float = 15.0
     log_level: str = "info"
     retention: Retention = Retention()
+
+    def limits_for(self, profile: str) -> ProfileLimits:
+        """The timeouts and concurrency cap of ``profile`` (its override, else the defaults)."""
+        found = self.per_profile.get(profile)
+        if found is None:
+            return ProfileLimits(self.timeouts, self.max_concurrent_per_profile)
+        return found
 
     @property
     def is_loopback(self) -> bool:
@@ -190,9 +231,10 @@ class _Parser:
         p = Path(os.path.expanduser(str(value)))
         return p if p.is_absolute() else (self.base / p).resolve()
 
-    def number(self, value: Any, name: str, kind: type = float) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            self.fail(f"{name} must be a positive number")
+    def number(self, value: Any, name: str, kind: type = float, *, zero: bool = False) -> Any:
+        """A positive number (``zero``: or 0) of ``kind``, else None and a problem."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero):
+            self.fail(f"{name} must be a {'non-negative' if zero else 'positive'} number")
             return None
         if kind is int and not isinstance(value, int):
             self.fail(f"{name} must be a positive integer")
@@ -251,6 +293,12 @@ class _Parser:
             self.path(raw["state_dir"], "state_dir") if "state_dir" in raw else (home / "hermes-api" if home else None)
         )
         max_body = self.number(raw.get("max_body_bytes", 10 * 1024 * 1024), "max_body_bytes", int)
+        max_header = self.number(raw.get("max_header_bytes", 64 * 1024), "max_header_bytes", int)
+        max_concurrent = self.number(raw.get("max_concurrent", 512), "max_concurrent", int)
+        per_profile_cap = self.number(raw.get("max_concurrent_per_profile", 128), "max_concurrent_per_profile", int)
+        per_profile = self.per_profile(raw.get("per_profile") or {}, expose, timeouts, per_profile_cap or 1)
+        grace = self.number(raw.get("shutdown_grace", 20.0), "shutdown_grace", zero=True)
+        cors = self.cors(raw["cors"]) if raw.get("cors") is not None else None
         reload_interval = self.number(raw.get("reload_interval", 1.0), "reload_interval")
         keepalive = self.number(raw.get("sse_keepalive", 15.0), "sse_keepalive")
         retention = self.retention(raw.get("retention") or {})
@@ -269,6 +317,12 @@ class _Parser:
             routes=routes,
             timeouts=timeouts,
             max_body_bytes=max_body,
+            max_header_bytes=max_header,
+            max_concurrent=max_concurrent,
+            max_concurrent_per_profile=per_profile_cap,
+            per_profile=per_profile,
+            shutdown_grace=grace,
+            cors=cors,
             reload_interval=reload_interval,
             sse_keepalive=keepalive,
             log_level=log_level,
@@ -285,12 +339,56 @@ class _Parser:
             values[key] = None if value is None else self.number(value, f"retention.{key}", RETENTION_FIELDS[key])
         return Retention(**values)
 
-    def timeouts(self, raw: Any) -> Timeouts:
+    def timeouts(self, raw: Any, name: str = "timeouts", base: Timeouts = Timeouts()) -> Timeouts:
+        """``raw`` over ``base``: a mapping with ``connect`` and/or ``read`` seconds."""
         if not isinstance(raw, dict) or set(raw) - {"connect", "read"}:
-            self.fail("timeouts must be a mapping with connect and/or read (seconds)")
-            return Timeouts()
-        values = {k: self.number(v, f"timeouts.{k}") for k, v in raw.items()}
-        return Timeouts(**{k: v for k, v in values.items() if v is not None})
+            self.fail(f"{name} must be a mapping with connect and/or read (seconds)")
+            return base
+        values = {k: self.number(v, f"{name}.{k}") for k, v in raw.items()}
+        return replace(base, **{k: v for k, v in values.items() if v is not None})
+
+    def per_profile(
+        self, raw: Any, expose: frozenset[str] | None, timeouts: Timeouts, cap: int
+    ) -> dict[str, ProfileLimits]:
+        """``per_profile: {<name>: {timeouts: {...}, max_concurrent: N}}`` over the defaults."""
+        if not isinstance(raw, dict):
+            self.fail("per_profile must be a mapping of profile name to settings")
+            return {}
+        found = {}
+        for name, item in raw.items():
+            where = f"per_profile.{name}"
+            if not is_profile_name(name):
+                self.fail(f"per_profile: {name!r} is not a valid profile name")
+                continue
+            if expose is not None and name not in expose:
+                self.fail(f"{where}: profile {name!r} is not in expose")
+            if not isinstance(item, dict) or set(item) - _PER_PROFILE_FIELDS:
+                self.fail(f"{where} must be a mapping with timeouts and/or max_concurrent")
+                continue
+            profile_timeouts = self.timeouts(item.get("timeouts") or {}, f"{where}.timeouts", timeouts)
+            profile_cap = self.number(item.get("max_concurrent", cap), f"{where}.max_concurrent", int)
+            found[name] = ProfileLimits(profile_timeouts, profile_cap or cap)
+        return found
+
+    def cors(self, raw: Any) -> CORS | None:
+        """``cors: {allow_origins: [...], allow_headers: [...], max_age: s}``."""
+        if not isinstance(raw, dict) or set(raw) - _CORS_FIELDS:
+            self.fail("cors must be a mapping with allow_origins, and optionally allow_headers and max_age")
+            return None
+        lists = {}
+        for key in ("allow_origins", "allow_headers"):
+            value = raw.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                self.fail(f"cors.{key} must be a list of strings")
+                value = []
+            lists[key] = tuple(value)
+        for origin in lists["allow_origins"]:
+            if origin != ALL and not _ORIGIN.fullmatch(origin):
+                self.fail(f'cors.allow_origins: {origin!r} is not an origin (scheme://host[:port]) or "*"')
+        if not lists["allow_origins"]:
+            self.fail("cors.allow_origins must name at least one origin")
+        max_age = self.number(raw.get("max_age", 600), "cors.max_age", int, zero=True)
+        return CORS(lists["allow_origins"], lists["allow_headers"], 600 if max_age is None else max_age)
 
     def keys(self, raw: Any, expose: frozenset[str] | None) -> tuple[APIKey, ...]:
         if not isinstance(raw, list):

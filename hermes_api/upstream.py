@@ -23,6 +23,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from .errors import (
+    InvalidJSONError,
     UpstreamAuthError,
     UpstreamBadResponseError,
     UpstreamError,
@@ -32,7 +33,7 @@ from .errors import (
     UpstreamUnavailableError,
 )
 from .profiles import Profile
-from .settings import Timeouts
+from .settings import Settings, Timeouts
 
 logger = logging.getLogger("hermes_api")
 
@@ -50,6 +51,9 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
     ``ConnectTimeout``), so an aiohttp cause, when there is one, decides."""
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
+    logger.debug(
+        "profile %s: upstream transport failure %s: %s", profile.name, type(root).__name__, _scrub(str(root), profile)
+    )
     if isinstance(root, (TimeoutError, httpx.TimeoutException)):
         return UpstreamTimeoutError(f"The upstream provider of profile '{profile.name}' did not answer in time.")
     return UpstreamUnavailableError(
@@ -62,6 +66,8 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
     provider's message; 401/403 are our key's fault (502); 429 keeps Retry-After;
     timeouts are 504; everything else is 502."""
     who = f"The upstream provider of profile '{profile.name}'"
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
     if status in (401, 403):
         return UpstreamAuthError(f"{who} refused its API key (HTTP {status}).")
     if status == 429:
@@ -87,6 +93,13 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
     return UpstreamBadResponseError(
         f"{who} answered HTTP {status}; check model.base_url and the model id of the profile."
     )
+
+
+def _excerpt(body: bytes, profile: Profile, limit: int = 300) -> str:
+    """The start of an upstream body for a debug line, the key scrubbed before cutting
+    (so no part of it can be left behind)."""
+    text = _scrub(body[: limit * 4].decode("utf-8", "replace"), profile)
+    return text[:limit] + "…" if len(text) > limit else text
 
 
 def _error_detail(body: bytes) -> dict[str, Any]:
@@ -155,12 +168,19 @@ class ChatStream:
         return chunk
 
 
+def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
+    """httpx-aiohttp hands ``connect`` to aiohttp as ``sock_connect``, ``read`` as
+    ``sock_read`` (the longest silence between bytes) and ``pool`` as ``connect``."""
+    return httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect)
+
+
 class Upstream:
-    """The pooled client. ``transport`` None = aiohttp's pool; tests pass respx's."""
+    """The pooled client. ``transport`` None = aiohttp's pool; tests pass respx's.
+    Timeouts are the server-wide ``timeouts``, or a profile's own from ``per_profile``."""
 
     def __init__(
         self,
-        timeouts: Timeouts,
+        settings: Settings,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 0,
@@ -175,23 +195,31 @@ class Upstream:
                 ),
             )
         self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
-            ),
-            follow_redirects=False,
+            transport=transport, timeout=_httpx_timeout(settings.timeouts), follow_redirects=False
         )
+        # Profiles with their own timeouts (per_profile.<name>.timeouts); the rest use the client's.
+        self._timeouts = {name: _httpx_timeout(limits.timeouts) for name, limits in settings.per_profile.items()}
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
+        """The POST to the profile's provider. Raises ``InvalidJSONError`` for a body
+        too deeply nested to serialise again."""
         accept = "text/event-stream" if payload.get("stream") else "application/json"
         headers = {"content-type": "application/json", "accept": accept}
         if profile.api_key:
             headers["authorization"] = f"Bearer {profile.api_key}"
+        try:
+            content = orjson.dumps(payload)
+        except orjson.JSONEncodeError:  # parsed fine (1024 levels), but orjson writes 254 at most
+            raise InvalidJSONError("The JSON body is nested too deeply.") from None
         return self._client.build_request(
-            "POST", profile.chat_completions_url, content=orjson.dumps(payload), headers=headers
+            "POST",
+            profile.chat_completions_url,
+            content=content,
+            headers=headers,
+            timeout=self._timeouts.get(profile.name, httpx.USE_CLIENT_DEFAULT),
         )
 
     async def create_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> dict[str, Any]:

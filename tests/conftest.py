@@ -8,7 +8,12 @@ speaks httpx2, so it cannot use Starlette's TestClient transport).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from hermes_api.app import create_app
+from hermes_api.protocol import bounded_protocol
 from hermes_api.settings import Settings
 
 UPSTREAM = "http://upstream.test/v1"
@@ -157,13 +163,21 @@ def client(make_app: Callable[..., Starlette]) -> Iterator[TestClient]:
 
 
 class LiveServer:
-    """An ASGI app under uvicorn in a thread, on 127.0.0.1 and a free port."""
+    """An ASGI app under uvicorn in a thread, on 127.0.0.1 and a free port, with the
+    HTTP protocol ``hermes-api serve`` uses."""
 
     def __init__(self, app: Any) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=bounded_protocol(64 * 1024),  # as hermes-api serve runs
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -197,3 +211,136 @@ def live() -> Iterator[Callable[[Any], LiveServer]]:
     yield start
     for server in reversed(servers):
         server.__exit__()
+
+
+FAKE_UPSTREAM = Path(__file__).resolve().parent / "fakeupstream.py"
+
+
+class FakeUpstream:
+    """``tests/fakeupstream.py`` in its own process: a provider that misbehaves on
+    purpose. ``base_url(behaviour)`` is a profile's ``model.base_url``."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(FAKE_UPSTREAM)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            ports = json.loads(self.process.stdout.readline())
+        except ValueError:
+            self.stop()
+            raise RuntimeError("the fake upstream did not start") from None
+        self.port, self.refused, self.blackhole = ports["port"], ports["refused"], ports["blackhole"]
+
+    def base_url(self, behaviour: str) -> str:
+        if behaviour in ("refused", "blackhole"):
+            return f"http://127.0.0.1:{getattr(self, behaviour)}/v1"
+        return f"http://127.0.0.1:{self.port}/{behaviour}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=5).json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``hermes-api serve`` in a subprocess on a free loopback port; its log (stdout
+    and stderr) goes to ``log_path``. Stopped by PID, never by name."""
+
+    def __init__(
+        self, config: Path, log_path: Path, environ: dict[str, str] | None = None, *, uvicorn_factory: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.logs_hermes_api = not uvicorn_factory  # plain uvicorn leaves our logger unconfigured
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log_path.parent), **(environ or {})}
+        command = [sys.executable, "-m", "hermes_api", "serve", "--config", str(config), "--port", str(self.port)]
+        if uvicorn_factory:  # the README's other way to run it
+            env["HERMES_API_CONFIG"] = str(config)
+            command = [sys.executable, "-m", "uvicorn", "--factory", "hermes_api.app:create_app_from_env"]
+            command += ["--port", str(self.port)]
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"hermes-api serve did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(config: Path, log_path: Path, environ: dict[str, str] | None = None, **kw: Any) -> ServeProcess:
+        server = ServeProcess(config, log_path, environ, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw request bytes (``Connection: close`` included by the caller) and read
+    the answer to the end: for what an HTTP client would refuse or rewrite."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while data := s.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    return int(status_line.split(" ")[1]), headers, body

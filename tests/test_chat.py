@@ -211,6 +211,8 @@ def test_failure_before_first_byte_of_a_stream_is_plain_json(client, upstream) -
             id="include-usage-string",
         ),
         pytest.param({"model": 12, "messages": USER}, "model", id="model-number"),
+        pytest.param({"model": "alpha", "messages": USER, "tools": "get_time"}, "tools", id="tools-string"),
+        pytest.param({"model": "alpha", "messages": USER, "tools": ["get_time"]}, "tools", id="tools-not-objects"),
     ],
 )
 def test_bad_field_types_are_400_naming_the_field(client, upstream, body, param) -> None:

@@ -223,3 +223,63 @@ def test_every_route_problem_is_reported(tmp_path: Path) -> None:
 def test_trusted_identity_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"keys\[0\] \(webui\): trusted_identity must be true or false"):
         load(tmp_path, {"keys": [trusted_key(trusted_identity="yes")]})
+
+
+def test_limits_and_per_profile_overrides(tmp_path: Path) -> None:
+    s = load(
+        tmp_path,
+        {
+            "expose": ["default", "slow"],
+            "timeouts": {"connect": 3, "read": 60},
+            "max_concurrent": 40,
+            "max_concurrent_per_profile": 10,
+            "per_profile": {"slow": {"timeouts": {"read": 1800}, "max_concurrent": 2}},
+            "max_header_bytes": 8192,
+            "shutdown_grace": 0,
+        },
+    )
+    assert (s.max_concurrent, s.max_header_bytes, s.shutdown_grace) == (40, 8192, 0)
+    slow, other = s.limits_for("slow"), s.limits_for("default")
+    assert (slow.timeouts.connect, slow.timeouts.read, slow.max_concurrent) == (3, 1800, 2)
+    assert (other.timeouts.connect, other.timeouts.read, other.max_concurrent) == (3, 60, 10)
+    defaults = load(tmp_path, {})
+    assert (defaults.max_concurrent, defaults.max_concurrent_per_profile, defaults.shutdown_grace) == (512, 128, 20)
+    assert defaults.max_header_bytes == 65536 and defaults.cors is None
+
+
+def test_limit_problems_are_all_reported(tmp_path: Path) -> None:
+    raw = {
+        "expose": ["default"],
+        "max_concurrent": 0,
+        "max_concurrent_per_profile": 1.5,
+        "shutdown_grace": -1,
+        "max_header_bytes": "big",
+        "per_profile": {"Bad": {}, "hidden": {"max_concurrent": 1}, "default": {"colour": 1}},
+        "cors": {"allow_origins": ["ftp:/x", "*"], "allow_headers": "X-A"},
+    }
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, raw)
+    for expected in [
+        "max_concurrent must be a positive number",
+        "max_concurrent_per_profile must be a positive integer",
+        "shutdown_grace must be a non-negative number",
+        "max_header_bytes must be a positive number",
+        "per_profile: 'Bad' is not a valid profile name",
+        "per_profile.hidden: profile 'hidden' is not in expose",
+        "per_profile.default must be a mapping with timeouts and/or max_concurrent",
+        "cors.allow_headers must be a list of strings",
+        "cors.allow_origins: 'ftp:/x' is not an origin",
+    ]:
+        assert any(problem.startswith(expected) for problem in info.value.problems), expected
+
+
+def test_cors_settings(tmp_path: Path) -> None:
+    s = load(tmp_path, {"cors": {"allow_origins": ["https://chat.example.com"], "allow_headers": ["X-Custom"]}})
+    assert s.cors is not None
+    assert (s.cors.allow_origins, s.cors.allow_headers, s.cors.max_age) == (
+        ("https://chat.example.com",),
+        ("X-Custom",),
+        600,
+    )
+    with pytest.raises(ConfigError, match="must name at least one origin"):
+        load(tmp_path, {"cors": {"allow_origins": []}})

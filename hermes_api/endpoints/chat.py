@@ -23,21 +23,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..context import current_profile
-from ..errors import HermesAPIError, InvalidValueError, ServerError
+from ..errors import HermesAPIError, InvalidValueError, ServerError, UpstreamBadResponseError
 from ..persona import SYSTEM_ROLES
 from ..registry import header_value
+from ..shutdown import FORCE_MARGIN, Drain
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
 
 DONE = b"data: [DONE]\n\n"
 SESSION_HEADER = "x-hermes-session-id"
+TOO_DEEP = "The upstream provider's answer is nested too deeply to pass on."
 
 AnswerHook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def validate_chat_request(body: dict[str, Any]) -> bool:
-    """Check the fields the server reads; returns ``include_usage``. Raises
+    """Check the fields the server reads (and ``tools``' shape); returns ``include_usage``. Raises
     ``InvalidValueError`` with ``param`` naming the field."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -46,14 +48,18 @@ def validate_chat_request(body: dict[str, Any]) -> bool:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidValueError(f"messages[{i}] must be an object with a string 'role'.", param=f"messages[{i}]")
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if content is not None and not isinstance(content, str) and not _is_parts(content):
             raise InvalidValueError(
-                f"messages[{i}].content must be a string or an array of content parts.",
+                f"messages[{i}].content must be a string or an array of content parts (objects).",
                 param=f"messages[{i}].content",
             )
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidValueError("'stream' must be a boolean.", param="stream")
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        # Passed on unchanged, but a provider would refuse this shape less clearly.
+        raise InvalidValueError("'tools' must be an array of tool objects.", param="tools")
     options = body.get("stream_options")
     if options is None:
         return False
@@ -67,8 +73,17 @@ def validate_chat_request(body: dict[str, Any]) -> bool:
     return include_usage and stream is True
 
 
+def _is_parts(content: object) -> bool:
+    return isinstance(content, list) and all(isinstance(part, dict) for part in content)
+
+
 def sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+    """One ``data:`` event. Raises ``UpstreamBadResponseError`` for a provider chunk
+    nested too deeply to serialise (orjson reads 1024 levels but writes 254)."""
+    try:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+    except orjson.JSONEncodeError:
+        raise UpstreamBadResponseError(TOO_DEEP) from None
 
 
 async def chat_events(
@@ -148,12 +163,13 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     ``X-Hermes-Session-Id`` (sanitised like the routing headers, else 400) the
     session's earlier turns go first and this turn is stored after it succeeds."""
     include_usage = validate_chat_request(body)
-    profile, turns = current_profile(), request.state.turns
+    profile, state = current_profile(), request.state
+    drain: Drain = state.drain
     session_id = header_value(request.headers, SESSION_HEADER)
     on_answer: AnswerHook | None = None
     headers = {}
     if session_id:
-        store, owner = request.state.store, request.user.owner
+        store, owner = state.store, request.user.owner
         earlier = await store.session_messages(owner, profile.name, session_id)
         turn = [m for m in body["messages"] if m["role"] not in SYSTEM_ROLES]
         body = {**body, "messages": [*earlier, *body["messages"]]}
@@ -163,17 +179,23 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
             await store.append_session(owner, profile.name, session_id, [*turn, answer])
 
     if body.get("stream"):
-        chunks = await request.state.resources.enter_async_context(turns.stream(profile, body))
+        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, body)))
         return EventSourceResponse(
-            chat_events(chunks, include_usage, on_answer),
-            ping=request.state.settings.sse_keepalive,
+            chat_events(drain.iterate(chunks), include_usage, on_answer),
+            ping=state.settings.sse_keepalive,
             sep="\n",
             headers=headers,
+            shutdown_event=drain.event,
+            shutdown_grace_period=drain.grace + FORCE_MARGIN,
         )
-    completion = await turns.complete(profile, body)
-    if on_answer is not None:
+    completion = await drain.run(state.turns.complete(profile, body))
+    try:
+        response = JSONResponse(completion, headers=headers)
+    except orjson.JSONEncodeError:
+        raise UpstreamBadResponseError(TOO_DEEP) from None
+    if on_answer is not None:  # only an answer the client can be given joins the session
         await on_answer(_answer(completion))
-    return JSONResponse(completion, headers=headers)
+    return response
 
 
 def _answer(completion: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .. import response_objects, translation
 from ..context import current_profile
 from ..errors import InvalidValueError, ResponseNotFoundError
 from ..events import response_events
+from ..shutdown import FORCE_MARGIN, Drain
 from ..store import StoredResponse
 from ..translation import ResponseRequest
 from . import JSONResponse
@@ -70,13 +71,18 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
         if parsed.store:
             await store.put_response(_record(parsed, response, owner, profile.name))
 
-    turns = request.state.turns
+    state = request.state
+    drain: Drain = state.drain  # waits on the provider end at the shutdown deadline
     if parsed.stream:
-        chunks = await request.state.resources.enter_async_context(turns.stream(profile, chat))
+        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, chat)))
         return EventSourceResponse(
-            response_events(chunks, draft, finish), ping=request.state.settings.sse_keepalive, sep="\n"
+            response_events(drain.iterate(chunks), draft, finish),
+            ping=state.settings.sse_keepalive,
+            sep="\n",
+            shutdown_event=drain.event,
+            shutdown_grace_period=drain.grace + FORCE_MARGIN,
         )
-    response = response_objects.from_completion(draft, await turns.complete(profile, chat))
+    response = response_objects.from_completion(draft, await drain.run(state.turns.complete(profile, chat)))
     await finish(response)
     return JSONResponse(response)
 

@@ -1,0 +1,278 @@
+"""Hand-written bad input: broken bodies, wrong types for every field the server reads,
+and hostile values in every profile selector. Never a 5xx, never another profile, never
+a file outside the Hermes home, and the provider is not called."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import orjson
+import pytest
+import respx
+import yaml
+from starlette.testclient import TestClient
+
+from hermes_api.app import create_app
+from hermes_api.settings import Settings
+
+from .conftest import HermesHome, LiveServer, completion, raw_http
+
+USER = [{"role": "user", "content": "hi"}]
+ENVELOPE = {"message", "type", "param", "code"}
+
+
+def expect(r, status: int, code: str, param: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == ENVELOPE and error["code"] == code, error
+    if param is not None:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', id="invalid-utf8"),
+        pytest.param(b'{"messages": "\xed\xa0\x80"}', id="utf8-surrogate"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested-100k"),
+        pytest.param(b'{"a": ' * 2000 + b"1" + b"}" * 2000, id="nested-objects-2k"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b'"just a string"', id="string"),
+        pytest.param(b'{"messages": []} trailing', id="trailing-garbage"),
+        pytest.param(b'{"messages": NaN}', id="nan"),
+        pytest.param(b"\x00\x01\x02", id="binary"),
+    ],
+)
+def test_broken_bodies_are_400_invalid_json(client: TestClient, upstream: respx.MockRouter, body: bytes) -> None:
+    route = upstream.post("/chat/completions").respond(json=completion())
+    expect(client.post("/v1/chat/completions", content=body), 400, "invalid_json")
+    assert not route.called
+
+
+def test_nesting_orjson_reads_but_cannot_write_is_400(client: TestClient, upstream: respx.MockRouter) -> None:
+    """Valid JSON 300 levels deep parses (orjson reads 1024) but cannot be sent on
+    (orjson writes 254): a 400, not a 500."""
+    route = upstream.post("/chat/completions").respond(json=completion())
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
+    for stream in (b"false", b"true"):
+        r = client.post("/v1/chat/completions", content=body[:-1] + b', "stream": ' + stream + b"}")
+        expect(r, 400, "invalid_json")
+    assert not route.called
+
+
+def test_huge_strings_pass_through(client: TestClient, upstream: respx.MockRouter) -> None:
+    route = upstream.post("/chat/completions").respond(json=completion())
+    huge = "é" * 3_000_000  # 6 MB of UTF-8, under the 10 MiB default limit
+    r = client.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": huge}]})
+    assert r.status_code == 200
+    assert orjson.loads(route.calls.last.request.content)["messages"][-1]["content"] == huge
+    r = client.post("/v1/chat/completions", json={"model": "a" * 5_000_000, "messages": USER})
+    expect(r, 404, "model_not_found", "model")
+    assert "a" * 100 not in r.json()["error"]["message"], "the name is shortened in the message"
+
+
+WRONG_TYPES = [
+    ("model", 5, "model"),
+    ("model", ["alpha"], "model"),
+    ("model", {"id": "alpha"}, "model"),
+    ("model", True, "model"),
+    ("messages", None, "messages"),
+    ("messages", "hi", "messages"),
+    ("messages", {"role": "user"}, "messages"),
+    ("messages", [], "messages"),
+    ("messages", [1], "messages[0]"),
+    ("messages", ["hi"], "messages[0]"),
+    ("messages", [{}], "messages[0]"),
+    ("messages", [{"role": 1}], "messages[0]"),
+    ("messages", [{"role": None, "content": "x"}], "messages[0]"),
+    ("messages", [{"role": "user", "content": 5}], "messages[0].content"),
+    ("messages", [{"role": "user", "content": {"text": "x"}}], "messages[0].content"),
+    ("messages", [{"role": "user", "content": ["x"]}], "messages[0].content"),
+    ("messages", [{"role": "system", "content": [1, {"type": "text", "text": "x"}]}], "messages[0].content"),
+    ("stream", "yes", "stream"),
+    ("stream", 1, "stream"),
+    ("stream", {}, "stream"),
+    ("stream_options", "usage", "stream_options"),
+    ("stream_options", [], "stream_options"),
+    ("stream_options", {"include_usage": "yes"}, "stream_options.include_usage"),
+    ("stream_options", {"include_usage": 1}, "stream_options.include_usage"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "param"), WRONG_TYPES, ids=[f"{f}={v!r}"[:40] for f, v, _ in WRONG_TYPES])
+def test_wrong_types_for_every_field_read(client: TestClient, upstream: respx.MockRouter, field, value, param) -> None:
+    route = upstream.post("/chat/completions").respond(json=completion())
+    body = {"model": "alpha", "messages": USER, field: value}
+    expect(client.post("/v1/chat/completions", json=body), 400, "invalid_value", param)
+    assert not route.called
+
+
+HOSTILE_NAMES = [
+    "..",
+    "../alpha",
+    "alpha/../beta",
+    "./alpha",
+    "/etc/passwd",
+    "..%2falpha",
+    "%2e%2e",
+    "alpha%00",
+    "ALPHA",
+    "alpha ",
+    " alpha",
+    "alpha\n",
+    "alpha\x00",
+    "al\u0000pha",
+    "alpha\u202e",
+    "ａｌｐｈａ",  # fullwidth
+    "outside",
+    "profiles/alpha",
+    "a" * 65,
+]
+
+
+@pytest.fixture
+def guarded(home: HermesHome, make_app) -> TestClient:
+    """A valid profile directory outside the home's profiles/ that no name may reach."""
+    home.add("outside")  # written to <home>/profiles/outside ...
+    (home.root / "profiles" / "outside").rename(home.root.parent / "outside")  # ... then moved out
+    with TestClient(make_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=[repr(n)[:30] for n in HOSTILE_NAMES])
+def test_hostile_model_names_are_404(guarded: TestClient, upstream: respx.MockRouter, name: str) -> None:
+    route = upstream.post("/chat/completions").respond(json=completion())
+    expect(guarded.post("/v1/chat/completions", json={"model": name, "messages": USER}), 404, "model_not_found")
+    assert not route.called
+
+
+# A newline cannot be sent in a header at all (test_raw_control_characters_in_headers...).
+HEADER_NAMES = [n for n in HOSTILE_NAMES if "\n" not in n]
+
+
+@pytest.mark.parametrize("name", HEADER_NAMES, ids=[repr(n)[:30] for n in HEADER_NAMES])
+def test_hostile_header_names_are_400_or_404(guarded: TestClient, upstream: respx.MockRouter, name: str) -> None:
+    route = upstream.post("/chat/completions").respond(json=completion())
+    value = name.encode("utf-8")
+    r = guarded.post("/v1/chat/completions", headers=[(b"x-hermes-profile", value)], json={"messages": USER})
+    assert r.status_code in (400, 404), r.text
+    assert r.json()["error"]["code"] in ("invalid_header", "model_not_found")
+    assert not route.called
+
+
+@pytest.fixture(scope="module")
+def guarded_live(tmp_path_factory) -> Iterator[LiveServer]:
+    """``guarded`` on a real socket, for bytes an HTTP client would refuse or rewrite."""
+    home = HermesHome(tmp_path_factory.mktemp("guarded") / "hermes")
+    for name in ("default", "alpha", "beta", "outside"):
+        home.add(name)
+    (home.root / "profiles" / "outside").rename(home.root.parent / "outside")
+    config = home.root.parent / "hermes-api.yaml"
+    config.write_text(yaml.safe_dump({"hermes_home": str(home.root), "expose": "*"}))
+    with LiveServer(create_app(Settings.load(config, {}), environ={})) as server:
+        yield server
+
+
+def raw_get(port: int, path: bytes, headers: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    return raw_http(port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/p/../v1/models",
+        b"/p/%2e%2e/v1/models",
+        b"/p/alpha%2f..%2fbeta/v1/models",
+        b"/p/alpha%00/v1/models",
+        b"/p/alpha%0a/v1/models",
+        b"/p/ALPHA/v1/models",
+        b"/p/outside/v1/models",
+        b"/p/%2e%2e%2foutside/v1/models",
+        b"/p/../outside/v1/models",
+        b"/p/alpha/../beta/v1/models",
+        b"/p//v1/models",
+        b"/v1/models/..%2Foutside",
+        b"/v1/models/../outside",
+        b"/v1/models/%2e%2e",
+        b"/v1/models/alpha%0a",
+        b"/v1/models/alpha%0d",
+        b"/v1/models/alpha%00",
+        b"/p/alpha/v1/models/alpha%0a",
+    ],
+)
+def test_hostile_prefixes_and_model_paths(guarded_live, path: bytes) -> None:
+    status, headers, body = raw_get(guarded_live.port, path)
+    assert status == 404, (path, body)
+    assert orjson.loads(body)["error"]["code"] in ("model_not_found", "not_found")
+    assert "x-hermes-profile" not in headers
+
+
+@pytest.mark.parametrize("header", ["x-hermes-profile", "x-hermes-chat-id", "x-hermes-user-id", "x-hermes-thread-id"])
+@pytest.mark.parametrize(
+    "value",
+    [b"a\x01b", b"a\x7fb", b"\xc2\x85", b"\xff\xfe", b"x" * 300, b"\x1b[31mred", b"\xe2\x80\xae"],
+    ids=["ctl-01", "del", "c1-nel", "not-utf8", "too-long", "ansi", "rtl-override"],
+)
+def test_routing_header_values_are_checked(guarded_live, header: str, value: bytes) -> None:
+    status, _, body = raw_get(guarded_live.port, b"/v1/models", header.encode() + b": " + value + b"\r\n")
+    if value == b"\xe2\x80\xae":  # printable as far as the rule goes: just not a profile (or a route)
+        assert status in (200, 404) and (status == 200 or orjson.loads(body)["error"]["code"] == "model_not_found")
+        return
+    assert status == 400, (value, body)
+    error = orjson.loads(body)["error"]
+    # ASCII control characters never get past the HTTP parser; the rest is the server's rule.
+    assert (error["code"], error["param"]) in (("invalid_header", header), ("invalid_http", None)), error
+
+
+def test_raw_control_characters_in_headers_never_reach_a_profile(guarded_live) -> None:
+    """Bytes httpx would not send: uvicorn or the server refuses them."""
+    body = b'{"messages": [{"role": "user", "content": "hi"}]}'
+    for value in (b"alpha\x00", b"al\rpha", b"alpha\x0b", b"\x00"):
+        status, _, answer = raw_http(
+            guarded_live.port,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nX-Hermes-Profile: " + value + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+        )
+        assert status == 400, (value, answer[:300])
+        assert orjson.loads(answer)["error"]["code"] in ("invalid_http", "invalid_header")
+
+
+def test_no_file_outside_the_home_is_ever_read(home: HermesHome, make_app, monkeypatch) -> None:
+    """Whatever is asked, the server stats and opens nothing outside the Hermes home
+    (with ``expose: "*"`` and re-checks on every request, so it does look at files)."""
+    home.add("outside")
+    (home.root / "profiles" / "outside").rename(home.root.parent / "outside")
+    guarded = TestClient(make_app(expose="*", reload_interval=0.0001, default_profile="alpha"))
+    guarded.__enter__()
+    touched: list[str] = []
+
+    def spy(real):
+        def wrapper(path, *args, **kwargs):
+            if isinstance(path, (str, Path)):
+                touched.append(os.fspath(path))
+            return real(path, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(os, "stat", spy(os.stat))
+    monkeypatch.setattr(builtins, "open", spy(builtins.open))
+    monkeypatch.setattr(os, "scandir", spy(os.scandir))
+    for name in HOSTILE_NAMES:
+        guarded.post("/v1/chat/completions", json={"model": name, "messages": USER})
+        guarded.get(f"/p/{quote(name, safe='')}/v1/models")
+        guarded.get(f"/v1/models/{quote(name, safe='')}")
+        time.sleep(0.001)
+    monkeypatch.undo()
+    guarded.__exit__(None, None, None)
+    root = home.root.resolve()
+    assert touched, "the spies saw the server look at its profiles"
+    resolved = [Path(p).resolve() for p in touched]
+    outside = [p for p in resolved if p != root and root not in p.parents and "site-packages" not in p.parts]
+    assert outside == []

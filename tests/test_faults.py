@@ -1,0 +1,169 @@
+"""Upstream faults against a real misbehaving provider process (``fakeupstream.py``).
+
+hermes-api runs under uvicorn with its real aiohttp pool. Every fault gives exactly the
+DESIGN.md §5 error: JSON with its status before the first byte, or
+``data: {"error": ...}`` then ``data: [DONE]`` and a closed body after it; and the
+server goes on serving (a normal request succeeds after each one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from hermes_api.app import create_app
+from hermes_api.settings import Settings
+
+from .conftest import FakeUpstream, HermesHome, LiveServer
+
+ENVELOPE = {"message", "type", "param", "code"}
+BEHAVIOURS = [
+    "ok",
+    "refused",
+    "blackhole",
+    "hang",
+    "status-500",
+    "status-503",
+    "status-429",
+    "status-401",
+    "status-403",
+    "notjson",
+    "cut",
+    "reset",
+    "stall",
+    "slow-2500",
+    "deep",
+]
+# Server-wide; "patient" and "ok" have their own, longer ones (per_profile), so a loaded
+# machine cannot turn their answers into timeouts.
+READ_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(fake_upstream: FakeUpstream, tmp_path_factory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("faults")
+    home = HermesHome(root / "hermes")
+    for behaviour in BEHAVIOURS:
+        home.add(
+            behaviour,
+            model={"default": f"m-{behaviour}", "provider": "custom", "base_url": fake_upstream.base_url(behaviour)},
+        )
+    home.add("patient", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("slow-2500")})
+    config = root / "hermes-api.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hermes_home": str(home.root),
+                "expose": "*",
+                "default_profile": "ok",
+                "timeouts": {"connect": READ_TIMEOUT, "read": READ_TIMEOUT},
+                "per_profile": {
+                    "patient": {"timeouts": {"read": 10}},
+                    "ok": {"timeouts": {"connect": 5, "read": 10}},
+                },
+            }
+        )
+    )
+    with LiveServer(create_app(Settings.load(config, {}), environ={})) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=20) as c:
+        yield c
+
+
+def chat(client: httpx.Client, profile: str, stream: bool, tag: str = "hi") -> httpx.Response:
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": profile, "messages": [{"role": "user", "content": tag}], "stream": stream},
+    )
+
+
+def events(response: httpx.Response) -> list[Any]:
+    """The ``data:`` payloads of an SSE body, ``[DONE]`` as a string; comments dropped."""
+    out = []
+    for block in response.text.split("\n\n"):
+        data = [line[6:] for line in block.splitlines() if line.startswith("data: ")]
+        if data:
+            payload = "\n".join(data)
+            out.append(payload if payload == "[DONE]" else orjson.loads(payload))
+    return out
+
+
+def assert_serving(client: httpx.Client) -> None:
+    """A normal request, streamed and not, still succeeds."""
+    r = chat(client, "ok", False, "after")
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok after"
+    streamed = events(chat(client, "ok", True, "after"))
+    assert streamed[-1] == "[DONE]" and "error" not in streamed[-2]
+
+
+# (profile, stream) -> (status before the first byte, or None for an in-stream error), type, code
+FAULTS = [
+    ("refused", 502, "upstream_error", "upstream_unavailable", None),
+    ("blackhole", 504, "upstream_error", "upstream_timeout", None),
+    ("hang", 504, "upstream_error", "upstream_timeout", None),
+    ("status-500", 502, "upstream_error", "upstream_unavailable", None),
+    ("status-503", 502, "upstream_error", "upstream_unavailable", None),
+    ("status-429", 429, "rate_limit_error", "rate_limit_exceeded", None),
+    ("status-401", 502, "upstream_error", "upstream_auth_failed", None),
+    ("status-403", 502, "upstream_error", "upstream_auth_failed", None),
+    ("notjson", 502, "upstream_error", "upstream_error", None),
+    ("cut", 502, "upstream_error", "upstream_error", None),
+    ("reset", 502, "upstream_error", "upstream_unavailable", None),
+    ("stall", 504, "upstream_error", "upstream_timeout", None),
+    ("slow-2500", 504, "upstream_error", "upstream_timeout", None),
+    ("deep", 502, "upstream_error", "upstream_error", None),
+]
+# Streams whose provider said 200 fail after the first byte: the in-stream form.
+IN_STREAM = {"notjson", "cut", "reset", "stall", "slow-2500", "deep"}
+
+
+def fault_cases() -> Iterator[Any]:
+    for profile, status, type_, code, _ in FAULTS:
+        yield pytest.param(profile, False, status, type_, code, id=f"plain-{profile}")
+        yield pytest.param(profile, True, None if profile in IN_STREAM else status, type_, code, id=f"stream-{profile}")
+
+
+@pytest.mark.parametrize(("profile", "stream", "status", "type_", "code"), list(fault_cases()))
+def test_fault_gives_the_error_of_the_table_and_the_server_survives(
+    client: httpx.Client, profile: str, stream: bool, status: int | None, type_: str, code: str
+) -> None:
+    r = chat(client, profile, stream)
+    if status is not None:
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/json"
+        error = r.json()["error"]
+    else:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        got = events(r)
+        assert got[-1] == "[DONE]", "the stream must end with [DONE]"
+        assert all("error" not in e for e in got[:-2]), "exactly one error, just before [DONE]"
+        error = got[-2]["error"]
+    assert set(error) == ENVELOPE and (error["type"], error["code"]) == (type_, code), error
+    assert r.headers["x-hermes-profile"] == profile
+    if code == "rate_limit_exceeded":
+        assert r.headers["retry-after"] == "7"
+    if code == "upstream_auth_failed":
+        assert r.headers["x-should-retry"] == "false"
+    assert_serving(client)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_read_timeout_per_profile_overrides_the_server_wide_one(client: httpx.Client, stream: bool) -> None:
+    """The provider is silent for 2.5 s: over the server-wide read timeout (1 s, see
+    the ``slow-2500`` fault) but within ``per_profile.patient.timeouts.read`` (10 s)."""
+    r = chat(client, "patient", stream, "late")
+    assert r.status_code == 200
+    if stream:
+        got = events(r)
+        assert got[-1] == "[DONE]" and "".join(e["choices"][0]["delta"]["content"] for e in got[:-1]) == "first ok late"
+    else:
+        assert r.json()["choices"][0]["message"]["content"] == "ok late"

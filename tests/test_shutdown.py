@@ -1,0 +1,149 @@
+"""Graceful shutdown of a real ``hermes-api serve`` process on SIGTERM.
+
+It stops accepting at once, lets turns in flight go on for ``shutdown_grace`` seconds,
+then ends the ones still running: a stream with the in-stream error and ``[DONE]``, a
+request not yet answered with a 503 JSON error. The lifespan's shutdown (where the
+pool, and later the store, close) runs only after that, and the process exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from .conftest import FakeUpstream, HermesHome, ServeProcess
+
+GRACE = 3.0
+
+
+@pytest.fixture(params=["serve", "uvicorn-factory"])
+def server(request, fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process) -> ServeProcess:
+    """``hermes-api serve``, and ``uvicorn --factory`` (where sse-starlette tells the
+    Drain that uvicorn is exiting, as there is no DrainingServer)."""
+    for name, behaviour in (("slowish", "slow-1500"), ("endless", "forever"), ("stuck", "hang")):
+        home.add(name, model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url(behaviour)})
+    config = tmp_path / "hermes-api.yaml"
+    config.write_text(yaml.safe_dump({"hermes_home": str(home.root), "expose": "*", "shutdown_grace": GRACE}))
+    return serve_process(config, tmp_path / "serve.log", uvicorn_factory=request.param == "uvicorn-factory")
+
+
+class Call(threading.Thread):
+    """One chat request in a thread: ``first`` is set at the first data line (or at
+    the answer, when not streamed); ``lines`` and ``ended_at`` are filled as it reads."""
+
+    def __init__(self, server: ServeProcess, profile: str, stream: bool, tag: str) -> None:
+        super().__init__(daemon=True)
+        self.url = server.url + "/v1/chat/completions"
+        self.body = {"model": profile, "stream": stream, "messages": [{"role": "user", "content": tag}]}
+        self.first = threading.Event()
+        self.lines: list[tuple[float, str]] = []
+        self.status: int | None = None
+        self.ended_at: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("POST", self.url, json=self.body, timeout=30) as r:
+                self.status = r.status_code
+                for line in r.iter_lines():
+                    self.lines.append((time.monotonic(), line))
+                    if line.startswith("data: ") or not self.body["stream"]:
+                        self.first.set()
+        finally:
+            self.ended_at = time.monotonic()
+            self.first.set()
+
+    def data(self) -> list[Any]:
+        out = []
+        for _, line in self.lines:
+            if line.startswith("data: "):
+                out.append(line[6:] if line == "data: [DONE]" else orjson.loads(line[6:]))
+        return out
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def wait_exit(server: ServeProcess, seconds: float) -> int:
+    try:
+        return server.process.wait(timeout=seconds)
+    except Exception:
+        pytest.fail(f"hermes-api serve did not exit within {seconds} s:\n{server.log()}")
+
+
+# uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+def test_in_flight_stream_finishes_within_the_grace_period(server: ServeProcess) -> None:
+    call = Call(server, "slowish", True, "late")  # 1.5 s of silence mid-stream
+    assert call.first.wait(10) and call.status == 200
+    server.terminate()
+    sigterm_at = time.monotonic()
+    deadline = sigterm_at + 5
+    while not refuses_connections(server.port):
+        assert time.monotonic() < deadline, "still accepting connections 5 s after SIGTERM"
+        time.sleep(0.05)
+    call.join(15)
+    got = call.data()
+    assert got[-1] == "[DONE]" and all("error" not in e for e in got[:-1]), got
+    assert "".join(e["choices"][0]["delta"]["content"] for e in got[:-1]) == "first ok late"
+    assert wait_exit(server, 10) in CLEAN_EXIT
+    log = server.log()
+    if server.logs_hermes_api:
+        assert log.index("shutting down: ") < log.index("stopped"), log
+
+
+def test_turns_outliving_the_grace_period_are_closed_with_an_error(
+    server: ServeProcess, fake_upstream: FakeUpstream
+) -> None:
+    tag = f"shutdown-endless-{server.port}"
+    stream = Call(server, "endless", True, tag)
+    waiting = Call(server, "stuck", False, "shutdown-stuck")
+    assert stream.first.wait(10) and stream.status == 200
+    time.sleep(0.3)  # the non-streamed request is now waiting on its provider
+    server.terminate()
+    sigterm_at = time.monotonic()
+    stream.join(GRACE + 15)
+    waiting.join(5)
+    assert stream.ended_at is not None and waiting.ended_at is not None
+
+    # The stream kept flowing during the grace period, then got the error and [DONE].
+    got = stream.data()
+    assert got[-1] == "[DONE]"
+    error = got[-2]["error"]
+    assert (error["type"], error["code"]) == ("server_error", "server_shutting_down")
+    assert set(error) == {"message", "type", "param", "code"}
+    during_grace = [t for t, line in stream.lines if line.startswith('data: {"id"') and t > sigterm_at + 1]
+    assert during_grace, "the stream must go on after SIGTERM, not be cut at once"
+    took = stream.ended_at - sigterm_at
+    print(f"\nstream closed {took:.2f} s after SIGTERM (shutdown_grace {GRACE} s)")
+    assert GRACE * 0.8 < took < GRACE + 5
+
+    # The request without an answer yet gets a 503 in the envelope.
+    assert waiting.status == 503
+    body = orjson.loads("".join(line for _, line in waiting.lines))
+    assert (body["error"]["code"], body["error"]["type"]) == ("server_shutting_down", "server_error")
+
+    assert wait_exit(server, 10) in CLEAN_EXIT
+    log = server.log()
+    if server.logs_hermes_api:
+        assert "turn(s) in flight get 3s to finish" in log
+        # The lifespan's shutdown ran after the last turn ended, then the process exited.
+        assert log.index("shutting down: ") < log.index("stopped")
+    streams = fake_upstream.stats()["streams"]
+    assert streams[tag]["client_left"], "the upstream stream was closed too"
