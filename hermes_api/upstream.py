@@ -1,9 +1,12 @@
 """The one pooled HTTP client to every profile's provider; errors mapped at this boundary.
 
-One ``httpx.AsyncClient`` over httpx-aiohttp's ``AiohttpTransport`` (DESIGN.md §6: about
-4x plain httpx at 32 concurrent requests on these machines), made in the app's lifespan
-and shared by all profiles: the profile decides the URL and the ``Authorization``
-header of each request, never the client. Tests inject a transport (respx).
+httpx requests sent straight to one transport (DESIGN.md §6): ``transport.AiohttpTransport``
+(aiohttp's connection pool) made in the app's lifespan and shared by all profiles; the
+profile decides the URL and the ``Authorization`` header of each request, never the
+client. Tests inject a transport (respx). No ``httpx.AsyncClient`` on the hot path: it
+cost ~90 µs of CPU per request for a cookie jar, auth and redirect machinery that a
+gateway never uses (``bench/``), and a shared cookie jar would mix providers' cookies
+across profiles.
 
 Every failure leaves this module as an ``errors.UpstreamError`` (§5), most specific
 first, timeouts before other transport errors, during stream iteration too
@@ -20,8 +23,8 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
+from . import __version__
 from .errors import (
     UpstreamAuthError,
     UpstreamBadResponseError,
@@ -33,9 +36,11 @@ from .errors import (
 )
 from .profiles import Profile
 from .settings import Timeouts
+from .transport import AiohttpTransport
 
 logger = logging.getLogger("hermes_api")
 
+USER_AGENT = f"hermes-api/{__version__}"
 PASSED_THROUGH = frozenset({400, 402, 409, 413, 415, 422})
 
 
@@ -45,9 +50,8 @@ def _scrub(text: str, profile: Profile) -> str:
 
 
 def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
-    """Map an httpx (or underlying aiohttp) transport failure. httpx-aiohttp maps some
-    aiohttp errors to the wrong httpx class (a refused connection arrives as
-    ``ConnectTimeout``), so an aiohttp cause, when there is one, decides."""
+    """Map an httpx (or underlying aiohttp) transport failure; an aiohttp cause, when
+    there is one (``transport.AiohttpTransport`` raises from it), decides."""
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
     if isinstance(root, (TimeoutError, httpx.TimeoutException)):
@@ -165,39 +169,33 @@ class Upstream:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 0,
     ) -> None:
-        if transport is None:
-            transport = AiohttpTransport(
-                # Made lazily on the first request, inside the running loop.
-                # limit=0: no pool cap here; concurrency limits belong to the server.
-                client=lambda: aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30),
-                    trust_env=False,
-                ),
-            )
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
-            ),
-            follow_redirects=False,
-        )
+        self._transport = AiohttpTransport(max_connections) if transport is None else transport
+        timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect, pool=timeouts.connect)
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._urls: dict[str, httpx.URL] = {}  # parsed once per provider URL
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = {"content-type": "application/json", "accept": "application/json", "user-agent": USER_AGENT}
         if profile.api_key:
             headers["authorization"] = f"Bearer {profile.api_key}"
-        return self._client.build_request(
-            "POST", profile.chat_completions_url, content=orjson.dumps(payload), headers=headers
-        )
+        text = profile.chat_completions_url
+        url = self._urls.get(text)
+        if url is None:
+            url = self._urls[text] = httpx.URL(text)
+        return httpx.Request("POST", url, content=orjson.dumps(payload), headers=headers, extensions=self._extensions)
 
     async def create_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` to the profile's ``/chat/completions``; the parsed
         ``chat.completion`` object. Raises ``UpstreamError``."""
         try:
-            response = await self._client.send(self._request(profile, payload))
+            response = await self._transport.handle_async_request(self._request(profile, payload))
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
         if response.status_code >= 400:
@@ -218,7 +216,7 @@ class Upstream:
         failures before the first byte; the yielded ``ChatStream`` raises them after.
         Leaving closes the upstream response (its connection goes back to the pool)."""
         try:
-            response = await self._client.send(self._request(profile, payload), stream=True)
+            response = await self._transport.handle_async_request(self._request(profile, payload))
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
         try:
