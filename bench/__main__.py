@@ -11,7 +11,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import gateways, report, scale, streams
+from . import clients, gateways, profile, report, scale, streams
 from .procs import LOAD_CPU, raise_own_nofile, stop
 from .targets import Target, litellm_bin, start_floor, start_hermes, start_litellm, start_upstream
 
@@ -78,6 +78,27 @@ def run_gateways(args: argparse.Namespace, command: str) -> None:
     log(f"saved {report.save('gateways', data)}")
 
 
+def run_profile(args: argparse.Namespace) -> None:
+    scenarios = [s for s in gateways.SCENARIOS if s.name in (args.scenarios or ["chat c=32", "chat stream c=32"])]
+    with ExitStack() as stack:
+        work = workdir("profile")
+        upstream = start_upstream(work)
+        stack.callback(stop, upstream.proc)
+        for name in args.targets or ["hermes-api"]:
+            t = start_floor(work, upstream) if name == "floor" else start_hermes(work, upstream)
+            stack.callback(stop, t.proc)
+            for scenario in scenarios:
+                profile.run(t, scenario, args.duration, report.RESULTS_DIR, log=log)
+
+
+def run_clients(args: argparse.Namespace) -> None:
+    with ExitStack() as stack:
+        work = workdir("clients")
+        upstream = start_upstream(work)
+        stack.callback(stop, upstream.proc)
+        clients.run(upstream.port, log=log)
+
+
 def run_scale(args: argparse.Namespace, command: str) -> None:
     data = report.conditions(command)
     sizes = tuple(args.sizes) if args.sizes else scale.SIZES
@@ -115,7 +136,12 @@ def write_results(banner: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("part", nargs="?", default="all", choices=["all", "gateways", "scale", "streams", "report"])
+    parser.add_argument(
+        "part",
+        nargs="?",
+        default="all",
+        choices=["all", "gateways", "scale", "streams", "report", "profile", "clients"],
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per target and scenario")
@@ -136,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {LOAD_CPU})  # the harness stays off the gateway's core
+    if args.part == "profile":
+        run_profile(args)
+        return 0
+    if args.part == "clients":
+        run_clients(args)
+        return 0
     if args.part in ("all", "gateways"):
         run_gateways(args, command)
     if args.part in ("all", "scale"):
