@@ -36,6 +36,7 @@ from .errors import (
 )
 from .profiles import Profile
 from .settings import Timeouts
+from .sse import EventDecoder
 from .transport import AiohttpTransport
 
 logger = logging.getLogger("hermes_api")
@@ -119,26 +120,30 @@ class ChatStream:
         self._profile = profile
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        data: list[str] = []
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The chunks each network read completed, one list per read (never empty), so
+        a burst of events can be re-sent in one write."""
+        decoder = EventDecoder()
         try:
-            async for line in self._response.aiter_lines():
-                if line:
-                    # SSE (WHATWG): "field: value"; comments start with ':'.
-                    name, _, value = line.partition(":")
-                    if name == "data":
-                        data.append(value[1:] if value.startswith(" ") else value)
-                    continue
-                if not data:
-                    continue
-                payload, data = "\n".join(data), []
-                if payload == "[DONE]":
-                    return
-                yield self._parse(payload)
+            async for raw in self._response.aiter_bytes():
+                batch = []
+                for payload in decoder.feed(raw):
+                    if payload == b"[DONE]":
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(self._parse(payload))
+                if batch:
+                    yield batch
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._profile) from exc
         raise UpstreamBadResponseError(f"The upstream stream of profile '{self._profile.name}' ended before [DONE].")
 
-    def _parse(self, payload: str) -> dict[str, Any]:
+    def _parse(self, payload: bytes) -> dict[str, Any]:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -148,7 +153,7 @@ class ChatStream:
                 f"The upstream stream of profile '{self._profile.name}' sent an event that is not a JSON object."
             )
         if "error" in chunk:
-            detail = _error_detail(payload.encode())
+            detail = _error_detail(payload)
             raise UpstreamBadResponseError(
                 _scrub(
                     f"The upstream provider of profile '{self._profile.name}' failed "

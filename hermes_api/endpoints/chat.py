@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from ..context import current_profile
 from ..errors import HermesAPIError, InvalidValueError
+from ..turns import batches
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
@@ -61,34 +62,39 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-async def chat_events(chunks: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
+async def chat_events(batches: AsyncIterator[list[dict[str, Any]]], include_usage: bool) -> AsyncIterator[bytes]:
     """The client's SSE body: every chunk with one ``id`` and ``created``, the first
     delta with ``role: assistant``; chunks without choices dropped; with
     ``include_usage`` every chunk has ``usage: null`` and the provider's usage comes
     in one last ``choices: []`` chunk (when the provider sent one). A failure after the
-    first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream."""
+    first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream.
+    Each batch of upstream chunks (``turns.batches``) becomes one piece of the body."""
     ident = f"chatcmpl-{uuid.uuid4().hex}"
     created, model, usage, first = int(time.time()), None, None, True
     try:
-        async for chunk in chunks:
-            if first:
-                ident, created = chunk.get("id") or ident, chunk.get("created") or created
-            model = chunk.get("model")
-            usage = chunk.get("usage") or usage
-            choices = chunk.get("choices")
-            if not choices:
-                continue
-            chunk.update(id=ident, created=created, object="chat.completion.chunk")
-            if first:
-                for choice in choices:
-                    if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
-                        choice["delta"].setdefault("role", "assistant")
-                first = False
-            if include_usage:
-                chunk["usage"] = None
-            else:
-                chunk.pop("usage", None)
-            yield sse(chunk)
+        async for batch in batches:
+            out = []
+            for chunk in batch:
+                if first:
+                    ident, created = chunk.get("id") or ident, chunk.get("created") or created
+                model = chunk.get("model")
+                usage = chunk.get("usage") or usage
+                choices = chunk.get("choices")
+                if not choices:
+                    continue
+                chunk.update(id=ident, created=created, object="chat.completion.chunk")
+                if first:
+                    for choice in choices:
+                        if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                            choice["delta"].setdefault("role", "assistant")
+                    first = False
+                if include_usage:
+                    chunk["usage"] = None
+                else:
+                    chunk.pop("usage", None)
+                out.append(sse(chunk))
+            if out:
+                yield b"".join(out)
         if include_usage and usage:
             yield sse(
                 {
@@ -114,7 +120,7 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     if body.get("stream"):
         chunks = await request.state.resources.enter_async_context(turns.stream(profile, body))
         return EventSourceResponse(
-            chat_events(chunks, include_usage),
+            chat_events(batches(chunks), include_usage),
             ping=request.state.settings.sse_keepalive,
             sep="\n",
         )
