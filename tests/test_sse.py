@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from hermes_api.sse import EventDecoder
+from hermes_api.sse import PING, EventDecoder, EventStreamResponse
 from hermes_api.turns import batches
 
 STREAM = (
@@ -63,3 +63,78 @@ def test_batches_fall_back_to_one_chunk_each() -> None:
         return [batch async for batch in batches(chunks())]
 
     assert asyncio.run(collect()) == [[{"i": 0}], [{"i": 1}], [{"i": 2}]]
+
+
+class FakeClient:
+    """ASGI ``receive``/``send`` of one client: records what is sent; ``leave()`` makes
+    ``receive`` answer ``http.disconnect``."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self._gone = asyncio.Event()
+
+    def leave(self) -> None:
+        self._gone.set()
+
+    async def receive(self) -> dict:
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+
+async def pieces(log: list[str], delays: list[float]) -> AsyncIterator[bytes]:
+    try:
+        for i, delay in enumerate(delays):
+            await asyncio.sleep(delay)
+            yield f"data: {i}\n\n".encode()
+    finally:
+        log.append("closed")
+
+
+def test_event_stream_sends_pieces_then_ends() -> None:
+    client, log = FakeClient(), []
+
+    async def go() -> None:
+        await EventStreamResponse(pieces(log, [0, 0]), ping=5)({"type": "http"}, client.receive, client.send)
+
+    asyncio.run(go())
+    start = client.sent[0]
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert dict(start["headers"])[b"cache-control"] == b"no-store"
+    assert client.body == b"data: 0\n\ndata: 1\n\n"
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert log == ["closed"]
+
+
+def test_event_stream_pings_while_quiet() -> None:
+    client, log = FakeClient(), []
+
+    async def go() -> None:
+        await EventStreamResponse(pieces(log, [0, 0.35]), ping=0.1)({"type": "http"}, client.receive, client.send)
+
+    asyncio.run(go())
+    assert client.body.startswith(b"data: 0\n\n" + PING + PING)
+    assert client.body.endswith(PING + b"data: 1\n\n")
+
+
+def test_event_stream_stops_when_the_client_leaves() -> None:
+    client, log = FakeClient(), []
+
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, client.leave)
+        began = loop.time()
+        await EventStreamResponse(pieces(log, [0, 30]), ping=0)({"type": "http"}, client.receive, client.send)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        return loop.time() - began
+
+    assert asyncio.run(go()) < 5  # not the 30 s the next piece would take
+    assert log == ["closed"]  # the body iterator (and what it holds upstream) is closed
+    assert client.body == b"data: 0\n\n"  # no end-of-body message to a client that is gone

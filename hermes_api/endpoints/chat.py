@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..context import current_profile
 from ..errors import HermesAPIError, InvalidValueError
+from ..sse import EventStreamResponse
 from ..turns import batches
 from . import JSONResponse
 
@@ -119,9 +119,7 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     profile, turns = current_profile(), request.state.turns
     if body.get("stream"):
         chunks = await request.state.resources.enter_async_context(turns.stream(profile, body))
-        return EventSourceResponse(
-            chat_events(batches(chunks), include_usage),
-            ping=request.state.settings.sse_keepalive,
-            sep="\n",
+        return EventStreamResponse(
+            chat_events(batches(chunks), include_usage), ping=request.state.settings.sse_keepalive
         )
     return JSONResponse(await turns.complete(profile, body))
