@@ -93,10 +93,11 @@ def list_profile_names(hermes_home: Path) -> list[str]:
 
 def signature(home: Path) -> Signature:
     """``(mtime_ns, size)`` of each profile file, None where absent: a cheap change test."""
+    base = os.fspath(home) + os.sep  # plain strings: pathlib cost a third of a 10,000-profile load
     sig = []
     for rel in PROFILE_FILES:
         try:
-            st = os.stat(home / rel)
+            st = os.stat(base + rel)
         except OSError:
             sig.append(None)
         else:
@@ -104,29 +105,39 @@ def signature(home: Path) -> Signature:
     return tuple(sig)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: str) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
     except FileNotFoundError:
         return ""
     except OSError as exc:
-        raise ProfileError(f"cannot read {path.name}: {exc.strerror}") from None
+        raise ProfileError(f"cannot read {os.path.basename(path)}: {exc.strerror}") from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    text = _read_text(path)
+def _parse_yaml(text: str, name: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_YAML_LOADER) if text.strip() else {}
     except yaml.YAMLError as exc:
         # Never echo the offending line: config.yaml may hold an api_key.
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ProfileError(f"{path.name} is not valid YAML{where}") from None
+        raise ProfileError(f"{name} is not valid YAML{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ProfileError(f"{path.name} must be a mapping")
+        raise ProfileError(f"{name} must be a mapping")
     return data
+
+
+def _read_dotenv(path: str) -> dict[str, str]:
+    """The ``.env`` file's variables (python-dotenv). Interpolation copies the whole
+    process environment once per value, so it runs only when some value has ``${``
+    (without one it changes nothing)."""
+    values = dotenv_values(path, interpolate=False)
+    if any("${" in v for v in values.values() if v):
+        values = dotenv_values(path)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def expand_env_refs(value: Any, lookup: Callable[[str], str | None]) -> Any:
@@ -201,19 +212,27 @@ def _memory_settings(config: Mapping[str, Any]) -> tuple[bool, bool, int, int]:
     )
 
 
-def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str]) -> Profile:
+def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: Signature | None = None) -> Profile:
     """Load profile ``name`` from ``hermes_home``.
 
     Secrets come from the profile's ``.env`` (python-dotenv) first, then ``environ``;
     ``os.environ`` is never written, so profiles never see each other's keys. Raises
     ``ProfileError`` with a reason when the profile cannot be served (no model, an
-    unsupported or unknown provider, a missing key, a malformed file).
+    unsupported or unknown provider, a missing key, a malformed file). ``sig``, the
+    ``signature`` just taken, spares a ``stat`` per file and says which are absent.
     """
     home = profile_home(hermes_home, name)
-    if not home.is_dir():
+    base = os.fspath(home) + os.sep
+    if not os.path.isdir(base):
         raise ProfileError(f"{home} is not a directory")
-    dotenv = {k: v for k, v in dotenv_values(home / ".env").items() if v is not None}
-    config = expand_env_refs(_read_yaml(home / "config.yaml"), lambda var: dotenv.get(var) or environ.get(var))
+    present = dict(zip(PROFILE_FILES, signature(home) if sig is None else sig, strict=True))
+
+    def text(rel: str) -> str:
+        return _read_text(base + rel) if present[rel] is not None else ""
+
+    dotenv = _read_dotenv(base + ".env") if present[".env"] is not None else {}
+    config = _parse_yaml(text("config.yaml"), "config.yaml")
+    config = expand_env_refs(config, lambda var: dotenv.get(var) or environ.get(var))
     model = _model_section(config)
     try:
         provider = resolve_provider(model.get("provider"), model.get("base_url"))
@@ -237,22 +256,19 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str]) -> Pr
         )
 
     memory_on, user_on, memory_limit, user_limit = _memory_settings(config)
-    memories = home / "memories"
     persona = build_persona(
-        _read_text(home / "SOUL.md"),
-        parse_entries(_read_text(memories / "MEMORY.md")) if memory_on else (),
-        parse_entries(_read_text(memories / "USER.md")) if user_on else (),
+        text("SOUL.md"),
+        parse_entries(text("memories/MEMORY.md")) if memory_on else (),
+        parse_entries(text("memories/USER.md")) if user_on else (),
         memory_char_limit=memory_limit,
         user_char_limit=user_limit,
     )
     try:  # optional metadata; Hermes never fails on it (hermes_cli/profiles.py)
-        meta = _read_yaml(home / "profile.yaml")
+        meta = _parse_yaml(text("profile.yaml"), "profile.yaml")
     except ProfileError:
         meta = {}
-    try:
-        created = int(os.stat(home / "config.yaml").st_mtime)
-    except OSError:
-        created = 0
+    config_stat = present["config.yaml"]
+    created = config_stat[0] // 1_000_000_000 if config_stat else 0
     return Profile(
         name=name,
         home=home,

@@ -156,7 +156,7 @@ class ProfileRegistry:
         home = profile_home(self.settings.hermes_home, name)
         sig = signature(home)
         try:
-            profile = load_profile(name, self.settings.hermes_home, self._environ)
+            profile = load_profile(name, self.settings.hermes_home, self._environ, sig)
         except ProfileError as exc:
             return _Entry(None, str(exc), sig, self._clock())
         return _Entry(profile, None, sig, self._clock())
