@@ -223,7 +223,22 @@ class ProfileRegistry:
             entry = self._entries.get(name)
             if entry is None:
                 return None
-        return self._refresh(name, entry).profile
+        return self._with_persona(name, self._refresh(name, entry)).profile
+
+    def _with_persona(self, name: str, entry: _Entry) -> _Entry:
+        """``entry``, its persona read (``Profile.persona`` reads it on first use); a
+        profile whose persona files cannot be read is not served, as at load time."""
+        if entry.profile is None:
+            return entry
+        try:
+            entry.profile.persona  # noqa: B018
+        except ProfileError as exc:
+            entry = _Entry(None, str(exc), entry.signature, entry.checked_at)
+            if name in self._entries:
+                self._entries[name] = entry
+                self._models = None
+            logger.warning("profile %s is not served: %s", name, exc)
+        return entry
 
     def models(self) -> tuple[Profile, ...]:
         """Every served profile, sorted by name (cached until something changes)."""
@@ -238,7 +253,7 @@ class ProfileRegistry:
         names = set(list_profile_names(self.settings.hermes_home)) | set(expose or ())
         for name in sorted(names):
             exposed = expose is None or name in expose
-            entry = self._entries.get(name) or self._load(name)
+            entry = self._with_persona(name, self._entries.get(name) or self._load(name))
             reason = entry.error if entry.error else (None if exposed else "not in expose")
             yield ProfileStatus(name, exposed, entry.profile, reason)
 

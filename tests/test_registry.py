@@ -221,3 +221,14 @@ def test_survey_lists_found_and_exposed(registry, home: HermesHome) -> None:
     assert rows["broken"].profile is None and "unsupported" in rows["broken"].reason
     assert rows["ghost"].profile is None and "is not a directory" in rows["ghost"].reason
     assert rows["alpha"].profile is not None and rows["alpha"].reason is None
+
+
+def test_unreadable_persona_is_not_served_and_is_reported(registry, home: HermesHome) -> None:
+    soul = home.dir("beta") / "SOUL.md"
+    soul.unlink()
+    soul.mkdir()  # read on first use (profiles.Profile.persona): opening it fails
+    reg = registry()
+    assert reg.get("alpha").persona == "You are ALPHA-PERSONA."
+    assert reg.get("beta") is None and "beta" not in [p.name for p in reg.models()]
+    rows = {s.name: s for s in registry().survey()}
+    assert rows["beta"].profile is None and rows["beta"].reason == "cannot read SOUL.md: Is a directory"

@@ -168,7 +168,13 @@ def test_a_silent_upstream_is_a_read_timeout(up: LiveServer, path: str) -> None:
 
 def profile(base_url: str) -> Profile:
     return Profile(
-        name="p", home=Path("/nonexistent"), model="m", provider="custom", base_url=base_url, api_key=None, persona=""
+        name="p",
+        home=Path("/nonexistent"),
+        model="m",
+        provider="custom",
+        base_url=base_url,
+        api_key=None,
+        persona_source="",
     )
 
 
