@@ -269,6 +269,9 @@ class ProfileRegistry:
         """Read a request's selectors. ``model`` is the body's (or path's) ``model``;
         empty values and ``model_aliases`` mean "no explicit profile". Raises
         ``InvalidHeaderError`` and ``InvalidValueError`` (``model`` not a string)."""
+        raw = getattr(headers, "raw", None)
+        if raw is not None:  # Starlette's Headers: one pass picks the few that matter
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw) if k[:9] == b"x-hermes-"}
         explicit = []
         if prefix is not None:
             explicit.append(("prefix", prefix))

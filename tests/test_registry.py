@@ -232,3 +232,11 @@ def test_unreadable_persona_is_not_served_and_is_reported(registry, home: Hermes
     assert reg.get("beta") is None and "beta" not in [p.name for p in reg.models()]
     rows = {s.name: s for s in registry().survey()}
     assert rows["beta"].profile is None and rows["beta"].reason == "cannot read SOUL.md: Is a directory"
+
+
+def test_starlette_headers_route_with_the_first_value_of_a_repeated_header(registry) -> None:
+    from starlette.datastructures import Headers
+
+    raw = [(b"content-type", b"application/json"), (b"x-hermes-profile", b"beta"), (b"x-hermes-profile", b"gamma")]
+    reg = registry()
+    assert reg.resolve(reg.select(Headers(raw=raw)), OPEN).name == "beta"
