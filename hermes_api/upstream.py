@@ -177,20 +177,40 @@ class Upstream:
         self._transport = AiohttpTransport(max_connections) if transport is None else transport
         timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect, pool=timeouts.connect)
         self._extensions = {"timeout": timeout.as_dict()}
-        self._urls: dict[str, httpx.URL] = {}  # parsed once per provider URL
+        # (URL, key) -> the parsed URL and the raw headers but Content-Length.
+        self._prepared: dict[tuple[str, str | None], tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
-        headers = {"content-type": "application/json", "accept": "application/json", "user-agent": USER_AGENT}
-        if profile.api_key:
-            headers["authorization"] = f"Bearer {profile.api_key}"
-        text = profile.chat_completions_url
-        url = self._urls.get(text)
-        if url is None:
-            url = self._urls[text] = httpx.URL(text)
-        return httpx.Request("POST", url, content=orjson.dumps(payload), headers=headers, extensions=self._extensions)
+        """``payload`` as a JSON POST to the profile's chat completions URL. The URL and
+        the headers are parsed and normalised once per (URL, key) and passed as bytes:
+        httpx's per-request parsing cost ~15 µs of CPU per request (``bench/``)."""
+        key = (profile.chat_completions_url, profile.api_key)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            url = httpx.URL(key[0])
+            headers = [
+                (b"host", url.netloc),
+                (b"content-type", b"application/json"),
+                (b"accept", b"application/json"),
+                (b"user-agent", USER_AGENT.encode()),
+            ]
+            if profile.api_key:
+                headers.append((b"authorization", f"Bearer {profile.api_key}".encode()))
+            prepared = self._prepared[key] = (url, headers)
+        url, headers = prepared
+        body = orjson.dumps(payload)
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=[*headers, (b"content-length", b"%d" % len(body))],
+            stream=httpx.ByteStream(body),
+            extensions=self._extensions,
+        )
+        request.read()  # .content, as content= would have set it
+        return request
 
     async def create_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` to the profile's ``/chat/completions``; the parsed
