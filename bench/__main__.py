@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per target and scenario")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per target and scenario")
     parser.add_argument("--targets", nargs="*", help=f"subset of {', '.join(TARGETS)}")
     parser.add_argument("--scenarios", nargs="*", help="subset of: " + ", ".join(s.name for s in gateways.SCENARIOS))
     parser.add_argument(
