@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 
+import httpx
+import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
+from hermes_api.app import create_app
 from hermes_api.sse import PING, EventDecoder, EventStreamResponse
 from hermes_api.turns import batches
 
@@ -138,3 +146,37 @@ def test_event_stream_stops_when_the_client_leaves() -> None:
     assert asyncio.run(go()) < 5  # not the 30 s the next piece would take
     assert log == ["closed"]  # the body iterator (and what it holds upstream) is closed
     assert client.body == b"data: 0\n\n"  # no end-of-body message to a client that is gone
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream_request(live, make_settings, home) -> None:
+    """Under uvicorn: the client drops a stream whose provider is still talking; the
+    provider sees its request closed at once, not when its answer would have ended."""
+    closed: list[float] = []
+
+    async def chat(request: Request) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                for i in range(200):
+                    delta = {"index": 0, "delta": {"content": f"{i} "}, "finish_reason": None}
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "choices": [delta]}
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    await asyncio.sleep(0.05)
+                yield b"data: [DONE]\n\n"
+            finally:
+                closed.append(time.monotonic())
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    provider = live(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+    home.add("slow", model={"default": "m", "provider": "custom", "base_url": provider.url + "/v1"})
+    server = live(create_app(make_settings(expose=["slow"], default_profile="slow"), environ={}))
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as answer:
+            first = next(line for line in answer.iter_lines() if line.startswith("data: "))
+            left = time.monotonic()
+    assert '"content":"0 "' in first
+    deadline = time.monotonic() + 5
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert closed and closed[0] - left < 2  # the whole answer would take 10 s
