@@ -56,6 +56,7 @@ class _Entry:
     error: str | None
     signature: Signature
     checked_at: float
+    ready: bool = False  # the persona has been read (or the profile is not served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +224,8 @@ class ProfileRegistry:
             entry = self._entries.get(name)
             if entry is None:
                 return None
-        return self._with_persona(name, self._refresh(name, entry)).profile
+        entry = self._refresh(name, entry)
+        return (entry if entry.ready else self._with_persona(name, entry)).profile
 
     def _with_persona(self, name: str, entry: _Entry) -> _Entry:
         """``entry``, its persona read (``Profile.persona`` reads it on first use); a
@@ -238,6 +240,7 @@ class ProfileRegistry:
                 self._entries[name] = entry
                 self._models = None
             logger.warning("profile %s is not served: %s", name, exc)
+        entry.ready = True
         return entry
 
     def models(self) -> tuple[Profile, ...]:
