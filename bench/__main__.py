@@ -32,7 +32,7 @@ def log(message: str) -> None:
 
 
 def run_gateways(args: argparse.Namespace, command: str) -> None:
-    data = report.conditions(command)
+    data = report.conditions(command, args.banner)
     scenarios = [s for s in gateways.SCENARIOS if not args.scenarios or s.name in args.scenarios]
     wanted = args.targets or list(TARGETS)
     if "litellm" in wanted and not litellm_bin().exists():
@@ -100,7 +100,7 @@ def run_clients(args: argparse.Namespace) -> None:
 
 
 def run_scale(args: argparse.Namespace, command: str) -> None:
-    data = report.conditions(command)
+    data = report.conditions(command, args.banner)
     sizes = tuple(args.sizes) if args.sizes else scale.SIZES
     with ExitStack() as stack:
         work = workdir("scale")
@@ -112,25 +112,30 @@ def run_scale(args: argparse.Namespace, command: str) -> None:
 
 
 def run_streams(args: argparse.Namespace, command: str) -> None:
-    data = report.conditions(command)
+    data = report.conditions(command, args.banner)
     raise_own_nofile()
     data["targets"] = streams.run_all(workdir("streams"), args.streams, args.stream_seconds, log=log)
     data |= {"count": args.streams, "stream_seconds": args.stream_seconds}
     log(f"saved {report.save('streams', data)}")
 
 
-def write_results(banner: str) -> None:
-    parts = {}
+def write_results() -> None:
+    parts, targets = {}, []
     data = report.load("gateways")
     if data:
         parts["gateways"] = report.gateways_md(data, report.gateway_targets)
+        targets += report.gateway_targets(data)
     data = report.load("scale")
     if data:
         parts["scale"] = report.scale_md(data)
+        targets += report.scale_targets(data)
     data = report.load("streams")
     if data:
         parts["streams"] = report.streams_md(data)
-    report.RESULTS_MD.write_text(report.render(parts, banner))
+        targets += report.streams_targets(data)
+    if targets:
+        parts["summary"] = report.summary_md(targets)
+    report.RESULTS_MD.write_text(report.render(parts))
     log(f"wrote {report.RESULTS_MD}")
 
 
@@ -157,9 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", help="profile counts for scale (default 10 1000 10000)")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent slow streams (default 1000)")
     parser.add_argument("--stream-seconds", type=float, default=5, help="length of one slow stream (default 5 s)")
-    parser.add_argument("--banner", default="", help="a note printed at the top of RESULTS.md (e.g. 'preliminary')")
+    parser.add_argument(
+        "--banner", default="", help="a note on the conditions, printed with each part run (e.g. 'preliminary')"
+    )
     args = parser.parse_args(argv)
-    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--banner" in given:  # the banner is printed on its own
+        at = given.index("--banner")
+        del given[at : at + 2]
+    command = "bench/run.sh " + shlex.join(given)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {LOAD_CPU})  # the harness stays off the gateway's core
     if args.part == "profile":
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         run_scale(args, command)
     if args.part in ("all", "streams"):
         run_streams(args, command)
-    write_results(args.banner)
+    write_results()
     return 0
 
 
