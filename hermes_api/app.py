@@ -163,7 +163,7 @@ def create_app(
     of turns from the upstream client (default: one provider call per turn); ``store``
     opens the response store (default: SQLite in ``state_dir``); ``drain`` is told when
     shutdown begins (``serve`` passes the one its signal handler calls; default: a new
-    one, told by sse-starlette)."""
+    one, which watches uvicorn's server)."""
     environ = os.environ if environ is None else environ
     drain = Drain(settings.shutdown_grace) if drain is None else drain
 

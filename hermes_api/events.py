@@ -63,10 +63,12 @@ def _text_deltas(chunk: dict[str, Any], state: dict[str, Any]) -> list[str]:
 
 
 async def response_events(
-    chunks: AsyncIterator[dict[str, Any]], draft: dict[str, Any], finish: Finish
+    batches: AsyncIterator[list[dict[str, Any]]], draft: dict[str, Any], finish: Finish
 ) -> AsyncIterator[bytes]:
-    """The SSE body for one streamed response. ``draft`` is the in-progress response
-    object; ``finish`` receives the final (or failed) response before it is sent."""
+    """The SSE body for one streamed response, from batches of chat chunks
+    (``turns.batches``: each batch's deltas go out in one write). ``draft`` is the
+    in-progress response object; ``finish`` receives the final (or failed) response
+    before it is sent."""
     event = EventWriter()
     message_id = response_objects.new_id("msg")
     where = {"item_id": message_id, "output_index": 0, "content_index": 0}
@@ -79,10 +81,14 @@ async def response_events(
     parts: list[str] = []
     state: dict[str, Any] = {}
     try:
-        async for chunk in chunks:
-            for delta in _text_deltas(chunk, state):
-                parts.append(delta)
-                yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
+        async for batch in batches:
+            out = []
+            for chunk in batch:
+                for delta in _text_deltas(chunk, state):
+                    parts.append(delta)
+                    out.append(event("response.output_text.delta", **where, delta=delta, logprobs=[]))
+            if out:
+                yield b"".join(out)
     except HermesAPIError as exc:
         logger.warning("responses stream failed after the first byte: %s (%s)", exc.code, exc.message)
         yield await _failed(event, draft, exc, finish)

@@ -86,7 +86,7 @@ class KeyRing(AuthenticationBackend):
         return Caller(found)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, Caller] | None:
-        if conn.url.path in PUBLIC_PATHS:
+        if conn.scope["path"] in PUBLIC_PATHS:  # not conn.url: building it cost ~3 µs a request
             return None
         try:
             caller = self.identify(conn.headers.get("authorization"))

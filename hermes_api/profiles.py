@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,10 @@ PROFILE_FILES = (
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ENV_REF = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
 
-Signature = tuple[tuple[int, int] | None, ...]
+# (mtime_ns, size) of each of PROFILE_FILES, -1 for both when absent, packed: ~130 bytes
+# per profile where a tuple of tuples of ints took ~600 (10,000 profiles: ~5 MB).
+_SIGNATURE = struct.Struct(f"<{2 * len(PROFILE_FILES)}q")
+Signature = bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +58,23 @@ class Profile:
     provider: str
     base_url: str
     api_key: str | None = field(repr=False)
-    persona: str = field(repr=False)
+    persona_source: str | Callable[[], str] = field(repr=False)
     max_tokens: int | None = None
     description: str = ""
     created: int = 0
+    _persona: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    @property
+    def persona(self) -> str:
+        """The system prompt. ``persona_source`` is the text, or (as ``load_profile``
+        makes it) a reader of SOUL.md and the memories, called on first use and kept:
+        a Profile is one version of its files, and 10,000 rendered personas cost ~15 MB
+        and a second of startup that profiles never used would not repay. Raises
+        ``ProfileError`` when a file cannot be read."""
+        if not self._persona:
+            source = self.persona_source
+            self._persona.append(source if isinstance(source, str) else source())
+        return self._persona[0]
 
     @property
     def chat_completions_url(self) -> str:
@@ -92,41 +109,62 @@ def list_profile_names(hermes_home: Path) -> list[str]:
 
 
 def signature(home: Path) -> Signature:
-    """``(mtime_ns, size)`` of each profile file, None where absent: a cheap change test."""
-    sig = []
+    """``(mtime_ns, size)`` of each profile file, -1 where absent, packed: a cheap
+    change test (compare with ``==``)."""
+    base = os.fspath(home) + os.sep  # plain strings: pathlib cost a third of a 10,000-profile load
+    values: list[int] = []
     for rel in PROFILE_FILES:
         try:
-            st = os.stat(home / rel)
+            st = os.stat(base + rel)
         except OSError:
-            sig.append(None)
+            values += (-1, -1)
         else:
-            sig.append((st.st_mtime_ns, st.st_size))
-    return tuple(sig)
+            values += (st.st_mtime_ns, st.st_size)
+    return _SIGNATURE.pack(*values)
 
 
-def _read_text(path: Path) -> str:
+def _file_stats(sig: Signature) -> dict[str, tuple[int, int] | None]:
+    """``signature``'s figures by file name, None for absent files."""
+    values = _SIGNATURE.unpack(sig)
+    return {
+        rel: None if values[2 * i + 1] < 0 else (values[2 * i], values[2 * i + 1])
+        for i, rel in enumerate(PROFILE_FILES)
+    }
+
+
+def _read_text(path: str) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
     except FileNotFoundError:
         return ""
     except OSError as exc:
-        raise ProfileError(f"cannot read {path.name}: {exc.strerror}") from None
+        raise ProfileError(f"cannot read {os.path.basename(path)}: {exc.strerror}") from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    text = _read_text(path)
+def _parse_yaml(text: str, name: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_YAML_LOADER) if text.strip() else {}
     except yaml.YAMLError as exc:
         # Never echo the offending line: config.yaml may hold an api_key.
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ProfileError(f"{path.name} is not valid YAML{where}") from None
+        raise ProfileError(f"{name} is not valid YAML{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ProfileError(f"{path.name} must be a mapping")
+        raise ProfileError(f"{name} must be a mapping")
     return data
+
+
+def _read_dotenv(path: str) -> dict[str, str]:
+    """The ``.env`` file's variables (python-dotenv). Interpolation copies the whole
+    process environment once per value, so it runs only when some value has ``${``
+    (without one it changes nothing)."""
+    values = dotenv_values(path, interpolate=False)
+    if any("${" in v for v in values.values() if v):
+        values = dotenv_values(path)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def expand_env_refs(value: Any, lookup: Callable[[str], str | None]) -> Any:
@@ -201,19 +239,49 @@ def _memory_settings(config: Mapping[str, Any]) -> tuple[bool, bool, int, int]:
     )
 
 
-def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str]) -> Profile:
+@dataclass(frozen=True, slots=True)
+class _PersonaFiles:
+    """Reads and renders a profile's persona (``Profile.persona_source``): the profile
+    directory (with a trailing separator), which files to read, the memory limits."""
+
+    base: str
+    soul: bool
+    memory: bool
+    user: bool
+    memory_limit: int
+    user_limit: int
+
+    def __call__(self) -> str:
+        return build_persona(
+            _read_text(self.base + "SOUL.md") if self.soul else "",
+            parse_entries(_read_text(self.base + "memories/MEMORY.md")) if self.memory else (),
+            parse_entries(_read_text(self.base + "memories/USER.md")) if self.user else (),
+            memory_char_limit=self.memory_limit,
+            user_char_limit=self.user_limit,
+        )
+
+
+def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: Signature | None = None) -> Profile:
     """Load profile ``name`` from ``hermes_home``.
 
     Secrets come from the profile's ``.env`` (python-dotenv) first, then ``environ``;
     ``os.environ`` is never written, so profiles never see each other's keys. Raises
     ``ProfileError`` with a reason when the profile cannot be served (no model, an
-    unsupported or unknown provider, a missing key, a malformed file).
+    unsupported or unknown provider, a missing key, a malformed file). ``sig``, the
+    ``signature`` just taken, spares a ``stat`` per file and says which are absent.
     """
     home = profile_home(hermes_home, name)
-    if not home.is_dir():
+    base = os.fspath(home) + os.sep
+    if not os.path.isdir(base):
         raise ProfileError(f"{home} is not a directory")
-    dotenv = {k: v for k, v in dotenv_values(home / ".env").items() if v is not None}
-    config = expand_env_refs(_read_yaml(home / "config.yaml"), lambda var: dotenv.get(var) or environ.get(var))
+    present = _file_stats(signature(home) if sig is None else sig)
+
+    def text(rel: str) -> str:
+        return _read_text(base + rel) if present[rel] is not None else ""
+
+    dotenv = _read_dotenv(base + ".env") if present[".env"] is not None else {}
+    config = _parse_yaml(text("config.yaml"), "config.yaml")
+    config = expand_env_refs(config, lambda var: dotenv.get(var) or environ.get(var))
     model = _model_section(config)
     try:
         provider = resolve_provider(model.get("provider"), model.get("base_url"))
@@ -237,22 +305,20 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str]) -> Pr
         )
 
     memory_on, user_on, memory_limit, user_limit = _memory_settings(config)
-    memories = home / "memories"
-    persona = build_persona(
-        _read_text(home / "SOUL.md"),
-        parse_entries(_read_text(memories / "MEMORY.md")) if memory_on else (),
-        parse_entries(_read_text(memories / "USER.md")) if user_on else (),
-        memory_char_limit=memory_limit,
-        user_char_limit=user_limit,
+    persona = _PersonaFiles(
+        base,
+        present["SOUL.md"] is not None,
+        memory_on and present["memories/MEMORY.md"] is not None,
+        user_on and present["memories/USER.md"] is not None,
+        memory_limit,
+        user_limit,
     )
     try:  # optional metadata; Hermes never fails on it (hermes_cli/profiles.py)
-        meta = _read_yaml(home / "profile.yaml")
+        meta = _parse_yaml(text("profile.yaml"), "profile.yaml")
     except ProfileError:
         meta = {}
-    try:
-        created = int(os.stat(home / "config.yaml").st_mtime)
-    except OSError:
-        created = 0
+    config_stat = present["config.yaml"]
+    created = config_stat[0] // 1_000_000_000 if config_stat else 0
     return Profile(
         name=name,
         home=home,
@@ -260,7 +326,7 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str]) -> Pr
         provider=provider.id,
         base_url=(model.get("base_url") or provider.base_url).rstrip("/"),
         api_key=api_key,
-        persona=persona,
+        persona_source=persona,
         max_tokens=model.get("max_tokens"),
         description=str(meta.get("description") or ""),
         created=created,

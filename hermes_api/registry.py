@@ -56,6 +56,8 @@ IDENTITY_HEADERS = {
     "librechat_user_email": "x-librechat-user-email",
     "librechat_conversation_id": "x-librechat-conversation-id",
 }
+_HERMES_PREFIX = (b"x-hermes-",)
+_IDENTITY_PREFIXES = (b"x-hermes-", b"x-openwebui-", b"x-librechat-")
 SWEEP_SLICE = 256  # profiles re-checked per sweep tick
 
 
@@ -67,6 +69,7 @@ class _Entry:
     error: str | None
     signature: Signature
     checked_at: float
+    ready: bool = False  # the persona has been read (or the profile is not served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +187,7 @@ class ProfileRegistry:
         home = profile_home(self.settings.hermes_home, name)
         sig = signature(home)
         try:
-            profile = load_profile(name, self.settings.hermes_home, self._environ)
+            profile = load_profile(name, self.settings.hermes_home, self._environ, sig)
         except ProfileError as exc:
             return _Entry(None, str(exc), sig, self._clock())
         return _Entry(profile, None, sig, self._clock())
@@ -251,7 +254,24 @@ class ProfileRegistry:
             entry = self._entries.get(name)
             if entry is None:
                 return None
-        return self._refresh(name, entry).profile
+        entry = self._refresh(name, entry)
+        return (entry if entry.ready else self._with_persona(name, entry)).profile
+
+    def _with_persona(self, name: str, entry: _Entry) -> _Entry:
+        """``entry``, its persona read (``Profile.persona`` reads it on first use); a
+        profile whose persona files cannot be read is not served, as at load time."""
+        if entry.profile is None:
+            return entry
+        try:
+            entry.profile.persona  # noqa: B018
+        except ProfileError as exc:
+            entry = _Entry(None, str(exc), entry.signature, entry.checked_at)
+            if name in self._entries:
+                self._entries[name] = entry
+                self._models = None
+            logger.warning("profile %s is not served: %s", name, exc)
+        entry.ready = True
+        return entry
 
     def models(self) -> tuple[Profile, ...]:
         """Every served profile, sorted by name (cached until something changes)."""
@@ -266,7 +286,7 @@ class ProfileRegistry:
         names = set(list_profile_names(self.settings.hermes_home)) | set(expose or ())
         for name in sorted(names):
             exposed = expose is None or name in expose
-            entry = self._entries.get(name) or self._load(name)
+            entry = self._with_persona(name, self._entries.get(name) or self._load(name))
             reason = entry.error if entry.error else (None if exposed else "not in expose")
             yield ProfileStatus(name, exposed, entry.profile, reason)
 
@@ -285,6 +305,10 @@ class ProfileRegistry:
         caller's key has ``trusted_identity``, so the ``IDENTITY_HEADERS`` count too;
         otherwise they are not even read. Raises ``InvalidHeaderError`` and
         ``InvalidValueError`` (``model`` not a string)."""
+        raw = getattr(headers, "raw", None)
+        if raw is not None:  # Starlette's Headers: one pass picks the few that matter
+            wanted = _IDENTITY_PREFIXES if identity else _HERMES_PREFIX
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw) if k.startswith(wanted)}
         explicit = []
         if prefix is not None:
             explicit.append(("prefix", prefix))

@@ -11,18 +11,20 @@ request left, does uvicorn run the lifespan's shutdown, so whatever the lifespan
 last (a store) sees every turn finished.
 
 Shutdown is learned from two sources, whichever comes first: ``hermes-api serve``
-calls ``begin()`` from its signal handler, and sse-starlette sets ``event`` (it is the
-``shutdown_event`` of every stream) when it sees uvicorn exiting, which also covers
-``uvicorn --factory``. sse-starlette's own force-cancel comes ``FORCE_MARGIN`` seconds
-after the grace period, as a backstop only.
+calls ``begin()`` from its signal handler, and ``watch()`` polls the uvicorn server
+that installed the SIGTERM handler (uvicorn's ``Server.should_exit``), which also covers
+``uvicorn --factory``. uvicorn's own ``timeout_graceful_shutdown`` (``serve`` sets it
+``FORCE_MARGIN`` seconds past the grace period) is the backstop that cuts whatever is
+still open after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -32,6 +34,13 @@ logger = logging.getLogger("hermes_api")
 
 T = TypeVar("T")
 FORCE_MARGIN = 5.0  # seconds after the grace period before anything is cut without a word
+
+
+def _uvicorn_server() -> Any:
+    """The uvicorn ``Server`` whose ``handle_exit`` is the SIGTERM handler, or None (not
+    under uvicorn, or not in the main thread, where uvicorn installs no handlers)."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return server if hasattr(server, "should_exit") else None
 
 
 class Drain:
@@ -53,11 +62,17 @@ class Drain:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._start)
 
-    async def watch(self) -> None:
+    async def watch(self, poll: float = 0.5) -> None:
         """Run for the app's lifetime (a lifespan task): start the grace period when
-        ``event`` is set."""
+        ``begin()`` is called or the uvicorn server serving us starts to exit (looked
+        at every ``poll`` seconds)."""
         self._loop = asyncio.get_running_loop()
-        await self.event.wait()
+        while not self.event.is_set():
+            server = _uvicorn_server()
+            if server is not None and server.should_exit:
+                break
+            with anyio.move_on_after(poll):
+                await self.event.wait()
         self._start()
 
     def _start(self) -> None:

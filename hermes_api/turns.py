@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from .persona import with_persona
 from .profiles import Profile
-from .upstream import Upstream
+from .upstream import ChatStream, Upstream
 
 ChatRequest = dict[str, Any]
 Chunk = dict[str, Any]
@@ -31,8 +31,22 @@ class TurnRunner(Protocol):
     def stream(self, profile: Profile, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[Chunk]]:
         """Entering fails before the first byte; the iterator yields
         ``chat.completion.chunk`` objects (``model`` = the profile's name) and raises
-        after it. Leaving releases the upstream connection."""
+        after it. Leaving releases the upstream connection. The iterator may also
+        have a ``batches()`` method (see ``batches``)."""
         ...
+
+
+def batches(chunks: AsyncIterator[Chunk]) -> AsyncIterator[list[Chunk]]:
+    """``chunks`` in the groups they arrived in together (one list per network read of
+    the upstream), when the iterator offers ``batches()``; else one chunk per list.
+    Senders use it to write a burst of chunks at once instead of one write each."""
+    grouped = getattr(chunks, "batches", None)
+    return grouped() if grouped is not None else _one_by_one(chunks)
+
+
+async def _one_by_one(chunks: AsyncIterator[Chunk]) -> AsyncIterator[list[Chunk]]:
+    async for chunk in chunks:
+        yield [chunk]
 
 
 def upstream_payload(profile: Profile, request: ChatRequest) -> ChatRequest:
@@ -59,10 +73,33 @@ class UpstreamTurns:
     async def stream(self, profile: Profile, request: ChatRequest) -> AsyncIterator[AsyncIterator[Chunk]]:
         payload = upstream_payload(profile, request)
         async with self._upstream.stream_chat_completion(profile, payload) as chunks:
-            yield self._relabel(chunks, profile.name)
+            yield _Relabelled(chunks, profile.name)
 
-    @staticmethod
-    async def _relabel(chunks: AsyncIterator[Chunk], name: str) -> AsyncIterator[Chunk]:
-        async for chunk in chunks:
-            chunk["model"] = name
-            yield chunk
+
+class _Relabelled:
+    """An upstream stream's chunks with ``model`` set to the profile's name, one by one
+    or in ``batches()``."""
+
+    def __init__(self, chunks: ChatStream, name: str) -> None:
+        self._chunks = chunks
+        self._name = name
+        self._each: AsyncIterator[Chunk] | None = None
+
+    async def batches(self) -> AsyncIterator[list[Chunk]]:
+        async for batch in self._chunks.batches():
+            for chunk in batch:
+                chunk["model"] = self._name
+            yield batch
+
+    def __aiter__(self) -> _Relabelled:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._each is None:
+            self._each = self._one_by_one()
+        return await anext(self._each)
+
+    async def _one_by_one(self) -> AsyncIterator[Chunk]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk

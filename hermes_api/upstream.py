@@ -1,9 +1,12 @@
 """The one pooled HTTP client to every profile's provider; errors mapped at this boundary.
 
-One ``httpx.AsyncClient`` over httpx-aiohttp's ``AiohttpTransport`` (DESIGN.md §6: about
-4x plain httpx at 32 concurrent requests on these machines), made in the app's lifespan
-and shared by all profiles: the profile decides the URL and the ``Authorization``
-header of each request, never the client. Tests inject a transport (respx).
+httpx requests sent straight to one transport (DESIGN.md §6): ``transport.AiohttpTransport``
+(aiohttp's connection pool) made in the app's lifespan and shared by all profiles; the
+profile decides the URL and the ``Authorization`` header of each request, never the
+client. Tests inject a transport (respx). No ``httpx.AsyncClient`` on the hot path: it
+cost ~90 µs of CPU per request for a cookie jar, auth and redirect machinery that a
+gateway never uses (``bench/``), and a shared cookie jar would mix providers' cookies
+across profiles.
 
 Every failure leaves this module as an ``errors.UpstreamError`` (§5), most specific
 first, timeouts before other transport errors, during stream iteration too
@@ -20,8 +23,8 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
+from . import __version__
 from .errors import (
     InvalidJSONError,
     UpstreamAuthError,
@@ -34,9 +37,12 @@ from .errors import (
 )
 from .profiles import Profile
 from .settings import Settings, Timeouts
+from .sse import EventDecoder
+from .transport import AiohttpTransport
 
 logger = logging.getLogger("hermes_api")
 
+USER_AGENT = f"hermes-api/{__version__}"
 PASSED_THROUGH = frozenset({400, 402, 409, 413, 415, 422})
 
 
@@ -46,9 +52,8 @@ def _scrub(text: str, profile: Profile) -> str:
 
 
 def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
-    """Map an httpx (or underlying aiohttp) transport failure. httpx-aiohttp maps some
-    aiohttp errors to the wrong httpx class (a refused connection arrives as
-    ``ConnectTimeout``), so an aiohttp cause, when there is one, decides."""
+    """Map an httpx (or underlying aiohttp) transport failure; an aiohttp cause, when
+    there is one (``transport.AiohttpTransport`` raises from it), decides."""
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
     logger.debug(
@@ -128,26 +133,30 @@ class ChatStream:
         self._profile = profile
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        data: list[str] = []
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The chunks each network read completed, one list per read (never empty), so
+        a burst of events can be re-sent in one write."""
+        decoder = EventDecoder()
         try:
-            async for line in self._response.aiter_lines():
-                if line:
-                    # SSE (WHATWG): "field: value"; comments start with ':'.
-                    name, _, value = line.partition(":")
-                    if name == "data":
-                        data.append(value[1:] if value.startswith(" ") else value)
-                    continue
-                if not data:
-                    continue
-                payload, data = "\n".join(data), []
-                if payload == "[DONE]":
-                    return
-                yield self._parse(payload)
+            async for raw in self._response.aiter_bytes():
+                batch = []
+                for payload in decoder.feed(raw):
+                    if payload == b"[DONE]":
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(self._parse(payload))
+                if batch:
+                    yield batch
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._profile) from exc
         raise UpstreamBadResponseError(f"The upstream stream of profile '{self._profile.name}' ended before [DONE].")
 
-    def _parse(self, payload: str) -> dict[str, Any]:
+    def _parse(self, payload: bytes) -> dict[str, Any]:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -157,7 +166,7 @@ class ChatStream:
                 f"The upstream stream of profile '{self._profile.name}' sent an event that is not a JSON object."
             )
         if "error" in chunk:
-            detail = _error_detail(payload.encode())
+            detail = _error_detail(payload)
             raise UpstreamBadResponseError(
                 _scrub(
                     f"The upstream provider of profile '{self._profile.name}' failed "
@@ -168,10 +177,11 @@ class ChatStream:
         return chunk
 
 
-def _httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
-    """httpx-aiohttp hands ``connect`` to aiohttp as ``sock_connect``, ``read`` as
-    ``sock_read`` (the longest silence between bytes) and ``pool`` as ``connect``."""
-    return httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect)
+def _timeout(timeouts: Timeouts) -> dict[str, float | None]:
+    """httpx's ``timeout`` request extension: ``transport.AiohttpTransport`` hands
+    ``connect`` to aiohttp as ``sock_connect``, ``read`` as ``sock_read`` (the longest
+    silence between bytes) and ``pool`` as ``connect``."""
+    return httpx.Timeout(timeouts.read, connect=timeouts.connect, pool=timeouts.connect).as_dict()
 
 
 class Upstream:
@@ -185,48 +195,60 @@ class Upstream:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 0,
     ) -> None:
-        if transport is None:
-            transport = AiohttpTransport(
-                # Made lazily on the first request, inside the running loop.
-                # limit=0: no pool cap here; concurrency limits belong to the server.
-                client=lambda: aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30),
-                    trust_env=False,
-                ),
-            )
-        self._client = httpx.AsyncClient(
-            transport=transport, timeout=_httpx_timeout(settings.timeouts), follow_redirects=False
-        )
-        # Profiles with their own timeouts (per_profile.<name>.timeouts); the rest use the client's.
-        self._timeouts = {name: _httpx_timeout(limits.timeouts) for name, limits in settings.per_profile.items()}
+        self._transport = AiohttpTransport(max_connections) if transport is None else transport
+        self._extensions = {"timeout": _timeout(settings.timeouts)}
+        # Profiles with their own timeouts (per_profile.<name>.timeouts); the rest use the server's.
+        self._profile_extensions = {
+            name: {"timeout": _timeout(limits.timeouts)} for name, limits in settings.per_profile.items()
+        }
+        # (URL, key) -> the parsed URL and the raw headers but Accept and Content-Length.
+        self._prepared: dict[tuple[str, str | None], tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
-        """The POST to the profile's provider. Raises ``InvalidJSONError`` for a body
-        too deeply nested to serialise again."""
-        accept = "text/event-stream" if payload.get("stream") else "application/json"
-        headers = {"content-type": "application/json", "accept": accept}
-        if profile.api_key:
-            headers["authorization"] = f"Bearer {profile.api_key}"
+        """``payload`` as a JSON POST to the profile's chat completions URL. The URL and
+        the headers are parsed and normalised once per (URL, key) and passed as bytes:
+        httpx's per-request parsing cost ~15 µs of CPU per request (``bench/``). Raises
+        ``InvalidJSONError`` for a body too deeply nested to serialise again."""
+        key = (profile.chat_completions_url, profile.api_key)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            url = httpx.URL(key[0])
+            headers = [
+                (b"host", url.netloc),
+                (b"content-type", b"application/json"),
+                (b"user-agent", USER_AGENT.encode()),
+            ]
+            if profile.api_key:
+                headers.append((b"authorization", f"Bearer {profile.api_key}".encode()))
+            prepared = self._prepared[key] = (url, headers)
+        url, headers = prepared
         try:
-            content = orjson.dumps(payload)
+            body = orjson.dumps(payload)
         except orjson.JSONEncodeError:  # parsed fine (1024 levels), but orjson writes 254 at most
             raise InvalidJSONError("The JSON body is nested too deeply.") from None
-        return self._client.build_request(
+        accept = b"text/event-stream" if payload.get("stream") else b"application/json"
+        request = httpx.Request(
             "POST",
-            profile.chat_completions_url,
-            content=content,
-            headers=headers,
-            timeout=self._timeouts.get(profile.name, httpx.USE_CLIENT_DEFAULT),
+            url,
+            headers=[*headers, (b"accept", accept), (b"content-length", b"%d" % len(body))],
+            stream=httpx.ByteStream(body),
+            extensions=self._profile_extensions.get(profile.name, self._extensions),
         )
+        request.read()  # .content, as content= would have set it
+        return request
 
     async def create_chat_completion(self, profile: Profile, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` to the profile's ``/chat/completions``; the parsed
         ``chat.completion`` object. Raises ``UpstreamError``."""
         try:
-            response = await self._client.send(self._request(profile, payload))
+            response = await self._transport.handle_async_request(self._request(profile, payload))
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
         if response.status_code >= 400:
@@ -247,7 +269,7 @@ class Upstream:
         failures before the first byte; the yielded ``ChatStream`` raises them after.
         Leaving closes the upstream response (its connection goes back to the pool)."""
         try:
-            response = await self._client.send(self._request(profile, payload), stream=True)
+            response = await self._transport.handle_async_request(self._request(profile, payload))
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
         try:

@@ -208,3 +208,10 @@ def test_example_home_loads(tmp_path: Path) -> None:
     assert len(personas) == 4
     assert len({p.api_key for p in loaded.values()}) == 4
     assert "USER PROFILE" not in loaded["coder"].persona  # user_profile_enabled: false
+
+
+def test_dotenv_values_are_interpolated(home: HermesHome) -> None:
+    home.add(
+        "i", model={"default": "m", "provider": "openai-api"}, env={"PREFIX": "sk", "OPENAI_API_KEY": "${PREFIX}-9"}
+    )
+    assert load_profile("i", home.root, {}).api_key == "sk-9"

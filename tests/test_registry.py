@@ -325,3 +325,22 @@ def test_identity_route_to_a_forbidden_profile_is_403(registry) -> None:
 def test_every_identity_field_has_a_header() -> None:
     assert tuple(IDENTITY_HEADERS) == IDENTITY_FIELDS
     assert set(ROUTING_HEADERS) | set(IDENTITY_HEADERS) == set(ROUTE_FIELDS)
+
+
+def test_unreadable_persona_is_not_served_and_is_reported(registry, home: HermesHome) -> None:
+    soul = home.dir("beta") / "SOUL.md"
+    soul.unlink()
+    soul.mkdir()  # read on first use (profiles.Profile.persona): opening it fails
+    reg = registry()
+    assert reg.get("alpha").persona == "You are ALPHA-PERSONA."
+    assert reg.get("beta") is None and "beta" not in [p.name for p in reg.models()]
+    rows = {s.name: s for s in registry().survey()}
+    assert rows["beta"].profile is None and rows["beta"].reason == "cannot read SOUL.md: Is a directory"
+
+
+def test_starlette_headers_route_with_the_first_value_of_a_repeated_header(registry) -> None:
+    from starlette.datastructures import Headers
+
+    raw = [(b"content-type", b"application/json"), (b"x-hermes-profile", b"beta"), (b"x-hermes-profile", b"gamma")]
+    reg = registry()
+    assert reg.resolve(reg.select(Headers(raw=raw)), OPEN).name == "beta"

@@ -27,8 +27,8 @@ GRACE = 3.0
 
 @pytest.fixture(params=["serve", "uvicorn-factory"])
 def server(request, fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process) -> ServeProcess:
-    """``hermes-api serve``, and ``uvicorn --factory`` (where sse-starlette tells the
-    Drain that uvicorn is exiting, as there is no DrainingServer)."""
+    """``hermes-api serve``, and ``uvicorn --factory`` (where the Drain notices uvicorn's
+    server exiting, as there is no DrainingServer)."""
     for name, behaviour in (("slowish", "slow-1500"), ("endless", "forever"), ("stuck", "hang")):
         home.add(name, model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url(behaviour)})
     config = tmp_path / "hermes-api.yaml"

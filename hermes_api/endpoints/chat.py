@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,7 +25,9 @@ from ..context import current_profile
 from ..errors import HermesAPIError, InvalidValueError, ServerError, UpstreamBadResponseError
 from ..persona import SYSTEM_ROLES
 from ..registry import header_value
-from ..shutdown import FORCE_MARGIN, Drain
+from ..shutdown import Drain
+from ..sse import EventStreamResponse
+from ..turns import batches
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
@@ -87,39 +88,44 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 async def chat_events(
-    chunks: AsyncIterator[dict[str, Any]], include_usage: bool, on_answer: AnswerHook | None = None
+    batches: AsyncIterator[list[dict[str, Any]]], include_usage: bool, on_answer: AnswerHook | None = None
 ) -> AsyncIterator[bytes]:
     """The client's SSE body: every chunk with one ``id`` and ``created``, the first
     delta with ``role: assistant``; chunks without choices dropped; with
     ``include_usage`` every chunk has ``usage: null`` and the provider's usage comes
     in one last ``choices: []`` chunk (when the provider sent one). A failure after the
     first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream.
+    Each batch of upstream chunks (``turns.batches``) becomes one piece of the body.
     ``on_answer`` gets the assistant message (its text) after a stream that ended well,
     before ``[DONE]``."""
     ident = f"chatcmpl-{uuid.uuid4().hex}"
     created, model, usage, first = int(time.time()), None, None, True
     text: list[str] = []
     try:
-        async for chunk in chunks:
-            if first:
-                ident, created = chunk.get("id") or ident, chunk.get("created") or created
-            model = chunk.get("model")
-            usage = chunk.get("usage") or usage
-            choices = chunk.get("choices")
-            if not choices:
-                continue
-            chunk.update(id=ident, created=created, object="chat.completion.chunk")
-            if first:
-                for choice in choices:
-                    if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
-                        choice["delta"].setdefault("role", "assistant")
-                first = False
-            if include_usage:
-                chunk["usage"] = None
-            else:
-                chunk.pop("usage", None)
-            text.extend(_content(choices))
-            yield sse(chunk)
+        async for batch in batches:
+            out = []
+            for chunk in batch:
+                if first:
+                    ident, created = chunk.get("id") or ident, chunk.get("created") or created
+                model = chunk.get("model")
+                usage = chunk.get("usage") or usage
+                choices = chunk.get("choices")
+                if not choices:
+                    continue
+                chunk.update(id=ident, created=created, object="chat.completion.chunk")
+                if first:
+                    for choice in choices:
+                        if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                            choice["delta"].setdefault("role", "assistant")
+                    first = False
+                if include_usage:
+                    chunk["usage"] = None
+                else:
+                    chunk.pop("usage", None)
+                text.extend(_content(choices))
+                out.append(sse(chunk))
+            if out:
+                yield b"".join(out)
         if include_usage and usage:
             yield sse(
                 {
@@ -180,13 +186,10 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
 
     if body.get("stream"):
         chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, body)))
-        return EventSourceResponse(
-            chat_events(drain.iterate(chunks), include_usage, on_answer),
+        return EventStreamResponse(
+            chat_events(drain.iterate(batches(chunks)), include_usage, on_answer),
             ping=state.settings.sse_keepalive,
-            sep="\n",
             headers=headers,
-            shutdown_event=drain.event,
-            shutdown_grace_period=drain.grace + FORCE_MARGIN,
         )
     completion = await drain.run(state.turns.complete(profile, body))
     try:

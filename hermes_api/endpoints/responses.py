@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,9 +18,11 @@ from .. import response_objects, translation
 from ..context import current_profile
 from ..errors import InvalidValueError, ResponseNotFoundError
 from ..events import response_events
-from ..shutdown import FORCE_MARGIN, Drain
+from ..shutdown import Drain
+from ..sse import EventStreamResponse
 from ..store import StoredResponse
 from ..translation import ResponseRequest
+from ..turns import batches
 from . import JSONResponse
 
 MAX_ITEMS_PAGE = 100
@@ -75,12 +76,8 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     drain: Drain = state.drain  # waits on the provider end at the shutdown deadline
     if parsed.stream:
         chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, chat)))
-        return EventSourceResponse(
-            response_events(drain.iterate(chunks), draft, finish),
-            ping=state.settings.sse_keepalive,
-            sep="\n",
-            shutdown_event=drain.event,
-            shutdown_grace_period=drain.grace + FORCE_MARGIN,
+        return EventStreamResponse(
+            response_events(drain.iterate(batches(chunks)), draft, finish), ping=state.settings.sse_keepalive
         )
     response = response_objects.from_completion(draft, await drain.run(state.turns.complete(profile, chat)))
     await finish(response)

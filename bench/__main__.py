@@ -1,0 +1,193 @@
+"""``python -m bench [all|gateways|scale|streams|report] [options]``: run the benchmark
+parts and write ``bench/results/<part>.json`` and ``bench/RESULTS.md``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from . import clients, gateways, profile, report, scale, streams
+from .procs import LOAD_CPU, raise_own_nofile, stop
+from .targets import Target, litellm_bin, start_floor, start_hermes, start_litellm, start_upstream
+
+TARGETS = ("direct", "floor", "hermes-api", "litellm")
+
+
+def workdir(part: str) -> Path:
+    """A fresh ``bench/results/work-<part>``: configs, homes and every process's log,
+    kept after the run for a look."""
+    path = report.RESULTS_DIR / f"work-{part}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_gateways(args: argparse.Namespace, command: str) -> None:
+    data = report.conditions(command, args.banner)
+    scenarios = [s for s in gateways.SCENARIOS if not args.scenarios or s.name in args.scenarios]
+    wanted = args.targets or list(TARGETS)
+    if "litellm" in wanted and not litellm_bin().exists():
+        log(f"skip litellm: {litellm_bin()} is missing (bench/run.sh installs it)")
+        wanted = [t for t in wanted if t != "litellm"]
+    with ExitStack() as stack:
+        work = workdir("gateways")
+        upstream = start_upstream(work)
+        stack.callback(stop, upstream.proc)
+        targets: list[Target] = []
+        for name in wanted:
+            if name == "direct":
+                t = upstream
+            elif name == "floor":
+                t = start_floor(work, upstream)
+            elif name == "hermes-api":
+                t = start_hermes(work, upstream)
+            elif name == "litellm":
+                t = start_litellm(work, upstream)
+            else:
+                raise SystemExit(f"unknown target {name}; known: {', '.join(TARGETS)}")
+            if t is not upstream:
+                stack.callback(stop, t.proc)
+            targets.append(t)
+            log(f"{name} ready on port {t.port} (pid {t.proc.pid if t.proc else '-'}) in {t.startup_s:.2f} s")
+        for spec in args.compare:
+            label, _, src = spec.partition("=")
+            t = start_hermes(work, upstream, name=f"hermes-api[{label}]", src=Path(src).resolve())
+            stack.callback(stop, t.proc)
+            targets.append(t)
+            log(f"{t.name} ({src}) ready on port {t.port} in {t.startup_s:.2f} s")
+        result = gateways.run(
+            targets,
+            upstream,
+            scenarios,
+            work=work,
+            rounds=args.rounds,
+            seconds=args.duration,
+            warmup=args.warmup,
+            log=log,
+        )
+    data |= result | {"rounds": args.rounds, "seconds": args.duration}
+    log(f"saved {report.save('gateways', data)}")
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    scenarios = [s for s in gateways.SCENARIOS if s.name in (args.scenarios or ["chat c=32", "chat stream c=32"])]
+    with ExitStack() as stack:
+        work = workdir("profile")
+        upstream = start_upstream(work)
+        stack.callback(stop, upstream.proc)
+        for name in args.targets or ["hermes-api"]:
+            t = start_floor(work, upstream) if name == "floor" else start_hermes(work, upstream)
+            stack.callback(stop, t.proc)
+            for scenario in scenarios:
+                profile.run(t, scenario, args.duration, report.RESULTS_DIR, log=log)
+
+
+def run_clients(args: argparse.Namespace) -> None:
+    with ExitStack() as stack:
+        work = workdir("clients")
+        upstream = start_upstream(work)
+        stack.callback(stop, upstream.proc)
+        clients.run(upstream.port, log=log)
+
+
+def run_scale(args: argparse.Namespace, command: str) -> None:
+    data = report.conditions(command, args.banner)
+    sizes = tuple(args.sizes) if args.sizes else scale.SIZES
+    with ExitStack() as stack:
+        work = workdir("scale")
+        upstream = start_upstream(work)
+        stack.callback(stop, upstream.proc)
+        data["sizes"] = scale.run_all(work, upstream.port, args.duration, sizes, log=log)
+    data["seconds"] = args.duration
+    log(f"saved {report.save('scale', data)}")
+
+
+def run_streams(args: argparse.Namespace, command: str) -> None:
+    data = report.conditions(command, args.banner)
+    raise_own_nofile()
+    data["targets"] = streams.run_all(workdir("streams"), args.streams, args.stream_seconds, log=log)
+    data |= {"count": args.streams, "stream_seconds": args.stream_seconds}
+    log(f"saved {report.save('streams', data)}")
+
+
+def write_results() -> None:
+    parts, targets = {}, []
+    data = report.load("gateways")
+    if data:
+        parts["gateways"] = report.gateways_md(data, report.gateway_targets)
+        targets += report.gateway_targets(data)
+    data = report.load("scale")
+    if data:
+        parts["scale"] = report.scale_md(data)
+        targets += report.scale_targets(data)
+    data = report.load("streams")
+    if data:
+        parts["streams"] = report.streams_md(data)
+        targets += report.streams_targets(data)
+    if targets:
+        parts["summary"] = report.summary_md(targets)
+    report.RESULTS_MD.write_text(report.render(parts))
+    log(f"wrote {report.RESULTS_MD}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "part",
+        nargs="?",
+        default="all",
+        choices=["all", "gateways", "scale", "streams", "report", "profile", "clients"],
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per target and scenario")
+    parser.add_argument("--targets", nargs="*", help=f"subset of {', '.join(TARGETS)}")
+    parser.add_argument("--scenarios", nargs="*", help="subset of: " + ", ".join(s.name for s in gateways.SCENARIOS))
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run the hermes-api checkout in DIR, as target hermes-api[NAME]",
+    )
+    parser.add_argument("--sizes", type=int, nargs="*", help="profile counts for scale (default 10 1000 10000)")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent slow streams (default 1000)")
+    parser.add_argument("--stream-seconds", type=float, default=5, help="length of one slow stream (default 5 s)")
+    parser.add_argument(
+        "--banner", default="", help="a note on the conditions, printed with each part run (e.g. 'preliminary')"
+    )
+    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--banner" in given:  # the banner is printed on its own
+        at = given.index("--banner")
+        del given[at : at + 2]
+    command = "bench/run.sh " + shlex.join(given)
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {LOAD_CPU})  # the harness stays off the gateway's core
+    if args.part == "profile":
+        run_profile(args)
+        return 0
+    if args.part == "clients":
+        run_clients(args)
+        return 0
+    if args.part in ("all", "gateways"):
+        run_gateways(args, command)
+    if args.part in ("all", "scale"):
+        run_scale(args, command)
+    if args.part in ("all", "streams"):
+        run_streams(args, command)
+    write_results()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

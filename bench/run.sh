@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The benchmark in one command, on Debian/Ubuntu: install what it needs (idempotent),
+# then run it. Arguments go to `python -m bench` (default: every part), e.g.
+#   bench/run.sh                      # gateways, scale, streams; writes bench/RESULTS.md
+#   bench/run.sh gateways --rounds 5  # one part, more rounds
+# Needs root or sudo the first time (apt-get install nginx wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache=${BENCH_CACHE:-$HOME/.cache/hermes-api-bench}
+export BENCH_CACHE=$cache
+
+missing=()
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v taskset >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "installing ${missing[*]} (apt-get)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# hermes-api itself, in the project's venv (the one the README's commands make).
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c 'import hermes_api, aiohttp, httpx, yaml' 2>/dev/null || .venv/bin/pip install -q -e .
+.venv/bin/pip install -q -r bench/requirements.txt
+
+# The peer: LiteLLM proxy 1.106.2 in its own venv (newer ones do not resolve here).
+if [ ! -x "$cache/litellm-venv/bin/litellm" ]; then
+  echo "installing litellm[proxy]==1.106.2 into $cache/litellm-venv (a few minutes, once)"
+  mkdir -p "$cache"
+  python3 -m venv "$cache/litellm-venv"
+  "$cache/litellm-venv/bin/pip" install -q 'litellm[proxy]==1.106.2'
+fi
+
+exec .venv/bin/python -m bench "$@"

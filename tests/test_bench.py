@@ -1,0 +1,74 @@
+"""``bench/`` stays runnable: its modules import, its fixtures are what nginx can serve,
+its report renders. No process is started and nothing is timed here (the benchmark
+itself is ``bench/run.sh``, never part of the test suite)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench import fixtures, gateways, report
+from bench.__main__ import main as bench_main
+from hermes_api.sse import EventDecoder
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.parametrize(
+    "module", ["clients", "gateways", "procs", "profile", "report", "scale", "streams", "targets", "wrk"]
+)
+def test_bench_modules_import(module: str) -> None:
+    importlib.import_module(f"bench.{module}")
+
+
+def test_fixtures_are_realistic_and_servable_by_nginx(tmp_path: Path) -> None:
+    completion = orjson.loads(fixtures.completion_body())
+    assert 600 <= len(fixtures.completion_body()) <= 700 and completion["usage"]["total_tokens"]
+    events = EventDecoder().feed(fixtures.stream_body())
+    assert events[-1] == b"[DONE]" and len(events) == 24
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "".join(
+        fixtures.STREAM_WORDS
+    )
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]
+    conf = fixtures.nginx_conf(tmp_path, 8080)
+    assert "$" not in fixtures.stream_body().decode() and conf.count("return 200") == 2
+    assert all(len(line) < 4000 for line in conf.splitlines())  # nginx's limit per parameter
+
+
+def test_scripts_parse() -> None:
+    subprocess.run(["bash", "-n", str(BENCH / "run.sh")], check=True)
+    assert "function done(summary, latency, requests)" in (BENCH / "post.lua").read_text()
+
+
+def test_report_renders_and_checks_targets() -> None:
+    runs = []
+    for r in (1, 2, 3):
+        for scenario, target, rps, p50, cpu in (
+            ("chat c=1", "direct", 40000, 0.02, 0.01),
+            ("chat c=1", "hermes-api", 2000, 0.42, 0.40),
+            ("chat c=32", "hermes-api", 3000, 9.0, 0.31),
+            ("chat c=32", "floor", 2700, 11.0, 0.35),
+            ("chat c=32", "litellm", 150, 200.0, 6.3),
+        ):
+            runs.append({"round": r, "scenario": scenario, "target": target, "rps": rps + r, "requests": 1000,
+                         "errors": 0, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50, "cpu_ms_per_req": cpu,
+                         "peak_rss_mb": 50.0, "other_load_cores": 0.1})  # fmt: skip
+    data = {**report.conditions("python -m bench gateways"), "runs": runs, "rounds": 3, "seconds": 10, "skipped": {}}
+    text = report.gateways_md(data, report.gateway_targets)
+    assert "| hermes-api | 3002 (3001–3003)" in text
+    rows = {row[0]: row for row in report.gateway_targets(data)}
+    assert rows["chat c=32: req/s vs LiteLLM"][3] == "yes"
+    assert rows["chat c=1: added p50 over direct (ms)"][2] == "0.400"
+    assert rows["chat stream c=32: CPU ms/request"][3] == "–"  # not measured: no verdict
+
+
+def test_cli_knows_every_scenario() -> None:
+    assert {s.name for s in gateways.SCENARIOS} >= {"chat c=1", "chat c=32", "chat stream c=32", "responses c=32"}
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--help"])
+    assert exc.value.code == 0
