@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidValueError
+import orjson
+
+from .errors import InvalidJSONError, InvalidValueError
 from .response_objects import new_id
 
 Item = dict[str, Any]
@@ -130,7 +132,12 @@ def _text(value: Any) -> dict[str, Any]:
     if fmt["type"] == "json_schema":
         ok = isinstance(fmt.get("name"), str) and isinstance(fmt.get("schema"), dict)
         _check(ok, "'text.format' of type json_schema needs a string 'name' and an object 'schema'.", "text.format")
-    return {**value, "format": fmt}
+    text = {**value, "format": fmt}
+    try:  # echoed in the response object: orjson reads 1024 levels but writes 254
+        orjson.dumps(text)
+    except orjson.JSONEncodeError:
+        raise InvalidJSONError("The JSON body is nested too deeply.", param="text") from None
+    return text
 
 
 def input_items(value: Any) -> list[Item]:

@@ -9,6 +9,7 @@ to; a prefix or ``X-Hermes-Profile`` naming another profile finds nothing (404).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -26,6 +27,7 @@ from ..turns import batches
 from . import JSONResponse
 
 MAX_ITEMS_PAGE = 100
+_LIMIT = re.compile(r"[0-9]{1,3}")
 
 
 def _not_found(response_id: str, param: str | None = None) -> ResponseNotFoundError:
@@ -117,7 +119,8 @@ async def delete_response(request: Request, body: dict[str, Any]) -> JSONRespons
 def _page_params(request: Request) -> tuple[int, bool, str | None]:
     query = request.query_params
     limit = query.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_ITEMS_PAGE:
+    # Not str.isdigit(): it passes "²", and 5000 digits, both of which int() refuses.
+    if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_ITEMS_PAGE:
         raise InvalidValueError(f"'limit' must be an integer from 1 to {MAX_ITEMS_PAGE}.", param="limit")
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
