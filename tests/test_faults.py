@@ -8,6 +8,7 @@ server goes on serving (a normal request succeeds after each one).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from hermes_api.app import create_app
 from hermes_api.settings import Settings
+from hermes_api.store import open_store
 
 from .conftest import FakeUpstream, HermesHome, LiveServer
 
@@ -167,3 +169,51 @@ def test_read_timeout_per_profile_overrides_the_server_wide_one(client: httpx.Cl
         assert got[-1] == "[DONE]" and "".join(e["choices"][0]["delta"]["content"] for e in got[:-1]) == "first ok late"
     else:
         assert r.json()["choices"][0]["message"]["content"] == "ok late"
+
+
+def test_store_failures_are_500_in_the_envelope_and_the_connection_survives(
+    fake_upstream: FakeUpstream, home: HermesHome, make_settings, live, caplog
+) -> None:
+    """A store that refuses every write (a full disk, a broken database): a stored
+    response or a chat-session turn that cannot be written is a 500 ``server_error``
+    before the first byte, ``response.failed`` / an in-stream error after it; the
+    traceback goes to the log, and the connection stays usable (an exception escaping
+    to uvicorn would make it close the connection under a keep-alive client)."""
+
+    async def refusing(settings):
+        store = await open_store(settings)
+
+        async def refuse(*args: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        store.put_response = store.append_session = refuse
+        return store
+
+    home.add("ok", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("ok")})
+    server = live(create_app(make_settings(expose=["ok"], default_profile="ok"), environ={}, store=refusing))
+    session = {"X-Hermes-Session-Id": "s1"}
+    chat_body = {"messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=server.url, timeout=20) as client:
+        for stream in (False, True):
+            r = client.post("/v1/responses", json={"input": "hi", "stream": stream})
+            if stream:
+                last = [line for line in r.text.splitlines() if line.startswith("data: ")][-1]
+                failed = orjson.loads(last[6:])
+                assert failed["type"] == "response.failed" and failed["response"]["error"]["code"] == "server_error"
+            else:
+                assert r.status_code == 500 and r.json()["error"]["code"] == "server_error", r.text
+                assert r.headers["x-hermes-profile"] == "ok"
+            assert client.get("/v1/models").status_code == 200, "the same connection serves on"
+            r = client.post("/v1/chat/completions", json={**chat_body, "stream": stream}, headers=session)
+            if stream:
+                got = events(r)
+                assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "server_error"
+            else:
+                assert r.status_code == 500 and set(r.json()["error"]) == ENVELOPE, r.text
+            assert client.get("/v1/models").status_code == 200
+        # Not stored, not in a session: nothing else goes wrong.
+        r = client.post("/v1/responses", json={"input": "hi", "store": False})
+        assert r.status_code == 200
+    logged = caplog.text
+    assert logged.count("could not store response") == 2 and logged.count("could not store the session turn") == 2
+    assert "disk I/O error" in logged

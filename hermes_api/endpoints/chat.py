@@ -197,7 +197,12 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     except orjson.JSONEncodeError:
         raise UpstreamBadResponseError(TOO_DEEP) from None
     if on_answer is not None:  # only an answer the client can be given joins the session
-        await on_answer(_answer(completion))
+        try:
+            await on_answer(_answer(completion))
+        except Exception:
+            # An error of ours, not an escaped exception: uvicorn would close the connection.
+            logger.exception("could not store the session turn")
+            raise ServerError("The answer could not be stored in the session; see the server log.") from None
     return response
 
 

@@ -9,6 +9,7 @@ to; a prefix or ``X-Hermes-Profile`` naming another profile finds nothing (404).
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.responses import Response
 
 from .. import response_objects, translation
 from ..context import current_profile
-from ..errors import InvalidValueError, ResponseNotFoundError
+from ..errors import InvalidValueError, ResponseNotFoundError, ServerError
 from ..events import response_events
 from ..shutdown import Drain
 from ..sse import EventStreamResponse
@@ -25,6 +26,8 @@ from ..store import StoredResponse
 from ..translation import ResponseRequest
 from ..turns import batches
 from . import JSONResponse
+
+logger = logging.getLogger("hermes_api")
 
 MAX_ITEMS_PAGE = 100
 _LIMIT = re.compile(r"[0-9]{1,3}")
@@ -82,7 +85,12 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
             response_events(drain.iterate(batches(chunks)), draft, finish), ping=state.settings.sse_keepalive
         )
     response = response_objects.from_completion(draft, await drain.run(state.turns.complete(profile, chat)))
-    await finish(response)
+    try:
+        await finish(response)
+    except Exception:
+        # An error of ours, not an escaped exception: uvicorn would close the connection.
+        logger.exception("could not store response %s", response["id"])
+        raise ServerError("The response could not be stored; see the server log.") from None
     return JSONResponse(response)
 
 
