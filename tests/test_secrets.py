@@ -6,6 +6,7 @@ API key and every ``.env`` value, every error path driven through a real
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -129,6 +130,101 @@ def test_no_secret_in_logs_or_responses(secret_world, fake_upstream: FakeUpstrea
         assert line in log, line
     assert "stream failed after the first byte" in log and "Application shutdown complete" in log
     found = {s for s in everything for text in (log, *seen) if s in text}
+    assert found == set(), f"secrets found: {found}"
+    assert len(seen) > 40
+
+
+# Makes the store refuse a write whose input holds "store-fails": a disk or database
+# failure provoked in the real server's own database, from outside it.
+FAIL_WRITES = """
+CREATE TRIGGER test_fail_{table} BEFORE INSERT ON {table} WHEN NEW.{column} LIKE '%store-fails%'
+BEGIN SELECT RAISE(ABORT, 'write refused by the test'); END
+"""
+
+
+def test_no_secret_in_responses_api_paths(secret_world, home: HermesHome) -> None:
+    """The Responses API's own paths, with the same sentinels: every provider fault
+    streamed (``response.failed`` after the first byte) and not; chains, retrieval,
+    input items and deletion; other keys' and profiles' ids; invalid bodies and list
+    parameters; store failures (a response, a failed response, a chat session turn).
+    Nothing secret in the log, in any answer, or in the response store's files."""
+    server, api_keys, everything = secret_world
+    state = home.root / "hermes-api"
+    db = sqlite3.connect(state / "responses.db")
+    try:
+        db.execute(FAIL_WRITES.format(table="responses", column="input_items"))
+        db.execute(FAIL_WRITES.format(table="session_turns", column="messages"))
+    finally:
+        db.close()
+    seen: list[str] = []
+    auth = {"Authorization": f"Bearer {api_keys['full']}"}
+    narrow = {"Authorization": f"Bearer {api_keys['narrow']}"}
+    with httpx.Client(base_url=server.url, timeout=20) as client:
+
+        def call(method: str, path: str, headers: dict | None = None, **kw) -> httpx.Response:
+            r = client.request(method, path, headers=headers or auth, **kw)
+            seen.append(transcript(r))
+            return r
+
+        def create(body: dict, headers: dict | None = None) -> httpx.Response:
+            return call("POST", "/v1/responses", headers, json=body)
+
+        failed_streams = set()
+        for name in FAULTS[:-1]:
+            for stream in (False, True):
+                r = create({"model": name, "stream": stream, "input": "hi", "instructions": "be brief"})
+                if stream and r.status_code == 200 and "event: response.failed" in r.text:
+                    failed_streams.add(name)
+        # ("deep" is read, not re-sent, by the Responses stream: it succeeds.)
+        assert failed_streams == {"notjson", "cut", "reset", "stall", "leak"}, failed_streams
+        first = create({"model": "ok", "input": "remember this"}).json()["id"]
+        second = create({"model": "ok", "input": "and this", "previous_response_id": first}).json()["id"]
+        create({"model": "ok", "input": "streamed", "previous_response_id": second, "stream": True})
+        for path in (f"/v1/responses/{second}", f"/v1/responses/{second}/input_items?order=asc&limit=1"):
+            assert call("GET", path).status_code == 200
+        theirs = create({"model": "ok", "input": "narrow's own"}, narrow).json()["id"]
+        assert call("GET", f"/v1/responses/{theirs}").status_code == 404  # another key's
+        assert call("GET", f"/v1/responses/{first}", narrow).status_code == 404
+        assert create({"model": "ok", "input": "x", "previous_response_id": theirs}).status_code == 404
+        assert call("GET", f"/p/leak/v1/responses/{first}").status_code == 404  # another profile
+        assert call("GET", f"/p/leak/v1/responses/{theirs}", narrow).status_code == 403
+        assert call("DELETE", f"/v1/responses/{first}").status_code == 200
+        assert call("GET", f"/v1/responses/{first}/input_items").status_code == 404
+        for body in ({"model": "ok", "input": 5}, {"model": "ok", "input": "x", "background": True}):
+            assert create(body).status_code == 400
+        deep = b'{"model": "ok", "input": "x", "text": {"x": ' + b"[" * 300 + b"]" * 300 + b"}}"
+        assert call("POST", "/v1/responses", content=deep).status_code == 400
+        assert call("GET", f"/v1/responses/{second}/input_items?limit=%C2%B2").status_code == 400
+        assert create({"model": "ok", "input": "x" * 60_000}).status_code == 413
+        assert call("POST", "/v1/responses", content=b"{bad").status_code == 400
+        # The store refuses: a 500 before the first byte, response.failed after it.
+        assert create({"model": "ok", "input": "store-fails"}).status_code == 500
+        r = create({"model": "ok", "input": "store-fails", "stream": True})
+        assert '"code":"server_error"' in r.text.split("event: response.failed")[-1]
+        r = create({"model": "leak", "input": "store-fails", "stream": True})  # fails, then cannot store that
+        assert "event: response.failed" in r.text
+        chat = {"model": "ok", "messages": [{"role": "user", "content": "store-fails"}]}
+        session = {**auth, "X-Hermes-Session-Id": "s1"}
+        assert call("POST", "/v1/chat/completions", session, json=chat).status_code == 500
+        r = call("POST", "/v1/chat/completions", session, json={**chat, "stream": True})
+        assert '"code":"server_error"' in r.text
+    assert httpx.get(server.url + "/health").status_code == 200
+
+    server.terminate()
+    server.process.wait(timeout=15)
+    log = server.log()
+    for line in (
+        "responses stream failed after the first byte",
+        "could not store response",
+        "could not store failed response",
+        "could not store the session turn",
+        "write refused by the test",
+    ):
+        assert line in log, line
+    stored = b"".join(p.read_bytes() for p in state.iterdir() if p.is_file())
+    assert b"remember this" in stored or b"and this" in stored, "the store's files are read"
+    found = {s for s in everything for text in (log, *seen) if s in text}
+    found |= {s for s in everything if s.encode() in stored}
     assert found == set(), f"secrets found: {found}"
     assert len(seen) > 40
 
