@@ -1,15 +1,18 @@
-"""Graceful shutdown of a real ``hermes-api serve`` process on SIGTERM.
+"""Graceful shutdown of a real ``hermes-api serve`` process on SIGTERM, chat and Responses API.
 
 It stops accepting at once, lets turns in flight go on for ``shutdown_grace`` seconds,
 then ends the ones still running: a stream with the in-stream error and ``[DONE]``, a
-request not yet answered with a 503 JSON error. The lifespan's shutdown (where the
-pool, and later the store, close) runs only after that, and the process exits.
+request not yet answered with a 503 JSON error (a Responses stream with
+``response.failed``). The lifespan's shutdown (where the pool, and later the store,
+close) runs only after that, and the process exits; a restart on the same state_dir
+finds every response acknowledged before or during the drain.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -29,7 +32,7 @@ GRACE = 3.0
 def server(request, fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process) -> ServeProcess:
     """``hermes-api serve``, and ``uvicorn --factory`` (where the Drain notices uvicorn's
     server exiting, as there is no DrainingServer)."""
-    for name, behaviour in (("slowish", "slow-1500"), ("endless", "forever"), ("stuck", "hang")):
+    for name, behaviour in (("slowish", "slow-1500"), ("endless", "forever"), ("stuck", "hang"), ("quick", "ok")):
         home.add(name, model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url(behaviour)})
     config = tmp_path / "hermes-api.yaml"
     config.write_text(yaml.safe_dump({"hermes_home": str(home.root), "expose": "*", "shutdown_grace": GRACE}))
@@ -37,13 +40,18 @@ def server(request, fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Pat
 
 
 class Call(threading.Thread):
-    """One chat request in a thread: ``first`` is set at the first data line (or at
-    the answer, when not streamed); ``lines`` and ``ended_at`` are filled as it reads."""
+    """One chat (or Responses API) request in a thread: ``first`` is set at the first
+    data line (or at the answer, when not streamed); ``lines`` and ``ended_at`` are
+    filled as it reads."""
 
-    def __init__(self, server: ServeProcess, profile: str, stream: bool, tag: str) -> None:
+    def __init__(self, server: ServeProcess, profile: str, stream: bool, tag: str, *, responses: bool = False) -> None:
         super().__init__(daemon=True)
-        self.url = server.url + "/v1/chat/completions"
-        self.body = {"model": profile, "stream": stream, "messages": [{"role": "user", "content": tag}]}
+        self.url = server.url + ("/v1/responses" if responses else "/v1/chat/completions")
+        self.body: dict[str, Any] = {"model": profile, "stream": stream}
+        if responses:
+            self.body["input"] = tag
+        else:
+            self.body["messages"] = [{"role": "user", "content": tag}]
         self.first = threading.Event()
         self.lines: list[tuple[float, str]] = []
         self.status: int | None = None
@@ -147,3 +155,92 @@ def test_turns_outliving_the_grace_period_are_closed_with_an_error(
         assert log.index("shutting down: ") < log.index("stopped")
     streams = fake_upstream.stats()["streams"]
     assert streams[tag]["client_left"], "the upstream stream was closed too"
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
+    server: ServeProcess, tmp_path: Path, serve_process
+) -> None:
+    """Responses API turns at SIGTERM: a stream that can finish within the grace period
+    completes (and is stored); one that cannot ends with ``response.failed``
+    ``server_shutting_down``; a non-streamed request still waiting on its provider gets
+    a 503, one answered during the grace period a 200. After a restart on the same
+    state_dir every response acknowledged before or during the drain is there, as the
+    client saw it, chains intact, and the database passes ``PRAGMA integrity_check``."""
+    acked: dict[str, dict[str, Any]] = {}  # id -> the response object the client got
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        previous = None
+        for i in range(4):
+            body = {"model": "quick", "input": f"before-{i}", "stream": i % 2 == 1, "previous_response_id": previous}
+            r = client.post("/v1/responses", json=body)
+            assert r.status_code == 200
+            final = r.json() if i % 2 == 0 else orjson.loads(r.text.split("\ndata: ")[-1])["response"]
+            acked[final["id"]] = final
+            previous = final["id"]
+    chain_end = previous
+    finishing = Call(server, "slowish", True, "finishes", responses=True)  # 1.5 s of silence mid-stream
+    cut = Call(server, "endless", True, "is-cut", responses=True)
+    waiting = Call(server, "stuck", False, "waits", responses=True)
+    answered = Call(server, "slowish", False, "answered-late", responses=True)  # answered 1.5 s after sending
+    assert finishing.first.wait(10) and cut.first.wait(10) and finishing.status == cut.status == 200
+    time.sleep(0.3)  # the non-streamed requests are now waiting on their providers
+    server.terminate()
+    sigterm_at = time.monotonic()
+    for call in (finishing, cut, waiting, answered):
+        call.join(GRACE + 15)
+        assert call.ended_at is not None
+
+    events = finishing.data()
+    assert [e["type"] for e in events][-1] == "response.completed", events[-2:]
+    completed = events[-1]["response"]
+    assert completed["output"][0]["content"][0]["text"] == "first ok finishes"
+    acked[completed["id"]] = completed
+    events = cut.data()
+    assert [e["type"] for e in events][-1] == "response.failed"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_shutting_down"
+    assert "response.output_text.delta" in [e["type"] for e in events], "it streamed before it was cut"
+    acked[failed["id"]] = failed
+    took = cut.ended_at - sigterm_at
+    assert GRACE * 0.8 < took < GRACE + 5, took
+    assert waiting.status == 503
+    error = orjson.loads("".join(line for _, line in waiting.lines))["error"]
+    assert (error["type"], error["code"]) == ("server_error", "server_shutting_down")
+    assert answered.status == 200
+    late = orjson.loads("".join(line for _, line in answered.lines))
+    assert late["output"][0]["content"][0]["text"] == "ok answered-late"
+    acked[late["id"]] = late
+    print(
+        f"\nResponses at SIGTERM: stream finished {finishing.ended_at - sigterm_at:.2f} s after it, "
+        f"non-stream answered {answered.ended_at - sigterm_at:.2f} s after it, stream cut after {took:.2f} s "
+        f"(shutdown_grace {GRACE} s), waiting request 503 after {waiting.ended_at - sigterm_at:.2f} s"
+    )
+    assert wait_exit(server, 10) in CLEAN_EXIT
+
+    db = tmp_path / "hermes" / "hermes-api" / "responses.db"
+    assert integrity(db) == "ok"
+    again = serve_process(tmp_path / "hermes-api.yaml", tmp_path / "restart.log")
+    with httpx.Client(base_url=again.url, timeout=10) as client:
+        for rid, seen in acked.items():
+            r = client.get(f"/v1/responses/{rid}")
+            assert r.status_code == 200, (rid, r.text)
+            assert r.json() == seen
+        r = client.post("/v1/responses", json={"model": "quick", "input": "after", "previous_response_id": chain_end})
+        assert r.status_code == 200, "the chain made before SIGTERM goes on after the restart"
+    again.terminate()
+    assert wait_exit(again, 15) in CLEAN_EXIT
+    conn = sqlite3.connect(db)
+    try:
+        stored = {rid for (rid,) in conn.execute("SELECT id FROM responses")}
+    finally:
+        conn.close()
+    assert stored == {*acked, r.json()["id"]}, "exactly what was acknowledged, nothing else"
+    assert integrity(db) == "ok"
+    print(f"{len(acked)} responses acknowledged before or during the drain: all retrievable after the restart")
