@@ -20,7 +20,8 @@ cut is exactly what the test asked for. The first path segment picks the behavio
     leak          a 400 whose message repeats the Authorization it got; streamed, an
                   in-stream error event that does the same
     echo          after 0-20 ms, an answer whose text is what the call carried: its
-                  Authorization, model, system message and last message (JSON);
+                  Authorization, model, system message, last message and the messages
+                  between them (``history``: role and ``fingerprint`` of each), as JSON;
                   streamed in two chunks 0-10 ms apart
 
 Two more ports: ``refused`` (bound, never listening: connections are refused) and
@@ -32,6 +33,7 @@ content), when the stream started and ended and whether the client went away.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -41,6 +43,12 @@ import time
 from typing import Any
 
 STATS: dict[str, Any] = {"open": 0, "opened": 0, "requests": 0, "streams": {}}
+
+
+def fingerprint(content: object) -> str:
+    """A message's content as ``echo`` reports it: itself when short, else a digest."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    return text if len(text) <= 64 else "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def chunk(content: str, tag: str, model: str) -> bytes:
@@ -170,6 +178,7 @@ class Connection:
             "model": model,
             "system": messages[0].get("content"),
             "tag": tag,
+            "history": [[m.get("role"), fingerprint(m.get("content"))] for m in messages[1:-1]],
         }
         text = json.dumps(seen)
         await asyncio.sleep(random.uniform(0, 0.02))

@@ -1,10 +1,12 @@
-"""Concurrency isolation: hundreds of interleaved requests over several profiles.
+"""Concurrency isolation: thousands of interleaved requests over many profiles and keys.
 
 hermes-api runs under uvicorn with its real aiohttp pool; the upstream is a real
-Starlette server on loopback that records what each call carried and answers with it,
-after a random delay so requests for different profiles overlap. Zero answers or
-upstream calls may carry another profile's persona, memory, secret or model, and the
-profile bound in the ContextVar must be the request's own, inside streamed bodies too.
+server on loopback that answers with what each call carried, after a random delay so
+requests for different profiles overlap. Zero answers or upstream calls may carry
+another profile's persona, memory, secret or model, or another conversation's stored
+history (chat sessions, previous_response_id chains); the profile bound in the
+ContextVar must be the request's own, inside streamed bodies too; and no stored
+response may be read with another key or through another profile.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import asyncio
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -30,6 +35,7 @@ from hermes_api.profiles import Profile
 from hermes_api.turns import UpstreamTurns
 
 from .conftest import FakeUpstream, HermesHome, digest
+from .fakeupstream import fingerprint
 
 PROFILES = [f"p{i}" for i in range(6)]
 REQUESTS = 360
@@ -134,31 +140,23 @@ def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings
 
     async def one(client: httpx.AsyncClient, i: int) -> tuple[str, str, dict]:
         name = random.choice(PROFILES)
-        how = i % 4
-        url, headers, body = "/v1/chat/completions", {}, {"messages": [{"role": "user", "content": f"tag-{i}"}]}
+        how, responses = i % 4, i % 3 == 0  # every third one through the Responses API
+        path = "/v1/responses" if responses else "/v1/chat/completions"
+        url, headers = path, {}
+        body: dict = {"input": f"tag-{i}"} if responses else {"messages": [{"role": "user", "content": f"tag-{i}"}]}
         if how == 0:
             body["model"] = name
         elif how == 1:
             headers["X-Hermes-Profile"] = name
         elif how == 2:
-            url = f"/p/{name}/v1/chat/completions"
+            url = f"/p/{name}{path}"
         else:
             headers["X-Hermes-Chat-Id"] = f"room-{name}"
         body["stream"] = i % 2 == 0
         r = await client.post(url, json=body, headers=headers)
         assert r.status_code == 200, r.text
-        if body["stream"]:
-            datas = [
-                orjson.loads(line[6:])
-                for line in r.text.splitlines()
-                if line.startswith("data: ") and line != "data: [DONE]"
-            ]
-            models = {d["model"] for d in datas}
-            text = "".join(d["choices"][0]["delta"].get("content", "") for d in datas)
-        else:
-            models = {r.json()["model"]}
-            text = r.json()["choices"][0]["message"]["content"]
-        assert models == {name} and r.headers["x-hermes-profile"] == name
+        text, models, complete, _ = read_answer(r, responses, body["stream"])
+        assert complete and models == {name} and r.headers["x-hermes-profile"] == name
         return name, f"tag-{i}", orjson.loads(text)
 
     async def run_all() -> list:
@@ -197,16 +195,255 @@ def _seed() -> None:
 LOAD_PROFILES = [f"q{i:02d}" for i in range(24)]
 LOAD_KEYS = 6  # key k<i> may use profiles q<j> with j % 6 == i; key "all" may use every one
 LOAD_REQUESTS = int(os.environ.get("HERMES_API_ISOLATION_REQUESTS", "3000"))
+AT_ONCE = 64
+# What a conversation is: one chat request, a chat session (X-Hermes-Session-Id) of
+# several turns, one Responses request, a previous_response_id chain, a response with
+# store: false, or a request for a profile the key may not use. Weights per kind.
+KINDS = {"chat": 2, "session": 4, "response": 2, "chain": 4, "unstored": 1, "forbidden": 2}
+SESSION_IDS = 12  # few, so the same session id is used under many keys and profiles
+
+
+@dataclass
+class Conversation:
+    """One conversation of the load test, its turns sent one after the other."""
+
+    index: int
+    key: str
+    profile: str
+    kind: str
+    turns: int
+    how: int  # how the profile is chosen: 0 model, 1 X-Hermes-Profile, 2 /p/ prefix, 3 a route
+    session: str | None = None
+    said: list[tuple[str, str]] = field(default_factory=list)  # (tag, answer) of each turn so far
+    last_id: str | None = None
+
+
+@dataclass
+class Load:
+    """What the load test did and saw."""
+
+    keys: dict[str, str]
+    allowed: dict[str, set[str]]
+    stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # response id -> (key, profile)
+    counts: Counter = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)
+
+
+def plan(keys: dict[str, str], allowed: dict[str, set[str]], rng: random.Random) -> list[Conversation]:
+    """Conversations adding up to about LOAD_REQUESTS requests."""
+    out: list[Conversation] = []
+    sessions: set[tuple[str, str, str]] = set()
+    total = 0
+    while total < LOAD_REQUESTS:
+        key = rng.choice(sorted(keys))
+        kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+        if kind == "forbidden" and key == "all":
+            kind = "chat"
+        pool = sorted(set(LOAD_PROFILES) - allowed[key]) if kind == "forbidden" else sorted(allowed[key])
+        conv = Conversation(len(out), key, rng.choice(pool), kind, 1, how=len(out) % 4)
+        if kind in ("session", "chain"):
+            conv.turns = rng.randint(2, 5)
+        if kind == "session":
+            # Mostly an id this key uses with another profile, or another key with this
+            # one: a store that mixed them up would replay the other session's turns.
+            free = [f"s{n}" for n in range(SESSION_IDS) if (key, conv.profile, f"s{n}") not in sessions]
+            shared = [s for s in free if any(k == key or p == conv.profile for k, p, o in sessions if o == s)]
+            if not free:
+                continue
+            conv.session = rng.choice(shared if shared and rng.random() < 0.8 else free)
+            sessions.add((key, conv.profile, conv.session))
+        out.append(conv)
+        total += conv.turns + (kind == "unstored") + (kind == "chain")  # a read-back; a hijack try
+    return out
+
+
+def routed(conv: Conversation, path: str, keys: dict[str, str], body: dict) -> tuple[str, dict[str, str]]:
+    """The URL and headers that choose ``conv.profile`` its way; ``body`` gets ``model``."""
+    headers = {"Authorization": f"Bearer {keys[conv.key]}"}
+    if conv.how == 0:
+        body["model"] = conv.profile
+    elif conv.how == 1:
+        headers["X-Hermes-Profile"] = conv.profile
+    elif conv.how == 2:
+        path = f"/p/{conv.profile}{path}"
+    else:
+        headers["X-Hermes-Chat-Id"] = f"room-{conv.profile}"
+    return path, headers
+
+
+def sse_data(text: str) -> list[dict]:
+    return [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+def read_answer(r: httpx.Response, responses: bool, stream: bool) -> tuple[str, set[str], bool, str | None]:
+    """(answer text, the models the answer names, whether it ended well, response id)."""
+    if not responses:
+        if stream:
+            datas = sse_data(r.text)
+            text = "".join(d["choices"][0]["delta"].get("content", "") for d in datas)
+            return text, {d["model"] for d in datas}, r.text.rstrip().endswith("data: [DONE]"), None
+        return r.json()["choices"][0]["message"]["content"], {r.json()["model"]}, True, None
+    if stream:
+        events = sse_data(r.text)
+        final = events[-1]["response"]
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        ok = (
+            events[-1]["type"] == "response.completed"
+            and final["output"][0]["content"][0]["text"] == text
+            and events[0]["response"]["id"] == final["id"]
+        )
+        return text, {events[0]["response"]["model"], final["model"]}, ok, final["id"]
+    final = r.json()
+    return final["output"][0]["content"][0]["text"], {final["model"]}, final["status"] == "completed", final["id"]
+
+
+def expected_history(conv: Conversation) -> list[list[str]]:
+    """The turns the provider must be sent before this one: this conversation's own."""
+    out = []
+    for tag, answer in conv.said:
+        out += [["user", fingerprint(tag)], ["assistant", fingerprint(answer)]]
+    return out
+
+
+async def turn(client: httpx.AsyncClient, load: Load, conv: Conversation, n: int, rng: random.Random) -> None:
+    """Send turn ``n`` of ``conv`` and check every part of its answer."""
+    tag, stream = f"t{conv.index}-{n}", rng.random() < 0.5
+    responses = conv.kind in ("response", "chain", "unstored") or (conv.kind == "forbidden" and conv.index % 2 == 0)
+    body: dict = {"stream": stream}
+    instructions = None
+    if responses:
+        body["input"] = tag
+        if conv.last_id:
+            body["previous_response_id"] = conv.last_id
+        if rng.random() < 0.5:
+            instructions = body["instructions"] = f"INSTR-{tag}"
+        if conv.kind == "unstored":
+            body["store"] = False
+    else:
+        body["messages"] = [{"role": "user", "content": tag}]
+    path, headers = routed(conv, "/v1/responses" if responses else "/v1/chat/completions", load.keys, body)
+    if conv.session:
+        headers["X-Hermes-Session-Id"] = conv.session
+    r = await client.post(path, json=body, headers=headers)
+    load.counts["responses" if responses else "chat", "stream" if stream else "plain"] += 1
+    if conv.kind == "forbidden":
+        if not (r.status_code == 403 and r.json()["error"]["code"] == "model_not_found"):
+            load.wrong.append(f"forbidden {conv}: {r.status_code} {r.text[:200]}")
+        load.counts["refused"] += 1
+        return
+    if r.status_code != 200:
+        load.wrong.append(f"{conv} turn {n}: {r.status_code} {r.text[:200]}")
+        return
+    load.counts["answered"] += 1
+    text, models, complete, response_id = read_answer(r, responses, stream)
+    seen = orjson.loads(text)
+    name, system = conv.profile, seen["system"]
+    problems = {
+        "incomplete": not complete,
+        "model in the answer": models != {name} or r.headers["x-hermes-profile"] != name,
+        "tag": seen["tag"] != tag,
+        "provider key": seen["auth"] != f"Bearer sk-secret-{name}",
+        "upstream model": seen["model"] != f"model-{name}",
+        "persona or memory": not all(f"{kind}-OF-{name}" in system for kind in ("SOUL", "MEMORY", "USER")),
+        "another profile's persona": any(f"-OF-{o}" in system for o in LOAD_PROFILES if o != name),
+        "instructions": system.count("INSTR-") != (instructions is not None)
+        or (instructions is not None and instructions not in system),
+        "history": seen["history"] != expected_history(conv),
+        "a client key": any(v in text for v in load.keys.values()),
+        "session header": conv.session is not None and r.headers.get("x-hermes-session-id") != conv.session,
+    }
+    if any(problems.values()):
+        load.wrong.append(f"{conv} turn {n}: {[k for k, v in problems.items() if v]}; it saw {seen}")
+    conv.said.append((tag, text))
+    conv.last_id = response_id
+    if responses and conv.kind != "unstored":
+        load.stored[response_id] = (conv.key, name)
+
+
+async def hijack(client: httpx.AsyncClient, load: Load, conv: Conversation, rng: random.Random) -> None:
+    """Continue another key's or profile's response: 404, and the provider is not called."""
+    others = [rid for rid, owner in load.stored.items() if owner != (conv.key, conv.profile)]
+    if not others:
+        return
+    body: dict = {"input": f"t{conv.index}-hijack", "previous_response_id": rng.choice(others)}
+    path, headers = routed(conv, "/v1/responses", load.keys, body)
+    r = await client.post(path, json=body, headers=headers)
+    load.counts["hijacks"] += 1
+    error = r.json().get("error") or {}
+    if r.status_code != 404 or (error.get("code"), error.get("param")) != (
+        "response_not_found",
+        "previous_response_id",
+    ):
+        load.wrong.append(f"hijack by {conv}: {r.status_code} {r.text[:300]}")
+
+
+async def converse(
+    client: httpx.AsyncClient, gate: asyncio.Semaphore, load: Load, conv: Conversation, rng: random.Random
+) -> None:
+    for n in range(conv.turns):
+        async with gate:
+            if conv.kind == "chain" and n == 1:
+                await hijack(client, load, conv, rng)
+            await turn(client, load, conv, n, rng)
+    if conv.kind == "unstored" and conv.last_id:
+        async with gate:
+            headers = {"Authorization": f"Bearer {load.keys[conv.key]}"}
+            r = await client.get(f"/v1/responses/{conv.last_id}", headers=headers)
+            load.counts["unstored read back"] += 1
+            if r.status_code != 404:
+                load.wrong.append(f"store: false was stored: {conv}")
+
+
+async def cross_reads(url: str, load: Load) -> Counter:
+    """Every stored response, asked for with every other key and, with its own key,
+    through every other profile (X-Hermes-Profile and the /p/ prefix, alternately),
+    plus its input items and a DELETE with another key; then read with its own key and
+    profile, which must still work. Returns the statuses seen per kind of attempt."""
+    seen: Counter = Counter()
+    gate = asyncio.Semaphore(AT_ONCE)
+    keys = load.keys
+
+    async def attempt(session: aiohttp.ClientSession, kind: str, method: str, path: str, key: str, **kw) -> None:
+        async with gate:
+            headers = {"Authorization": f"Bearer {keys[key]}", **kw}
+            async with session.request(method, url + path, headers=headers) as r:
+                body = await r.read()
+        code = orjson.loads(body)["error"]["code"] if r.status >= 400 else "ok"
+        seen[kind, r.status, code] += 1
+
+    async def one(session: aiohttp.ClientSession, i: int, rid: str, owner: str, profile: str) -> None:
+        others = [k for k in sorted(keys) if k != owner]
+        tries = [attempt(session, "other key", "GET", f"/v1/responses/{rid}", k) for k in others]
+        for j, p in enumerate(o for o in LOAD_PROFILES if o != profile):
+            kind = "other profile, allowed" if p in load.allowed[owner] else "other profile, not allowed"
+            if j % 2:
+                tries.append(attempt(session, kind, "GET", f"/p/{p}/v1/responses/{rid}", owner))
+            else:
+                tries.append(attempt(session, kind, "GET", f"/v1/responses/{rid}", owner, **{"X-Hermes-Profile": p}))
+        tries.append(attempt(session, "other key", "GET", f"/v1/responses/{rid}/input_items", others[i % 6]))
+        tries.append(attempt(session, "other key", "DELETE", f"/v1/responses/{rid}", others[(i + 1) % 6]))
+        await asyncio.gather(*tries)
+        await attempt(session, "own key and profile", "GET", f"/v1/responses/{rid}", owner)
+
+    connector = aiohttp.TCPConnector(limit=AT_ONCE)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(one(session, i, rid, *owner) for i, (rid, owner) in enumerate(load.stored.items())))
+    return seen
 
 
 def test_thousands_of_requests_across_profiles_and_keys(
     fake_upstream: FakeUpstream, home: HermesHome, tmp_path, serve_process
 ) -> None:
-    """``hermes-api serve`` in its own process, the echoing provider in another: 3000
-    interleaved requests (stream and not; by model, header, prefix and route) over 24
-    profiles and 7 keys, a sixth of them for a profile the key may not use. Every answer
-    and every upstream call carries its own profile's secret, model and persona, and
-    the refused requests never reach the provider."""
+    """``hermes-api serve`` in its own process, the echoing provider in another: about
+    3000 interleaved requests over 24 profiles and 7 keys, chat and Responses, streamed
+    and not, the profile chosen by model, header, prefix and route; chat sessions
+    (whose ids collide across keys and profiles) and previous_response_id chains of up
+    to 5 turns, tries to continue another key's or profile's response, ``store: false``
+    answers, and requests for a profile the key may not use. Every answer and every
+    upstream call carries its own profile's secret, model and persona and exactly its
+    own conversation's earlier turns; the refused requests never reach the provider.
+    Then every stored response is asked for with every other key and through every
+    other profile: none is readable."""
     for name in LOAD_PROFILES:
         home.add(
             name,
@@ -242,69 +479,45 @@ def test_thousands_of_requests_across_profiles_and_keys(
     )
     server = serve_process(config, tmp_path / "serve.log")
     rng = random.Random(5)
+    load = Load(keys, allowed)
+    conversations = plan(keys, allowed, rng)
     before = fake_upstream.stats()["requests"]
 
-    async def one(client: httpx.AsyncClient, i: int) -> tuple[bool, str]:
-        key = rng.choice(sorted(keys))
-        forbidden = i % 6 == 5 and key != "all"
-        pool = sorted(set(LOAD_PROFILES) - allowed[key]) if forbidden else sorted(allowed[key])
-        name = rng.choice(pool)
-        tag = f"tag-{i}"
-        url, headers = "/v1/chat/completions", {"Authorization": f"Bearer {keys[key]}"}
-        body: dict = {"messages": [{"role": "user", "content": tag}], "stream": i % 2 == 0}
-        how = i % 4
-        if how == 0:
-            body["model"] = name
-        elif how == 1:
-            headers["X-Hermes-Profile"] = name
-        elif how == 2:
-            url = f"/p/{name}/v1/chat/completions"
-        else:
-            headers["X-Hermes-Chat-Id"] = f"room-{name}"
-        r = await client.post(url, json=body, headers=headers)
-        if forbidden:
-            return r.status_code == 403 and r.json()["error"]["code"] == "model_not_found", "forbidden"
-        if r.status_code != 200:
-            return False, f"{r.status_code} {r.text[:200]}"
-        if body["stream"]:
-            datas = [orjson.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
-            models = {d["model"] for d in datas}
-            text = "".join(d["choices"][0]["delta"].get("content", "") for d in datas)
-            complete = r.text.rstrip().endswith("data: [DONE]")
-        else:
-            models, text, complete = {r.json()["model"]}, r.json()["choices"][0]["message"]["content"], True
-        seen = orjson.loads(text)
-        others = [o for o in LOAD_PROFILES if o != name]
-        ok = (
-            complete
-            and models == {name}
-            and r.headers["x-hermes-profile"] == name
-            and seen["tag"] == tag
-            and seen["auth"] == f"Bearer sk-secret-{name}"
-            and seen["model"] == f"model-{name}"
-            and all(f"{kind}-OF-{name}" in seen["system"] for kind in ("SOUL", "MEMORY", "USER"))
-            and not any(f"-OF-{o}" in seen["system"] for o in others)
-            and not any(v in seen["system"] or v in text for v in keys.values())
-        )
-        return ok, "allowed" if ok else f"allowed, but {name} got {seen} ({models})"
-
-    async def run_all() -> list[tuple[bool, str]]:
-        # 64 in flight: httpx's own pool queue grows costly with thousands waiting.
-        gate = asyncio.Semaphore(64)
-
-        async def gated(client: httpx.AsyncClient, i: int) -> tuple[bool, str]:
-            async with gate:
-                return await one(client, i)
-
-        limits = httpx.Limits(max_connections=64)
+    async def run_all() -> None:
+        # AT_ONCE requests in flight: httpx's own pool queue grows costly with thousands waiting.
+        gate = asyncio.Semaphore(AT_ONCE)
+        limits = httpx.Limits(max_connections=AT_ONCE)
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
-            return await asyncio.gather(*(gated(client, i) for i in range(LOAD_REQUESTS)))
+            await asyncio.gather(*(converse(client, gate, load, conv, rng) for conv in conversations))
 
     started = time.monotonic()
-    results = asyncio.run(run_all())
+    asyncio.run(run_all())
     took = time.monotonic() - started
-    crossed = [r for r in results if not r[0]]
-    allowed_count = sum(1 for _, kind in results if kind.startswith("allowed"))
-    print(f"\n{LOAD_REQUESTS} requests ({allowed_count} allowed) in {took:.1f} s: {len(crossed)} wrong")
-    assert crossed[:3] == []
-    assert fake_upstream.stats()["requests"] - before == allowed_count, "refused requests never reach the provider"
+    sent = sum(v for k, v in load.counts.items() if isinstance(k, tuple)) + load.counts["hijacks"]
+    sent += load.counts["unstored read back"]
+    print(
+        f"\n{sent} requests in {took:.1f} s over {len(LOAD_PROFILES)} profiles and {len(keys)} keys: "
+        f"{dict(sorted((' '.join(k) if isinstance(k, tuple) else k, v) for k, v in load.counts.items()))}; "
+        f"{len(conversations)} conversations ({dict(Counter(c.kind for c in conversations))}); "
+        f"{len(load.wrong)} wrong"
+    )
+    assert load.wrong[:3] == []
+    assert sent >= LOAD_REQUESTS * 0.9
+    assert fake_upstream.stats()["requests"] - before == load.counts["answered"], "refused requests never go upstream"
+
+    started = time.monotonic()
+    seen = asyncio.run(cross_reads(server.url, load))
+    took = time.monotonic() - started
+    tries = sum(seen.values())
+    print(
+        f"{len(load.stored)} stored responses, {tries} reads by other keys or through other profiles in "
+        f"{took:.1f} s: {dict(sorted((f'{k[0]} {k[1]} {k[2]}', v) for k, v in seen.items()))}"
+    )
+    expected = {
+        ("other key", 404, "response_not_found"),
+        ("other profile, allowed", 404, "response_not_found"),
+        ("other profile, not allowed", 403, "model_not_found"),
+        ("own key and profile", 200, "ok"),
+    }
+    assert set(seen) == expected
+    assert seen["own key and profile", 200, "ok"] == len(load.stored)
