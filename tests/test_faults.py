@@ -2,8 +2,9 @@
 
 hermes-api runs under uvicorn with its real aiohttp pool. Every fault gives exactly the
 DESIGN.md §5 error: JSON with its status before the first byte, or
-``data: {"error": ...}`` then ``data: [DONE]`` and a closed body after it; and the
-server goes on serving (a normal request succeeds after each one).
+``data: {"error": ...}`` then ``data: [DONE]`` and a closed body after it (for the
+Responses API, a last ``response.failed`` event); and the server goes on serving (a
+normal request succeeds after each one).
 """
 
 from __future__ import annotations
@@ -156,6 +157,55 @@ def test_fault_gives_the_error_of_the_table_and_the_server_survives(
     if code == "upstream_auth_failed":
         assert r.headers["x-should-retry"] == "false"
     assert_serving(client)
+
+
+def responses_fault_cases() -> Iterator[Any]:
+    for profile, status, type_, code, _ in FAULTS:
+        if profile == "deep":  # nothing of a chunk but its text is sent on: no failure
+            continue
+        yield pytest.param(profile, False, status, type_, code, id=f"plain-{profile}")
+        yield pytest.param(profile, True, None if profile in IN_STREAM else status, type_, code, id=f"stream-{profile}")
+
+
+@pytest.mark.parametrize(("profile", "stream", "status", "type_", "code"), list(responses_fault_cases()))
+def test_responses_fault_gives_the_error_of_the_table_or_response_failed(
+    client: httpx.Client, profile: str, stream: bool, status: int | None, type_: str, code: str
+) -> None:
+    """The same faults through ``/v1/responses``: the §5 JSON error before the first
+    byte; after it, ``response.failed`` with ``error.code`` as the last event of a
+    closed stream, that failed response stored; and the server survives."""
+    r = client.post("/v1/responses", json={"model": profile, "input": "hi", "stream": stream})
+    assert r.headers["x-hermes-profile"] == profile
+    if status is not None:
+        assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
+        error = r.json()["error"]
+        assert set(error) == ENVELOPE and (error["type"], error["code"]) == (type_, code), error
+    else:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        got = events(r)
+        types = [e["type"] for e in got]
+        assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                             "response.content_part.added"]  # fmt: skip
+        assert types[-1] == "response.failed" and types.count("response.failed") == 1, types
+        failed = got[-1]["response"]
+        assert failed["status"] == "failed" and failed["error"]["code"] == code and failed["error"]["message"]
+        assert client.get(f"/v1/responses/{failed['id']}").json() == failed
+    if code == "rate_limit_exceeded":
+        assert r.headers["retry-after"] == "7"
+    if code == "upstream_auth_failed":
+        assert r.headers["x-should-retry"] == "false"
+    ok = client.post("/v1/responses", json={"model": "ok", "input": "after"})
+    assert ok.status_code == 200 and ok.json()["output"][0]["content"][0]["text"] == "ok after"
+
+
+def test_responses_deep_provider_answer_is_read_not_resent(client: httpx.Client) -> None:
+    """A provider answer nested deeper than orjson writes (a 502 for chat, which sends
+    chunks on) is fine for the Responses API, which sends on only the text."""
+    r = client.post("/v1/responses", json={"model": "deep", "input": "hi"})
+    assert r.status_code == 200 and r.json()["output"][0]["content"][0]["text"] == "ok hi"
+    got = events(client.post("/v1/responses", json={"model": "deep", "input": "hi", "stream": True}))
+    assert got[-1]["type"] == "response.completed"
+    assert got[-1]["response"]["output"][0]["content"][0]["text"] == "first xok hi"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
