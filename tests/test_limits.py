@@ -154,11 +154,16 @@ def capped(fake_upstream: FakeUpstream, home: HermesHome, make_settings, live) -
 
 
 class HeldStream:
-    """A streamed chat request whose first chunk has arrived, kept open until closed."""
+    """A streamed chat (or Responses API) request whose first chunk has arrived, kept
+    open until closed."""
 
-    def __init__(self, client: httpx.Client, profile: str) -> None:
-        body = {"model": profile, "stream": True, "messages": [{"role": "user", "content": "hold"}]}
-        self._cm = client.stream("POST", "/v1/chat/completions", json=body)
+    def __init__(self, client: httpx.Client, profile: str, *, responses: bool = False) -> None:
+        body: dict[str, Any] = {"model": profile, "stream": True}
+        if responses:
+            body["input"] = "hold"
+        else:
+            body["messages"] = [{"role": "user", "content": "hold"}]
+        self._cm = client.stream("POST", "/v1/responses" if responses else "/v1/chat/completions", json=body)
         self.response = self._cm.__enter__()
         assert self.response.status_code == 200
         # Keep the iterator: closing it (as garbage) would close the connection.
@@ -171,8 +176,11 @@ class HeldStream:
         self._cm.__exit__(None, None, None)
 
 
-def refused(client: httpx.Client, profile: str) -> dict[str, Any]:
-    r = client.post("/v1/chat/completions", json={"model": profile, "messages": [{"role": "user", "content": "x"}]})
+def refused(client: httpx.Client, profile: str, *, responses: bool = False) -> dict[str, Any]:
+    if responses:
+        r = client.post("/v1/responses", json={"model": profile, "input": "x", "stream": True})
+    else:
+        r = client.post("/v1/chat/completions", json={"model": profile, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
     assert r.headers["x-hermes-profile"] == profile
     error = r.json()["error"]
@@ -203,6 +211,25 @@ def test_concurrency_caps_per_profile_and_server_wide(capped: LiveServer) -> Non
             stream.close()
 
 
+def test_responses_requests_share_the_concurrency_caps(capped: LiveServer) -> None:
+    """A Responses API stream holds a slot like a chat stream: the caps count both, a
+    Responses request over them is the same 429, and an abandoned one gives its slot back."""
+    with httpx.Client(base_url=capped.url, timeout=10, limits=httpx.Limits(max_connections=20)) as client:
+        held = [HeldStream(client, "a", responses=True), HeldStream(client, "a")]
+        assert "`a` is at its limit of 2" in refused(client, "a", responses=True)["message"]
+        held += [HeldStream(client, "b", responses=True), HeldStream(client, "c", responses=True)]
+        assert "server is at its limit of 4" in refused(client, "quick", responses=True)["message"]
+        assert "server is at its limit of 4" in refused(client, "quick")["message"]
+        held.pop(0).close()
+        for _ in range(100):
+            r = client.post("/v1/responses", json={"model": "quick", "input": "x"})
+            if r.status_code == 200:
+                break
+        assert r.status_code == 200, "the abandoned Responses stream's slot must come back"
+        for stream in held:
+            stream.close()
+
+
 # -- keep-alive comments -------------------------------------------------------------------
 
 
@@ -224,3 +251,21 @@ def test_silent_upstream_gets_ping_comments_and_the_stream_survives(
     assert datas[-1] == "[DONE]"
     text = "".join(orjson.loads(d)["choices"][0]["delta"]["content"] for d in datas[:-1])
     assert text == "first ok late"
+
+
+def test_silent_upstream_gets_ping_comments_in_a_responses_stream(
+    fake_upstream: FakeUpstream, home: HermesHome, make_settings, live
+) -> None:
+    """The same silence in a Responses API stream: ``: ping`` comments between the
+    events, then the rest and ``response.completed``."""
+    home.add("quiet", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("slow-1500")})
+    server = live(create_app(make_settings(expose=["default", "quiet"], sse_keepalive=0.2), environ={}))
+    body = {"model": "quiet", "stream": True, "input": "late"}
+    r = httpx.post(server.url + "/v1/responses", json=body, timeout=20)
+    lines = [line for line in r.text.splitlines() if line]
+    pings = [i for i, line in enumerate(lines) if line.startswith(": ping")]
+    events = [orjson.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    first_delta = next(i for i, line in enumerate(lines) if "response.output_text.delta" in line)
+    assert len(pings) >= 2 and pings[0] > first_delta, lines
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "first ok late"
