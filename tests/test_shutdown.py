@@ -44,8 +44,18 @@ class Call(threading.Thread):
     data line (or at the answer, when not streamed); ``lines`` and ``ended_at`` are
     filled as it reads."""
 
-    def __init__(self, server: ServeProcess, profile: str, stream: bool, tag: str, *, responses: bool = False) -> None:
+    def __init__(
+        self,
+        server: ServeProcess,
+        profile: str,
+        stream: bool,
+        tag: str,
+        *,
+        responses: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
+        self.headers = headers or {}
         self.url = server.url + ("/v1/responses" if responses else "/v1/chat/completions")
         self.body: dict[str, Any] = {"model": profile, "stream": stream}
         if responses:
@@ -60,7 +70,7 @@ class Call(threading.Thread):
 
     def run(self) -> None:
         try:
-            with httpx.stream("POST", self.url, json=self.body, timeout=30) as r:
+            with httpx.stream("POST", self.url, json=self.body, headers=self.headers, timeout=30) as r:
                 self.status = r.status_code
                 for line in r.iter_lines():
                     self.lines.append((time.monotonic(), line))
@@ -173,7 +183,8 @@ def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
     ``server_shutting_down``; a non-streamed request still waiting on its provider gets
     a 503, one answered during the grace period a 200. After a restart on the same
     state_dir every response acknowledged before or during the drain is there, as the
-    client saw it, chains intact, and the database passes ``PRAGMA integrity_check``."""
+    client saw it, chains intact, and so is every chat-session turn; the database
+    passes ``PRAGMA integrity_check``."""
     acked: dict[str, dict[str, Any]] = {}  # id -> the response object the client got
     with httpx.Client(base_url=server.url, timeout=10) as client:
         previous = None
@@ -184,16 +195,22 @@ def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
             final = r.json() if i % 2 == 0 else orjson.loads(r.text.split("\ndata: ")[-1])["response"]
             acked[final["id"]] = final
             previous = final["id"]
+        session = {"model": "quick", "messages": [{"role": "user", "content": "session-before"}]}
+        assert (
+            client.post("/v1/chat/completions", json=session, headers={"X-Hermes-Session-Id": "s"}).status_code == 200
+        )
     chain_end = previous
+    in_session = Call(server, "slowish", True, "session-late", headers={"X-Hermes-Session-Id": "s"})
     finishing = Call(server, "slowish", True, "finishes", responses=True)  # 1.5 s of silence mid-stream
     cut = Call(server, "endless", True, "is-cut", responses=True)
     waiting = Call(server, "stuck", False, "waits", responses=True)
     answered = Call(server, "slowish", False, "answered-late", responses=True)  # answered 1.5 s after sending
     assert finishing.first.wait(10) and cut.first.wait(10) and finishing.status == cut.status == 200
+    assert in_session.first.wait(10)
     time.sleep(0.3)  # the non-streamed requests are now waiting on their providers
     server.terminate()
     sigterm_at = time.monotonic()
-    for call in (finishing, cut, waiting, answered):
+    for call in (finishing, cut, waiting, answered, in_session):
         call.join(GRACE + 15)
         assert call.ended_at is not None
 
@@ -239,8 +256,13 @@ def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
     conn = sqlite3.connect(db)
     try:
         stored = {rid for (rid,) in conn.execute("SELECT id FROM responses")}
+        turns = {
+            (p, orjson.loads(m)[-1]["content"]) for p, m in conn.execute("SELECT profile, messages FROM session_turns")
+        }
     finally:
         conn.close()
     assert stored == {*acked, r.json()["id"]}, "exactly what was acknowledged, nothing else"
+    assert in_session.data()[-1] == "[DONE]" and "error" not in in_session.data()[-2]
+    assert turns == {("quick", "ok session-before"), ("slowish", "first ok session-late")}
     assert integrity(db) == "ok"
     print(f"{len(acked)} responses acknowledged before or during the drain: all retrievable after the restart")
