@@ -82,7 +82,8 @@ def _optional(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
 
 def parse_request(body: dict[str, Any]) -> ResponseRequest:
     """Validate every field the server reads. Raises ``InvalidValueError`` with ``param``
-    naming the field (``input[2]``, ``input[0].content[1]`` for items)."""
+    naming the field (``input[2]``, ``input[0].content[1]`` for items), and
+    ``InvalidJSONError`` for a ``text`` nested too deeply to echo back."""
     for name, message in UNSUPPORTED.items():
         _check(body.get(name) in (None, False), message, name)
     max_tokens = _optional(body, "max_output_tokens", int, "'max_output_tokens' must be an integer.")

@@ -61,7 +61,8 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     """Run one turn under the bound profile and answer with a ``response`` object, or
     its event stream. An unknown ``previous_response_id`` (or another key's, another
     profile's, a deleted one) is 404 ``response_not_found``. Errors before the first
-    byte are JSON (§5); after it, ``response.failed``."""
+    byte are JSON (§5); after it, ``response.failed``. A response that cannot be
+    stored is never acknowledged: a 500 ``ServerError`` (the cause in the log)."""
     parsed = translation.parse_request(body)
     profile, owner, store = current_profile(), request.user.owner, request.state.store
     history: list[dict[str, Any]] = []
