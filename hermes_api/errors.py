@@ -35,12 +35,15 @@ upstream key or a ``.env`` value: callers build them from names, never from secr
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+logger = logging.getLogger("hermes_api")
 
 
 class HermesAPIError(Exception):
@@ -272,6 +275,17 @@ class ServerError(HermesAPIError):
     status_code = 500
     type = "server_error"
     code = "server_error"
+
+
+def stream_failure(exc: Exception, stream: str) -> HermesAPIError:
+    """The error to report inside a ``stream`` that has started (STYLE.md 7): ``exc``
+    itself when it is an API error (logged as a warning), else a ``ServerError`` that
+    says nothing, the traceback going to the log only."""
+    if isinstance(exc, HermesAPIError):
+        logger.warning("%s failed after the first byte: %s (%s)", stream, exc.code, exc.message)
+        return exc
+    logger.error("%s failed after the first byte", stream, exc_info=exc)
+    return ServerError("The server had an error while processing your request.")
 
 
 def error_response(exc: HermesAPIError) -> Response:

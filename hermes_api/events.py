@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from . import response_objects
-from .errors import HermesAPIError, ServerError
+from .errors import HermesAPIError, ServerError, stream_failure
 
 logger = logging.getLogger("hermes_api")
 
@@ -89,9 +89,8 @@ async def response_events(
                     out.append(event("response.output_text.delta", **where, delta=delta, logprobs=[]))
             if out:
                 yield b"".join(out)
-    except HermesAPIError as exc:
-        logger.warning("responses stream failed after the first byte: %s (%s)", exc.code, exc.message)
-        yield await _failed(event, draft, exc, finish)
+    except Exception as exc:  # after the first byte: a response.failed, which ends it
+        yield await _failed(event, draft, stream_failure(exc, "responses stream"), finish)
         return
     text, reason, usage = "".join(parts), state.get("finish_reason"), state.get("usage")
     final = response_objects.finished(draft, message_id=message_id, text=text, finish_reason=reason, chat_usage=usage)

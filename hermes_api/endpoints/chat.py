@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..context import current_profile
-from ..errors import HermesAPIError, InvalidValueError, ServerError, UpstreamBadResponseError
+from ..errors import InvalidValueError, ServerError, UpstreamBadResponseError, stream_failure
 from ..persona import SYSTEM_ROLES
 from ..registry import header_value
 from ..shutdown import Drain
@@ -137,9 +137,8 @@ async def chat_events(
                     "usage": usage,
                 }
             )
-    except HermesAPIError as exc:
-        logger.warning("stream failed after the first byte: %s (%s)", exc.code, exc.message)
-        yield sse(exc.to_dict())
+    except Exception as exc:  # after the first byte: said in the stream, which then ends
+        yield sse(stream_failure(exc, "chat stream").to_dict())
         yield DONE
         return
     if on_answer is not None:
