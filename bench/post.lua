@@ -5,6 +5,17 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- $BENCH_PROFILES=N: each request names a random profile p00001..p<N-1> where the
+-- body says __PROFILE__ (the profile-scale benchmark's random routing).
+local profiles = tonumber(os.getenv("BENCH_PROFILES") or "")
+if profiles then
+  local template = wrk.body
+  math.randomseed(6)
+  request = function()
+    local name = string.format("p%05d", math.random(1, profiles - 1))
+    return wrk.format(nil, nil, nil, (template:gsub("__PROFILE__", name, 1)))
+  end
+end
 local auth = os.getenv("BENCH_AUTH")
 if auth and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth

@@ -103,14 +103,18 @@ def start_slow_upstream(work: Path, seconds: float) -> tuple[Any, int]:
     return proc, port
 
 
-def start_gateways(work: Path, upstream_port: int) -> list[Target]:
-    """hermes-api and the floor passthrough, both in front of the slow upstream."""
+def start_gateways(work: Path, upstream_port: int, count: int) -> list[Target]:
+    """hermes-api and the floor passthrough, both in front of the slow upstream;
+    hermes-api with room for ``count`` concurrent streams."""
     from .procs import GATEWAY_CPU
 
     home = work / "slow-home"
     write_hermes_home(home, upstream_port)
     port = free_port()
-    config = hermes_config(work, home, port, ["bench"])
+    # An operator serving 1,000 concurrent streams raises the concurrency caps (defaults:
+    # 512 in all, 128 per profile), or 872 of them would get 429 concurrency_limit_exceeded.
+    caps = {"max_concurrent": 2 * count, "max_concurrent_per_profile": 2 * count}
+    config = hermes_config(work, home, port, ["bench"], **caps)
     argv = pinned(GATEWAY_CPU, [sys.executable, "-m", "hermes_api", "serve", "--config", str(config)])
     hermes = Target("hermes-api", port, auth=HERMES_KEY, routes={("chat", True): ("/v1/chat/completions", "bench")})
     hermes.proc = start("hermes-api", argv, log=work / "hermes-slow.log", env=hermes_env(None), cwd=work)
@@ -129,7 +133,7 @@ def run_all(work: Path, count: int, seconds: float, log: Any = print) -> list[di
     upstream, port = start_slow_upstream(work, seconds)
     gateways: list[Target] = []
     try:
-        gateways = start_gateways(work, port)
+        gateways = start_gateways(work, port, count)
         out = []
         for target in gateways:
             figures = run(target, count, work)

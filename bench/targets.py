@@ -105,7 +105,8 @@ def write_hermes_home(home: Path, upstream_port: int) -> None:
         (d / "memories" / "USER.md").write_text("\n§\n".join(USER))
 
 
-def hermes_config(work: Path, home: Path, port: int, expose: list[str] | str) -> Path:
+def hermes_config(work: Path, home: Path, port: int, expose: list[str] | str, **extra: object) -> Path:
+    """A hermes-api.yaml for one benchmark server; ``extra`` adds settings (e.g. caps)."""
     path = work / f"hermes-api-{port}.yaml"
     config = {
         "hermes_home": str(home),
@@ -116,6 +117,7 @@ def hermes_config(work: Path, home: Path, port: int, expose: list[str] | str) ->
         "keys": [{"name": "bench", "key_sha256": hashlib.sha256(HERMES_KEY.encode()).hexdigest()}],
         "state_dir": str(work / f"state-{port}"),
         "log_level": "warning",
+        **extra,
     }
     path.write_text(yaml.safe_dump(config))
     return path
