@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -344,3 +345,23 @@ def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
     return int(status_line.split(" ")[1]), headers, body
+
+
+class BrokenStream(httpx.AsyncByteStream):
+    """A provider body that sends ``first`` and then fails the way a reset connection does."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+
+    async def __aiter__(self):
+        yield self.first
+        raise httpx.ReadError("connection reset")
+
+
+def integrity(db: Path) -> str:
+    """SQLite's ``PRAGMA integrity_check`` of the database file ``db`` ("ok" when sound)."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()

@@ -8,7 +8,7 @@ import pytest
 import respx
 from starlette.testclient import TestClient
 
-from .conftest import chunks, completion, sse_body
+from .conftest import BrokenStream, chunks, completion, sse_body
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -141,17 +141,6 @@ def test_first_delta_gets_a_role_when_the_provider_omits_it(client, upstream) ->
     out = events(client.post("/v1/chat/completions", json={"model": "alpha", "messages": USER, "stream": True}).text)
     assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"}
     assert out[0]["object"] == "chat.completion.chunk"
-
-
-class BrokenStream(httpx.AsyncByteStream):
-    """Sends ``first`` and then fails the way a reset connection does."""
-
-    def __init__(self, first: bytes) -> None:
-        self.first = first
-
-    async def __aiter__(self):
-        yield self.first
-        raise httpx.ReadError("connection reset")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from starlette.routing import Route
 
 from hermes_api.demo import free_port
 
-from .conftest import HermesHome
+from .conftest import HermesHome, integrity
 
 N = 50  # acknowledged responses that must survive
 SENT = 80  # requests sent, 8 at a time: some are in flight at the kill
@@ -99,14 +98,6 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for server in started:
         server.stop()
-
-
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
 
 
 async def store_until_killed(server: Server) -> dict[str, str]:

@@ -96,18 +96,19 @@ def test_bad_header_and_conflict(keyed) -> None:
     assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["param"]) == (400, "profile_conflict", "model")
 
 
+REJECTION = {
+    "error": {
+        "message": "context too long",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
 UPSTREAM_CASES = [
     pytest.param(
         httpx.Response(
             400,
-            json={
-                "error": {
-                    "message": "context too long",
-                    "type": "invalid_request_error",
-                    "param": "messages",
-                    "code": "context_length_exceeded",
-                }
-            },
+            json=REJECTION,
         ),
         400,
         "invalid_request_error",
@@ -171,22 +172,10 @@ def test_upstream_failures_before_the_first_byte(keyed, upstream, outcome, statu
 def test_upstream_rejection_keeps_message_and_param(keyed, upstream) -> None:
     upstream.post("/chat/completions").respond(
         400,
-        json={
-            "error": {
-                "message": "context too long",
-                "type": "invalid_request_error",
-                "param": "messages",
-                "code": "context_length_exceeded",
-            }
-        },
+        json=REJECTION,
     )
     error = keyed.post("/v1/chat/completions", json={"model": "alpha", "messages": USER}).json()["error"]
-    assert error == {
-        "message": "context too long",
-        "type": "invalid_request_error",
-        "param": "messages",
-        "code": "context_length_exceeded",
-    }
+    assert error == REJECTION["error"]  # message, type, param and code all pass on
 
 
 def test_echoed_upstream_key_is_scrubbed(keyed, upstream) -> None:

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from hermes_api.app import create_app
 from hermes_api.store import SQLiteStore
 
-from .conftest import chunks, completion, digest, sse_body
+from .conftest import BrokenStream, chunks, completion, digest, sse_body
 
 NINE = [
     "response.created",
@@ -251,15 +251,6 @@ def test_streamed_response_is_stored_before_the_final_event(client, upstream) ->
     events = stream_events(client.post("/v1/responses", json={"model": "alpha", "input": "x", "stream": True}).text)
     final = events[-1]["response"]
     assert client.get(f"/v1/responses/{final['id']}").json() == final
-
-
-class BrokenStream(httpx.AsyncByteStream):
-    def __init__(self, first: bytes) -> None:
-        self.first = first
-
-    async def __aiter__(self):
-        yield self.first
-        raise httpx.ReadError("connection reset")
 
 
 @pytest.mark.parametrize(

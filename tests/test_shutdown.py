@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from .conftest import FakeUpstream, HermesHome, ServeProcess
+from .conftest import FakeUpstream, HermesHome, ServeProcess, integrity
 
 GRACE = 3.0
 
@@ -165,14 +165,6 @@ def test_turns_outliving_the_grace_period_are_closed_with_an_error(
         assert log.index("shutting down: ") < log.index("stopped")
     streams = fake_upstream.stats()["streams"]
     assert streams[tag]["client_left"], "the upstream stream was closed too"
-
-
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
