@@ -24,7 +24,7 @@ ALL = "*"
 # Route match fields. The X-Hermes-* ones count for every caller; the identity fields
 # are the user and chat ids that Open WebUI (ENABLE_FORWARD_USER_INFO_HEADERS) and
 # LibreChat (custom endpoint `headers:` placeholders) send, and count only for keys with
-# `trusted_identity: true`. registry.ROUTING_HEADERS and registry.IDENTITY_HEADERS map
+# `trusted_identity: true`. headers.ROUTING_HEADERS and headers.IDENTITY_HEADERS map
 # each field to its header.
 HERMES_FIELDS = ("chat_id", "user_id", "thread_id")
 IDENTITY_FIELDS = (
@@ -36,7 +36,7 @@ IDENTITY_FIELDS = (
     "librechat_conversation_id",
 )
 ROUTE_FIELDS = HERMES_FIELDS + IDENTITY_FIELDS
-MAX_ROUTE_VALUE_CHARS = 256  # the longest routing header value accepted (registry.header_value)
+MAX_ROUTE_VALUE_CHARS = 256  # the longest routing header value accepted (headers.header_value)
 # A template placeholder a client failed to expand, e.g. LibreChat's {{LIBRECHAT_USER_ID}}
 # when it has no user (packages/api/src/utils/env.ts leaves it in place then).
 PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")

@@ -331,7 +331,7 @@ class SettingsParser:
     @staticmethod
     def route_value_problem(key: str, value: str) -> str | None:
         """Why no request header could ever carry ``value`` (None if one can): the
-        rules of ``registry.header_value`` and, for identity fields, ``identity_value``."""
+        rules of ``headers.header_value`` and, for identity fields, ``headers.identity_value``."""
         if not value:
             return "is empty (an empty header counts as absent)"
         if len(value) > MAX_ROUTE_VALUE_CHARS:

@@ -30,7 +30,7 @@ import yaml
 
 from e2e.stack import open_webui_env
 from hermes_api.app import create_app
-from hermes_api.registry import IDENTITY_HEADERS
+from hermes_api.headers import IDENTITY_HEADERS
 from hermes_api.settings import Settings
 
 from .conftest import HermesHome, LiveServer, chunks, completion, sse_body

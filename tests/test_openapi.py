@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route
 from hermes_api.app import ByMethod
 from hermes_api.binding import ProfileEndpoint
 from hermes_api.endpoints.chat import SESSION_HEADER
-from hermes_api.registry import IDENTITY_HEADERS, ROUTING_HEADERS
+from hermes_api.headers import IDENTITY_HEADERS, ROUTING_HEADERS
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi" / "openapi.yaml").read_text())
 

@@ -15,8 +15,9 @@ from hermes_api.errors import (
     PermissionDeniedError,
     ProfileConflictError,
 )
+from hermes_api.headers import IDENTITY_HEADERS, ROUTING_HEADERS
 from hermes_api.keys import Caller
-from hermes_api.registry import IDENTITY_HEADERS, ROUTING_HEADERS, ProfileRegistry
+from hermes_api.registry import ProfileRegistry
 from hermes_api.settings import IDENTITY_FIELDS, ROUTE_FIELDS, APIKey, Settings
 
 from .conftest import HermesHome

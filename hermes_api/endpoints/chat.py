@@ -23,8 +23,8 @@ from starlette.responses import Response
 
 from ..context import current_profile
 from ..errors import InvalidValueError, ServerError, UpstreamBadResponseError, stream_failure
+from ..headers import header_value
 from ..persona import SYSTEM_ROLES
-from ..registry import header_value
 from ..shutdown import Drain
 from ..sse import EventStreamResponse
 from ..turns import batches
