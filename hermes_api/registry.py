@@ -1,16 +1,21 @@
 """ProfileRegistry: which profiles are served, and which one a request gets (DESIGN.md §3).
 
 Profiles are loaded once at startup and kept with a signature of their files
-(``profiles.signature``). A profile is re-checked when a request uses it, at most once
-per ``reload_interval`` seconds (six ``stat`` calls, never a walk), and a background
-sweep re-checks the rest in bounded slices, so an edited SOUL.md, a new profile or a
-fixed config.yaml is picked up without a restart and without a file-system walk per
-request. Everything here runs on the event loop: no locks, no awaits mid-update.
+(``profiles.signature``). Requests never touch the file system for that: a request only
+notes that its profile was used. Every ``reload_interval`` seconds a background sweep
+re-checks (six ``stat`` calls each, never a walk) the profiles used since its last tick
+first, then the next ones round-robin, at most ``SWEEP_SLICE`` of each. So an edited
+SOUL.md, a new profile or a fixed config.yaml is picked up without a restart, within a
+tick for the profiles in use, and the cost of checking is bounded per second, not paid
+per request, at any number of profiles. (An unknown name, with ``expose: "*"``, makes
+the request look at the profile directory listing, at most once per interval.)
+Everything here runs on the event loop: no locks, no awaits mid-update.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -49,7 +54,6 @@ class _Entry:
     profile: Profile | None
     error: str | None
     signature: Signature
-    checked_at: float
     ready: bool = False  # the persona has been read (or the profile is not served)
 
 
@@ -99,6 +103,7 @@ class ProfileRegistry:
         self._listing_checked_at = float("-inf")
         self._models: tuple[Profile, ...] | None = None
         self._sweep_at = 0
+        self._used: dict[str, None] = {}  # used since the last sweep tick, first use first
         # Most specific rule first, then file order (§3): sort once.
         self._routes = sorted(settings.routes, key=lambda r: -len(r.match))
 
@@ -135,18 +140,14 @@ class ProfileRegistry:
         try:
             profile = load_profile(name, self.settings.hermes_home, self._environ, sig)
         except ProfileError as exc:
-            return _Entry(None, str(exc), sig, self._clock())
-        return _Entry(profile, None, sig, self._clock())
+            return _Entry(None, str(exc), sig)
+        return _Entry(profile, None, sig)
 
-    def _refresh(self, name: str, entry: _Entry, *, force: bool = False) -> _Entry:
-        """Re-read a profile whose files changed; at most once per ``reload_interval``."""
-        now = self._clock()
-        if not force and now - entry.checked_at < self.settings.reload_interval:
-            return entry
-        entry.checked_at = now
-        home = profile_home(self.settings.hermes_home, name)
-        if signature(home) == entry.signature:
-            return entry
+    def _check(self, name: str) -> None:
+        """Re-read profile ``name`` if its files changed since it was loaded."""
+        entry = self._entries.get(name)
+        if entry is None or signature(profile_home(self.settings.hermes_home, name)) == entry.signature:
+            return
         fresh = self._load(name)
         self._entries[name] = fresh
         self._models = None
@@ -154,7 +155,6 @@ class ProfileRegistry:
             logger.warning("profile %s changed and is not served: %s", name, fresh.error)
         else:
             logger.info("profile %s reloaded", name)
-        return fresh
 
     def _refresh_listing(self) -> None:
         """With ``expose: "*"``, pick up added and removed profile directories."""
@@ -175,23 +175,36 @@ class ProfileRegistry:
             self._entries[new] = self._load(new)
         self._models = None
 
+    def check_files(self) -> None:
+        """One sweep tick: the profile listing (``expose: "*"``); the profiles used
+        since the last tick, up to ``SWEEP_SLICE``, in order of first use (the rest wait
+        for the next tick); then the next ``SWEEP_SLICE`` profiles round-robin. None is
+        checked twice in a tick."""
+        self._listing_checked_at = float("-inf")
+        self._refresh_listing()
+        checked = set(itertools.islice(self._used, SWEEP_SLICE))
+        for name in checked:
+            del self._used[name]
+            self._check(name)
+        names = list(self._entries)
+        for i in range(min(SWEEP_SLICE, len(names))):
+            name = names[(self._sweep_at + i) % len(names)]
+            if name not in checked:
+                self._check(name)
+        self._sweep_at += SWEEP_SLICE
+
     async def sweep(self) -> None:
-        """Forever: every ``reload_interval`` s, re-check the listing and the next
-        ``SWEEP_SLICE`` profiles round-robin (bounded work per tick at any scale)."""
+        """Forever: ``check_files()`` every ``reload_interval`` seconds."""
         while True:
             await asyncio.sleep(self.settings.reload_interval)
-            self._refresh_listing()
-            names = list(self._entries)
-            for i in range(min(SWEEP_SLICE, len(names))):
-                name = names[(self._sweep_at + i) % len(names)]
-                self._refresh(name, self._entries[name], force=True)
-            self._sweep_at += SWEEP_SLICE
+            self.check_files()
 
     # -- lookup ---------------------------------------------------------------------
 
     def get(self, name: str) -> Profile | None:
-        """The served profile ``name``, fresh from disk; None if unknown, not exposed or
-        not servable (the three look the same to callers)."""
+        """The served profile ``name`` as last loaded (``check_files`` keeps it fresh);
+        None if unknown, not exposed or not servable (the three look the same to
+        callers). No file-system access unless ``name`` is unknown."""
         entry = self._entries.get(name)
         if entry is None:
             if not is_profile_name(name):
@@ -200,7 +213,7 @@ class ProfileRegistry:
             entry = self._entries.get(name)
             if entry is None:
                 return None
-        entry = self._refresh(name, entry)
+        self._used[name] = None
         return (entry if entry.ready else self._with_persona(name, entry)).profile
 
     def _with_persona(self, name: str, entry: _Entry) -> _Entry:
@@ -211,7 +224,7 @@ class ProfileRegistry:
         try:
             entry.profile.persona  # noqa: B018
         except ProfileError as exc:
-            entry = _Entry(None, str(exc), entry.signature, entry.checked_at)
+            entry = _Entry(None, str(exc), entry.signature)
             if name in self._entries:
                 self._entries[name] = entry
                 self._models = None

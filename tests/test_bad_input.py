@@ -251,7 +251,8 @@ def files_under(root: Path) -> set[Path]:
 
 def test_no_file_outside_the_home_is_ever_read(home: HermesHome, make_app, monkeypatch, tmp_path: Path) -> None:
     """Whatever is asked, the server stats and opens nothing outside the Hermes home
-    (with ``expose: "*"`` and re-checks on every request, so it does look at files),
+    (with ``expose: "*"``, unknown names looking at the listing, and the sweep
+    re-checking profiles continually, so it does look at files),
     and creates no file but in the state_dir (response ids are looked up, never paths)."""
     home.add("outside")
     (home.root / "profiles" / "outside").rename(home.root.parent / "outside")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from hermes_api import registry as registry_module
 from hermes_api.errors import (
     InvalidHeaderError,
     InvalidValueError,
@@ -161,22 +162,48 @@ def test_utf8_header_values_route(registry) -> None:
     assert resolve(reg, {"x-hermes-user-id": "a" * 256}) == "default"
 
 
-def test_edited_soul_is_picked_up_after_the_interval(registry, home: HermesHome) -> None:
-    clock = Clock()
-    reg = registry(clock)
+def test_edited_soul_is_picked_up_by_the_next_check(registry, home: HermesHome) -> None:
+    reg = registry()
     assert reg.get("alpha").persona == "You are ALPHA-PERSONA."
     (home.dir("alpha") / "SOUL.md").write_text("You are the NEW alpha.")
-    assert reg.get("alpha").persona == "You are ALPHA-PERSONA."  # within reload_interval: no stat
-    clock.now += 1.5
+    assert reg.get("alpha").persona == "You are ALPHA-PERSONA."  # requests never stat
+    reg.check_files()
     assert reg.get("alpha").persona == "You are the NEW alpha."
 
 
-def test_unchanged_profile_is_not_reloaded(registry, monkeypatch) -> None:
-    clock = Clock()
-    reg = registry(clock)
+def test_unchanged_profile_is_not_reloaded(registry) -> None:
+    reg = registry()
     first = reg.get("beta")
-    clock.now += 5
+    reg.check_files()
     assert reg.get("beta") is first
+
+
+def test_requests_never_touch_the_file_system(registry, monkeypatch) -> None:
+    reg = registry()
+    reg.get("alpha")  # the persona is read on first use
+    calls = []
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a))
+    for _ in range(1000):
+        assert resolve(reg, model="alpha") == "alpha"
+    assert calls == []
+
+
+def test_used_profiles_are_checked_first(registry, home: HermesHome, monkeypatch) -> None:
+    """At any number of profiles a used one is re-checked by the next tick, though the
+    round-robin slice (here 1 profile a tick) would reach it only later."""
+    monkeypatch.setattr(registry_module, "SWEEP_SLICE", 1)
+    reg = registry()  # round-robin order: alpha, beta, default, gamma
+    reg.get("beta"), reg.get("gamma")
+    reg.check_files(), reg.check_files()  # alpha, then beta; the uses are cleared
+    (home.dir("gamma") / "SOUL.md").write_text("gamma, edited")
+    (home.dir("beta") / "SOUL.md").write_text("beta, edited")
+    reg.get("gamma")
+    reg.check_files()  # gamma (used), then default (its round-robin turn)
+    assert reg.get("gamma").persona == "gamma, edited"
+    assert reg.get("beta").persona == "You are BETA-PERSONA."  # not used: waits its turn
+    for _ in range(3):  # gamma, alpha, beta
+        reg.check_files()
+    assert reg.get("beta").persona == "beta, edited"
 
 
 def test_new_profile_appears_with_expose_star(registry, home: HermesHome) -> None:
@@ -196,7 +223,7 @@ def test_broken_then_fixed_profile(registry, home: HermesHome) -> None:
     reg = registry(clock)
     assert reg.get("beta") is None and "beta" not in [p.name for p in reg.models()]
     home.add("beta")
-    clock.now += 2
+    reg.check_files()
     assert reg.get("beta") is not None and "beta" in [p.name for p in reg.models()]
 
 
