@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -236,16 +236,21 @@ class SettingsParser:
         max_age = self.number(raw.get("max_age", 600), "cors.max_age", int, zero=True)
         return CORS(lists["allow_origins"], lists["allow_headers"], 600 if max_age is None else max_age)
 
-    def keys(self, raw: Any, expose: frozenset[str] | None) -> tuple[APIKey, ...]:
+    def mappings(self, raw: Any, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(where, item)`` for each mapping of the list ``raw`` (``name[i]``); a problem
+        for ``raw`` not being a list and for each item that is not a mapping."""
         if not isinstance(raw, list):
-            self.fail("keys must be a list")
-            return ()
-        keys: list[APIKey] = []
+            self.fail(f"{name} must be a list")
+            return
         for i, item in enumerate(raw):
-            where = f"keys[{i}]"
-            if not isinstance(item, dict):
-                self.fail(f"{where} must be a mapping")
-                continue
+            if isinstance(item, dict):
+                yield f"{name}[{i}]", item
+            else:
+                self.fail(f"{name}[{i}] must be a mapping")
+
+    def keys(self, raw: Any, expose: frozenset[str] | None) -> tuple[APIKey, ...]:
+        keys: list[APIKey] = []
+        for where, item in self.mappings(raw, "keys"):
             name = item.get("name")
             if not isinstance(name, str) or not name:
                 self.fail(f"{where} needs a name")
@@ -291,15 +296,8 @@ class SettingsParser:
     def routes(self, raw: Any, expose: frozenset[str] | None, *, trusted: bool) -> tuple[RouteRule, ...]:
         """The ``routes`` list. ``trusted``: some key has ``trusted_identity: true``; without
         one, a rule on an identity field could never match, which is reported."""
-        if not isinstance(raw, list):
-            self.fail("routes must be a list")
-            return ()
         rules = []
-        for i, item in enumerate(raw):
-            where = f"routes[{i}]"
-            if not isinstance(item, dict):
-                self.fail(f"{where} must be a mapping")
-                continue
+        for where, item in self.mappings(raw, "routes"):
             profile = item.get("profile")
             if not is_profile_name(profile):
                 self.fail(f"{where} needs a valid profile")
