@@ -4,7 +4,8 @@ Sources, later ones winning: built-in defaults, the YAML file (``--config`` or
 ``HERMES_API_CONFIG``), command-line flags. ``API_SERVER_KEY`` in the environment adds
 one key allowed every exposed profile. Relative paths in the file are relative to the
 file. Every problem found is reported at once in ``ConfigError.problems``; the
-checking itself is ``settings_parser.SettingsParser``.
+checking itself is ``settings_schema`` (the file's shape, pydantic models) and
+``settings_parser`` (what the settings mean for each other, and these dataclasses).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hermes_api.settings import ConfigError, Retention, Settings
+from hermes_api.settings import ConfigError, Retention, Settings, Timeouts
 
 
 def load(tmp_path: Path, raw: dict, environ: dict | None = None, **overrides) -> Settings:
@@ -149,7 +149,7 @@ def test_retention_problems_are_all_reported(tmp_path: Path) -> None:
         "retention.max_responses must be a positive integer",
         "retention.max_session_turns must be a positive number",
     ]
-    with pytest.raises(ConfigError, match="retention must be a mapping"):
+    with pytest.raises(ConfigError, match="retention: unknown setting 'max_rows'"):
         load(tmp_path, {"retention": {"max_rows": 5}})
 
 
@@ -266,7 +266,7 @@ def test_limit_problems_are_all_reported(tmp_path: Path) -> None:
         "max_header_bytes must be a positive number",
         "per_profile: 'Bad' is not a valid profile name",
         "per_profile.hidden: profile 'hidden' is not in expose",
-        "per_profile.default must be a mapping with timeouts and/or max_concurrent",
+        "per_profile.default: unknown setting 'colour' (known: timeouts, max_concurrent)",
         "cors.allow_headers must be a list of strings",
         "cors.allow_origins: 'ftp:/x' is not an origin",
     ]:
@@ -283,3 +283,109 @@ def test_cors_settings(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="must name at least one origin"):
         load(tmp_path, {"cors": {"allow_origins": []}})
+
+
+def load_yaml(tmp_path: Path, text: str, environ: dict | None = None) -> Settings:
+    """The config file as written, YAML spellings (``.nan``, ``.inf``, ``{}``) included."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return Settings.load(path, environ or {}, {})
+
+
+def problems_of(tmp_path: Path, text: str, environ: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_yaml(tmp_path, text, environ)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("shutdown_grace: .inf", "shutdown_grace must be a non-negative number, not .inf", id="grace-inf"),
+        pytest.param(
+            "retention: {max_age_days: .nan}", "retention.max_age_days must be a positive number, not .nan", id="nan"
+        ),
+        pytest.param("timeouts: {read: .inf}", "timeouts.read must be a positive number, not .inf", id="read-inf"),
+        pytest.param("reload_interval: .nan", "reload_interval must be a positive number, not .nan", id="reload-nan"),
+        pytest.param("sse_keepalive: -.inf", "sse_keepalive must be a positive number", id="minus-inf"),
+        pytest.param(
+            "expose: [default, coder]\nper_profile: {coder: {timeouts: {read: .inf}}}",
+            "per_profile.coder.timeouts.read must be a positive number, not .inf",
+            id="per-profile-inf",
+        ),
+    ],
+)
+def test_infinite_and_nan_numbers_are_refused(tmp_path: Path, text: str, problem: str) -> None:
+    """``.inf`` passed ``check`` and then crashed ``serve``; ``.nan`` retention made
+    every stored response expire at once."""
+    assert problems_of(tmp_path, text) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("keys: {}", "keys must be a list", id="keys-mapping"),
+        pytest.param("routes: {}", "routes must be a list", id="routes-mapping"),
+        pytest.param("timeouts: 0", "timeouts must be a mapping with connect and/or read", id="timeouts-0"),
+        pytest.param("retention: 0", "retention must be a mapping with max_age_days, max_responses", id="retention-0"),
+        pytest.param("per_profile: []", "per_profile must be a mapping", id="per-profile-list"),
+        pytest.param("cors: []", "cors must be a mapping with allow_origins", id="cors-list"),
+        pytest.param("hermes_home: ''", "hermes_home must be a path", id="home-empty"),
+        pytest.param("model_aliases: ''", "model_aliases must be a list of strings", id="aliases-empty"),
+        pytest.param(
+            "expose: [default, coder]\nper_profile: {coder: {timeouts: 0}}",
+            "per_profile.coder.timeouts must be a mapping with connect and/or read",
+            id="per-profile-timeouts-0",
+        ),
+    ],
+)
+def test_falsy_values_of_the_wrong_type_are_refused(tmp_path: Path, text: str, problem: str) -> None:
+    """``keys: {}`` or ``timeouts: 0`` used to mean the defaults, silently: an operator
+    who wrote ``keys: {}`` got an open server."""
+    problems = problems_of(tmp_path, text)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("timeouts: {conect: 5}", "timeouts: unknown setting 'conect'", id="timeouts"),
+        pytest.param("cors: {allow_origins: ['*'], origins: []}", "cors: unknown setting 'origins'", id="cors"),
+        pytest.param(
+            "keys: [{name: k, key_sha256: " + "a" * 64 + ", profile: [default]}]",
+            "keys[0] (k): unknown setting 'profile'",
+            id="key",
+        ),
+        pytest.param(
+            "per_profile: {default: {timeouts: {read: 5, write: 5}}}",
+            "per_profile.default.timeouts: unknown setting 'write'",
+            id="per-profile-timeouts",
+        ),
+    ],
+)
+def test_unknown_settings_are_refused_at_every_level(tmp_path: Path, text: str, problem: str) -> None:
+    problems = problems_of(tmp_path, text)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_null_is_the_same_as_absent_at_the_top_level(tmp_path: Path) -> None:
+    """An empty YAML value (``timeouts:`` with nothing under it) is null: the default,
+    except for ``default_profile``, where null means "no default"."""
+    s = load_yaml(tmp_path, "keys:\nroutes:\ntimeouts:\nretention:\nport:\nexpose: [default]\n", {"HOME": "/x"})
+    assert (s.keys, s.routes, s.timeouts, s.retention, s.port) == ((), (), Timeouts(), Retention(), 8642)
+
+
+def test_shape_and_meaning_problems_are_reported_together(tmp_path: Path) -> None:
+    """A shape problem in one section does not hide the problems of the others."""
+    text = (
+        "expose: [default]\n"
+        "timeouts: {read: .nan}\n"
+        "per_profile: {default: {max_concurrent: 0}, hidden: {}}\n"
+        "routes: [{chat_id: c, profile: hidden}]\n"
+    )
+    assert problems_of(tmp_path, text) == [
+        "timeouts.read must be a positive number, not .nan",
+        "per_profile.default.max_concurrent must be a positive number",
+        "routes[0]: profile 'hidden' is not in expose",
+        "per_profile.hidden: profile 'hidden' is not in expose",
+    ]
