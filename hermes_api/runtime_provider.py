@@ -141,20 +141,27 @@ def _custom_runtime(pid: str, base_url: str, model: Mapping[str, Any], secrets: 
     if api_key is None:
         api_key, key_var = secrets.first(host_key_vars(base_url))
     label = "provider auto with model.base_url" if auto else f"provider {model.get('provider')}"
-    warnings = () if api_key is not None else _unused_keys(label, base_url, secrets)
+    warnings = () if api_key is not None else _unused_keys(label, base_url, secrets, auto=auto)
     return Runtime(pid, base_url, api_key, key_var, warnings=warnings)
 
 
 def _unused_keys(
-    label: str, base_url: str, secrets: Secrets, hint: str = "model.api_key or model.key_env"
+    label: str, base_url: str, secrets: Secrets, hint: str = "model.api_key or model.key_env", *, auto: bool = False
 ) -> tuple[str, ...]:
-    """A warning when provider keys sit in ``.env`` while none goes to ``base_url``."""
-    present = [name for name in PROVIDER_KEY_VARS if usable_secret(secrets.dotenv.get(name))]
-    if not present:
+    """A warning when provider keys sit in ``.env`` (under ``auto``, where the profile
+    asked for a key to be found, in the environment too) while none goes to ``base_url``."""
+    found = [f"{name} in .env" for name in PROVIDER_KEY_VARS if usable_secret(secrets.dotenv.get(name))]
+    if auto:
+        found += [
+            f"{name} in the environment"
+            for name in PROVIDER_KEY_VARS
+            if usable_secret(secrets.environ.get(name)) and not usable_secret(secrets.dotenv.get(name))
+        ]
+    if not found:
         return ()
-    verb = "is" if len(present) == 1 else "are"
+    verb = "is" if len(found) == 1 else "are"
     return (
-        f"{label} sends no API key to {base_url}: {', '.join(present)} in .env {verb} present but unused "
+        f"{label} sends no API key to {base_url}: {', '.join(found)} {verb} present but unused "
         f"(Hermes sends a provider's key only to that provider's own host); set {hint} if the endpoint needs a key",
     )
 
@@ -175,7 +182,11 @@ def _auto_runtime(secrets: Secrets) -> Runtime:
                 "is OpenAI's and is not sent to openrouter.ai: set model.provider: openai-api, or set "
                 "OPENROUTER_API_KEY"
             )
-        warnings = () if api_key is not None else _unused_keys("provider auto", base_url, secrets, "OPENROUTER_API_KEY")
+        warnings = (
+            ()
+            if api_key is not None
+            else _unused_keys("provider auto", base_url, secrets, "OPENROUTER_API_KEY", auto=True)
+        )
         return Runtime("openrouter", base_url, api_key, key_var, warnings=warnings)
     for pid, key_vars in HERMES_PROVIDERS:
         api_key, key_var = secrets.first(key_vars)

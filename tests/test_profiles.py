@@ -301,9 +301,10 @@ def test_auto_with_a_base_url_sends_no_key_of_another_host_and_says_so(home: Her
     p = load_profile("a", home.root, {"DEEPSEEK_API_KEY": "sk-ds-env"})
     assert (p.provider, p.api_key, p.key_var) == ("custom", None, None)
     assert p.config_warnings == (
-        "provider auto with model.base_url sends no API key to http://10.0.0.5:8000/v1: OPENROUTER_API_KEY, "
-        "OPENAI_API_KEY in .env are present but unused (Hermes sends a provider's key only to that provider's "
-        "own host); set model.api_key or model.key_env if the endpoint needs a key",
+        "provider auto with model.base_url sends no API key to http://10.0.0.5:8000/v1: OPENROUTER_API_KEY in .env, "
+        "OPENAI_API_KEY in .env, DEEPSEEK_API_KEY in the environment are present but unused (Hermes sends a "
+        "provider's key only to that provider's own host); set model.api_key or model.key_env if the endpoint "
+        "needs a key",
     )
 
 
