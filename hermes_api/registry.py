@@ -117,6 +117,8 @@ class ProfileRegistry:
         for name, entry in sorted(self._entries.items()):
             if entry.error:
                 logger.warning("profile %s is not served: %s", name, entry.error)
+            for warning in entry.profile.config_warnings if entry.profile else ():
+                logger.warning("profile %s: %s", name, warning)
         served = [n for n, e in sorted(self._entries.items()) if e.profile]
         logger.info("serving %d profile(s): %s", len(served), ", ".join(served) or "none")
 
@@ -155,6 +157,8 @@ class ProfileRegistry:
             logger.warning("profile %s changed and is not served: %s", name, fresh.error)
         else:
             logger.info("profile %s reloaded", name)
+            for warning in fresh.profile.config_warnings if fresh.profile else ():
+                logger.warning("profile %s: %s", name, warning)
 
     def _refresh_listing(self) -> None:
         """With ``expose: "*"``, pick up added and removed profile directories."""
@@ -216,19 +220,23 @@ class ProfileRegistry:
         self._used[name] = None
         return (entry if entry.ready else self._with_persona(name, entry)).profile
 
-    def _with_persona(self, name: str, entry: _Entry) -> _Entry:
-        """``entry``, its persona read (``Profile.persona`` reads it on first use); a
-        profile whose persona files cannot be read is not served, as at load time."""
+    def _with_persona(self, name: str, entry: _Entry, *, log_notes: bool = True) -> _Entry:
+        """``entry``, its persona read (``Profile.persona`` reads it on first use), and
+        what the persona left out logged (unless ``log_notes`` is false: ``check`` prints
+        it); a profile whose persona files cannot be read is not served, as at load time."""
         if entry.profile is None:
             return entry
         try:
-            entry.profile.persona  # noqa: B018
+            notes = entry.profile.persona_notes
         except ProfileError as exc:
             entry = _Entry(None, str(exc), entry.signature)
             if name in self._entries:
                 self._entries[name] = entry
                 self._models = None
             logger.warning("profile %s is not served: %s", name, exc)
+        else:
+            for note in notes if log_notes else ():
+                logger.warning("profile %s: %s", name, note)
         entry.ready = True
         return entry
 
@@ -245,7 +253,7 @@ class ProfileRegistry:
         names = set(list_profile_names(self.settings.hermes_home)) | set(expose or ())
         for name in sorted(names):
             exposed = expose is None or name in expose
-            entry = self._with_persona(name, self._entries.get(name) or self._load(name))
+            entry = self._with_persona(name, self._entries.get(name) or self._load(name), log_notes=False)
             reason = entry.error if entry.error else (None if exposed else "not in expose")
             yield ProfileStatus(name, exposed, entry.profile, reason)
 
