@@ -30,6 +30,7 @@ from .errors import (
     UpstreamAuthError,
     UpstreamBadResponseError,
     UpstreamError,
+    UpstreamMisconfiguredError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
@@ -67,9 +68,10 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
 
 
 def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Profile) -> UpstreamError:
-    """Map an upstream error status (§5): 4xx rejections pass through with the
-    provider's message; 401/403 are our key's fault (502); 429 keeps Retry-After;
-    timeouts are 504; everything else is 502."""
+    """Map an upstream error status, 300 or more (§5): 4xx rejections of the request
+    pass through with the provider's message; 401/403 are our key's fault and other 4xx
+    and redirects (not followed) the profile's ``base_url`` or model: 502s not to be
+    retried; 429 keeps Retry-After; timeouts are 504; 5xx are 502."""
     who = f"The upstream provider of profile '{profile.name}'"
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
@@ -95,7 +97,7 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
         )
     if status >= 500:
         return UpstreamUnavailableError(f"{who} failed (HTTP {status}).")
-    return UpstreamBadResponseError(
+    return UpstreamMisconfiguredError(
         f"{who} answered HTTP {status}; check model.base_url and the model id of the profile."
     )
 
@@ -251,7 +253,7 @@ class Upstream:
                 await response.aclose()
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise status_error(response.status_code, response.content, response.headers, profile)
         try:
             answer = orjson.loads(response.content)
@@ -273,7 +275,7 @@ class Upstream:
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
         try:
-            if response.status_code >= 400:
+            if response.status_code >= 300:
                 try:
                     body = await response.aread()
                 except httpx.HTTPError as exc:
