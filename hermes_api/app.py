@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .binding import Handler, ProfileEndpoint, model_in_path
 from .endpoints import chat, health, models, responses
 from .errors import HermesAPIError, handle_error
+from .headers import ROUTING_HEADERS
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
 from .registry import ProfileRegistry
@@ -42,16 +43,17 @@ from .upstream import Upstream
 logger = logging.getLogger("hermes_api")
 
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Every X-Hermes-* header the server reads (tests/test_cors.py scans the code for them),
+# and the ones it answers with.
 CORS_REQUEST_HEADERS = (
     "authorization",
     "content-type",
     "x-request-id",
     "x-hermes-profile",
-    "x-hermes-chat-id",
-    "x-hermes-user-id",
-    "x-hermes-thread-id",
+    *ROUTING_HEADERS.values(),
+    chat.SESSION_HEADER,
 )
-CORS_EXPOSED_HEADERS = ("x-hermes-profile", "x-request-id", "retry-after", "x-should-retry")
+CORS_EXPOSED_HEADERS = ("x-hermes-profile", chat.SESSION_HEADER, "x-request-id", "retry-after", "x-should-retry")
 
 
 class RequestIdMiddleware:
