@@ -10,7 +10,11 @@ across profiles.
 
 Every failure leaves this module as an ``errors.UpstreamError`` (§5), most specific
 first, timeouts before other transport errors, during stream iteration too
-(httpx ``_transports/default.py`` ``map_httpcore_exceptions`` is the model).
+(httpx ``_transports/default.py`` ``map_httpcore_exceptions`` is the model). Its cause
+is logged where it is mapped: at warning when the client gets a 5xx for it (the
+operator's to see: the provider's status and words, the transport's error), at debug
+when the provider's own 4xx passes on to the client. Never the profile's key: a
+provider that echoes it gets it scrubbed (``_scrub``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
     there is one (``transport.AiohttpTransport`` raises from it), decides."""
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
-    logger.debug(
+    logger.warning(
         "profile %s: upstream transport failure %s: %s", profile.name, type(root).__name__, _scrub(str(root), profile)
     )
     if isinstance(root, (TimeoutError, httpx.TimeoutException)):
@@ -72,9 +76,15 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
     pass through with the provider's message; 401/403 are our key's fault and other 4xx
     and redirects (not followed) the profile's ``base_url`` or model: 502s not to be
     retried; 429 keeps Retry-After; timeouts are 504; 5xx are 502."""
+    error = _status_error(status, body, headers, profile)
+    level = logging.WARNING if error.status_code >= 500 else logging.DEBUG
+    if logger.isEnabledFor(level):
+        logger.log(level, "profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
+    return error
+
+
+def _status_error(status: int, body: bytes, headers: httpx.Headers, profile: Profile) -> UpstreamError:
     who = f"The upstream provider of profile '{profile.name}'"
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
     if status in (401, 403):
         return UpstreamAuthError(f"{who} refused its API key (HTTP {status}).")
     if status == 429:
@@ -103,9 +113,11 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
 
 
 def _excerpt(body: bytes, profile: Profile, limit: int = 300) -> str:
-    """The start of an upstream body for a debug line, the key scrubbed before cutting
-    (so no part of it can be left behind)."""
-    text = _scrub(body[: limit * 4].decode("utf-8", "replace"), profile)
+    """The start of an upstream body for a log line, the key scrubbed before cutting
+    (so no part of it can be left behind: a key that starts within the first ``limit``
+    characters is decoded whole)."""
+    key_bytes = len(profile.api_key.encode()) if profile.api_key else 0
+    text = _scrub(body[: limit * 4 + key_bytes].decode("utf-8", "replace"), profile)
     return text[:limit] + "…" if len(text) > limit else text
 
 
@@ -260,6 +272,12 @@ class Upstream:
         except orjson.JSONDecodeError:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            logger.warning(
+                "profile %s: upstream answered HTTP %d, not a chat.completion object: %s",
+                profile.name,
+                response.status_code,
+                _excerpt(response.content, profile),
+            )
             raise UpstreamBadResponseError(
                 f"The upstream provider of profile '{profile.name}' did not answer with a chat.completion object."
             )
