@@ -215,39 +215,41 @@ class Upstream:
         self._profile_extensions = {
             name: {"timeout": _timeout(limits.timeouts)} for name, limits in settings.per_profile.items()
         }
-        # (URL, key) -> the parsed URL and the raw headers but Accept and Content-Length.
-        self._prepared: dict[tuple[str, str | None], tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
+        # URL -> the parsed URL and the raw headers but Authorization, Accept and
+        # Content-Length. No key in here: one would stay in memory after it was rotated.
+        self._prepared: dict[str, tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
         """``payload`` as a JSON POST to the profile's chat completions URL. The URL and
-        the headers are parsed and normalised once per (URL, key) and passed as bytes:
-        httpx's per-request parsing cost ~15 µs of CPU per request (``bench/``). Raises
+        the headers are parsed and normalised once per URL and passed as bytes: httpx's
+        per-request parsing cost ~15 µs of CPU per request (``bench/``). The key's
+        header is made per request, so no old key outlives its profile. Raises
         ``InvalidJSONError`` for a body too deeply nested to serialise again."""
-        key = (profile.chat_completions_url, profile.api_key)
-        prepared = self._prepared.get(key)
+        prepared = self._prepared.get(profile.chat_completions_url)
         if prepared is None:
-            url = httpx.URL(key[0])
+            url = httpx.URL(profile.chat_completions_url)
             headers = [
                 (b"host", url.netloc),
                 (b"content-type", b"application/json"),
                 (b"user-agent", USER_AGENT.encode()),
             ]
-            if profile.api_key:
-                headers.append((b"authorization", f"Bearer {profile.api_key}".encode()))
-            prepared = self._prepared[key] = (url, headers)
+            prepared = self._prepared[profile.chat_completions_url] = (url, headers)
         url, headers = prepared
         try:
             body = orjson.dumps(payload)
         except orjson.JSONEncodeError:  # parsed fine (1024 levels), but orjson writes 254 at most
             raise InvalidJSONError("The JSON body is nested too deeply.") from None
         accept = b"text/event-stream" if payload.get("stream") else b"application/json"
+        per_request = [(b"accept", accept), (b"content-length", b"%d" % len(body))]
+        if profile.api_key:
+            per_request.append((b"authorization", b"Bearer " + profile.api_key.encode()))
         request = httpx.Request(
             "POST",
             url,
-            headers=[*headers, (b"accept", accept), (b"content-length", b"%d" % len(body))],
+            headers=[*headers, *per_request],
             stream=httpx.ByteStream(body),
             extensions=self._profile_extensions.get(profile.name, self._extensions),
         )

@@ -302,3 +302,53 @@ def test_a_key_at_the_edge_of_the_logged_excerpt_is_scrubbed_whole(caplog) -> No
         status_error(500, body, httpx.Headers(), profile)
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.endswith("😀" * 299 + "*…"), message[-20:]
+
+
+def reachable_text(root: object) -> str:
+    """Every str and bytes reachable from ``root`` through containers and instances
+    (not through modules, classes or functions), joined: what the object keeps alive."""
+    import gc
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    seen: set[int] = set()
+    texts: list[str] = []
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            texts.append(obj)
+        elif isinstance(obj, (bytes, bytearray)):
+            texts.append(bytes(obj).decode("latin-1"))
+        else:
+            todo.extend(gc.get_referents(obj))
+    return "\n".join(texts)
+
+
+def test_the_upstream_client_keeps_no_rotated_provider_key() -> None:
+    """A profile's key changes (rotated in its ``.env``; the registry reloads the
+    profile): the pooled client used by every profile keeps no old key in memory."""
+    import asyncio
+
+    from hermes_api.profiles import Profile
+    from hermes_api.settings import Settings
+    from hermes_api.upstream import Upstream
+
+    from .conftest import completion
+
+    keys = [sentinel("UPSTREAM") for _ in range(3)]
+
+    async def rotate() -> Upstream:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=completion()))
+        upstream = Upstream(Settings(Path("/nonexistent"), Path("/nonexistent")), transport=transport)
+        for key in keys:
+            profile = Profile("p", Path("/nonexistent"), "m", "custom", "http://x/v1", api_key=key, persona_source="")
+            await upstream.create_chat_completion(profile, {"messages": []})
+        return upstream
+
+    assert keys[0] in reachable_text({"a": [(keys[0].encode(),)]})  # the walk looks inside containers
+    held = reachable_text(asyncio.run(rotate()))
+    assert [k for k in keys[:-1] if k in held] == []
