@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import Handler, ProfileEndpoint, model_in_path
+from .context import run_sync
 from .endpoints import chat, health, models, responses
 from .errors import HermesAPIError, handle_error
 from .headers import ROUTING_HEADERS
@@ -172,7 +173,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
-        registry.load()
+        await run_sync(registry.load)  # file I/O: never on the event loop
         response_store = await store(settings)
         upstream = Upstream(settings, transport=transport)
         tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]

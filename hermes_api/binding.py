@@ -156,7 +156,7 @@ class ProfileEndpoint:
         )
         if self.implied is not None and not selection.explicit:
             selection = Selection((("stored", await self.implied(request)),))
-        profile = state.registry.resolve(selection, request.user)
+        profile = await state.registry.ready(state.registry.resolve(selection, request.user))
         header = (b"x-hermes-profile", profile.name.encode())
 
         async def send_with_profile(message: Message) -> None:
