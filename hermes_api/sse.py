@@ -69,9 +69,9 @@ class EventStreamResponse(Response):
     ``content`` is closed (and the caller's upstream request with it) at once rather
     than at the next write. ASGI allows one ``send`` at a time, and one may wait long
     (uvicorn's waits while the client does not read): the two tasks take turns by a
-    lock, and no ping is sent while a piece is being sent. sse-starlette's ``EventSourceResponse``, which this
-    replaces, ran four anyio tasks per response and a lock and a cancel scope per
-    send: ~0.2 ms of CPU per streamed response in ``bench/``.
+    lock, and no ping is sent while a piece is being sent. sse-starlette's
+    ``EventSourceResponse``, which this replaces, ran four anyio tasks per response and
+    a lock and a cancel scope per send: ~0.2 ms of CPU per streamed response in ``bench/``.
     """
 
     media_type = "text/event-stream"
