@@ -84,6 +84,8 @@ async def response_events(
         async for batch in batches:
             out = []
             for chunk in batch:
+                if not isinstance(chunk, dict):
+                    continue  # a ToolEvent: tool items come with function calling's output list
                 for delta in _text_deltas(chunk, state):
                     parts.append(delta)
                     out.append(event("response.output_text.delta", **where, delta=delta, logprobs=[]))

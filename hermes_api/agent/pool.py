@@ -7,8 +7,9 @@ without one. A worker that exits on its own fails only its own turns
 after consecutive failures wait 1, 2, 4 … up to ``MAX_BACKOFF`` seconds, so a profile
 whose worker cannot run does not spin. A worker is retired (no new turns, stopped once
 idle) when its profile's ``.env`` or ``config.yaml`` changed (a worker reads them once,
-when it starts; SOUL.md and memories are read per turn) or when a turn it was told to interrupt has not ended ``INTERRUPT_GRACE``
-seconds later (a tool that ignores interrupts: its thread would hold the process).
+when it starts; SOUL.md and memories are read per turn), or when a turn it was told to
+interrupt has not ended ``INTERRUPT_GRACE`` seconds later (a tool that ignores
+interrupts: its thread would hold the process).
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ class WorkerPool:
             worker = slot.worker
             if worker is not None and self._stuck(worker, now):
                 self._retire(slot, worker)
-            elif worker is not None and not worker.turns and now - worker.idle_since > self._settings.agent.idle_timeout:
+            elif (
+                worker is not None and not worker.turns and now - worker.idle_since > self._settings.agent.idle_timeout
+            ):
                 self._retire(slot, worker)
             for old in [w for w in slot.retired if not w.turns or not w.alive]:
                 slot.retired.remove(old)
@@ -162,7 +165,11 @@ class WorkerPool:
     def _stuck(worker: WorkerProcess, now: float) -> bool:
         """Forget the turns ``worker`` was told to interrupt more than ``INTERRUPT_GRACE``
         seconds ago (their requests ended then); True if there were any."""
-        stuck = [t for t in worker.turns.values() if t.interrupted_at is not None and now - t.interrupted_at > INTERRUPT_GRACE]
+        stuck = [
+            t
+            for t in worker.turns.values()
+            if t.interrupted_at is not None and now - t.interrupted_at > INTERRUPT_GRACE
+        ]
         for turn in stuck:
             del worker.turns[turn.id]
         if stuck:

@@ -178,7 +178,9 @@ class WorkerProcess:
             _kill(process)
             await process.wait()
             reason = hello.get("message") or f"protocol {hello.get('protocol')!r}, expected {wire.PROTOCOL}"
-            logger.warning("agent worker of profile %s did not start: %s (log: %s)", spec.profile, reason, spec.log_path)
+            logger.warning(
+                "agent worker of profile %s did not start: %s (log: %s)", spec.profile, reason, spec.log_path
+            )
             raise AgentWorkerError(
                 f"The agent worker of profile '{spec.profile}' could not be started; see the server log."
             )

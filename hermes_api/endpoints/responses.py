@@ -24,7 +24,7 @@ from ..shutdown import Drain
 from ..sse import EventStreamResponse
 from ..store import StoredResponse
 from ..translation import ResponseRequest
-from ..turns import batches
+from ..turns import Turn, batches
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
@@ -71,7 +71,7 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
         if found is None:
             raise _not_found(parsed.previous_response_id, "previous_response_id")
         history = found
-    chat = translation.chat_request(parsed, history)
+    turn = Turn(profile, translation.chat_request(parsed, history), owner)
     draft = response_objects.new_response(parsed, model=profile.name)
 
     async def finish(response: dict[str, Any]) -> None:
@@ -81,11 +81,12 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     state = request.state
     drain: Drain = state.drain  # waits on the provider end at the shutdown deadline
     if parsed.stream:
-        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, chat)))
+        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(turn)))
         return EventStreamResponse(
             response_events(drain.iterate(batches(chunks)), draft, finish), ping=state.settings.sse_keepalive
         )
-    response = response_objects.from_completion(draft, await drain.run(state.turns.complete(profile, chat)))
+    completion = await drain.run(state.turns.complete(turn))
+    response = response_objects.from_completion(draft, completion.body)
     try:
         await finish(response)
     except Exception:

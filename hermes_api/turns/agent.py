@@ -34,6 +34,7 @@ from ..agent.process import RemoteTurn, WorkerProcess
 from ..errors import AgentTimeoutError, HermesAPIError, InvalidValueError, ServerError, UpstreamUnavailableError
 from ..profiles import Profile
 from ..settings import Settings
+from ..tool_activity import strip_blocks
 from ..upstream import status_error
 from . import Chunk, Completion, ToolEvent, Turn
 
@@ -54,7 +55,7 @@ class AgentTurns:
         two API keys from ever sharing a ``state.db`` session."""
         namespace = hashlib.sha256(f"hermes-api\0{turn.owner}".encode()).hexdigest()[:32]
         return {
-            "messages": turn.request["messages"],
+            "messages": [_without_blocks(m) for m in turn.request["messages"]],
             "session": {"namespace": namespace, "id": turn.session_id},
             "toolsets": list(self._settings.agent.profile(turn.profile.name).toolsets),
             "stream": stream,
@@ -98,7 +99,9 @@ class AgentTurns:
             if not remote.done:
                 worker.interrupt(remote, "the client went away")
 
-    def _timed_out(self, profile: Profile, worker: WorkerProcess, remote: RemoteTurn, timeout: float) -> AgentTimeoutError:
+    def _timed_out(
+        self, profile: Profile, worker: WorkerProcess, remote: RemoteTurn, timeout: float
+    ) -> AgentTimeoutError:
         worker.interrupt(remote, "the turn timed out")
         return AgentTimeoutError(
             f"The agent turn of profile '{profile.name}' took longer than {timeout:g}s and was stopped."
@@ -163,6 +166,15 @@ class _Chunks:
         async for batch in self.batches():
             for item in batch:
                 yield item
+
+
+def _without_blocks(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message without the tool blocks Open WebUI sends back
+    (``tool_activity.strip_blocks``): the agent's own history has the real tool calls."""
+    content = message.get("content")
+    if message.get("role") == "assistant" and isinstance(content, str) and "<details" in content:
+        return {**message, "content": strip_blocks(content)}
+    return message
 
 
 def tool_event(message: dict[str, Any]) -> ToolEvent:
