@@ -130,6 +130,7 @@ def serve(settings: Settings, environ: Mapping[str, str]) -> None:
         host=settings.host,
         port=settings.port,
         http=bounded_protocol(settings.max_header_bytes),
+        timeout_keep_alive=settings.keep_alive_timeout,
         log_level=settings.log_level,
         log_config=log_config(settings.log_level),
         server_header=False,

@@ -34,11 +34,17 @@ from hermes_api.context import current_profile
 from hermes_api.profiles import Profile
 from hermes_api.turns import UpstreamTurns
 
-from .conftest import FakeUpstream, HermesHome, digest
+from .conftest import KEEP_ALIVE, FakeUpstream, HermesHome, digest
 from .fakeupstream import fingerprint
 
 PROFILES = [f"p{i}" for i in range(6)]
 REQUESTS = 360
+# The clients here drop an idle pooled connection after this many seconds (httpx's
+# default; aiohttp's is 15 s), well before the servers close it (KEEP_ALIVE, as
+# `hermes-api serve` does): a server closing first would race a request sent on it,
+# which then fails with a reset before any answer (once 1 run in 4, with both at 5 s).
+CLIENT_KEEPALIVE = 5.0
+assert KEEP_ALIVE > 2 * CLIENT_KEEPALIVE
 
 
 def recording_upstream(calls: list[dict]) -> Starlette:
@@ -160,7 +166,7 @@ def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings
         return name, f"tag-{i}", orjson.loads(text)
 
     async def run_all() -> list:
-        limits = httpx.Limits(max_connections=64)
+        limits = httpx.Limits(max_connections=64, keepalive_expiry=CLIENT_KEEPALIVE)
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
             return await asyncio.gather(*(one(client, i) for i in range(REQUESTS)))
 
@@ -425,7 +431,7 @@ async def cross_reads(url: str, load: Load) -> Counter:
         await asyncio.gather(*tries)
         await attempt(session, "own key and profile", "GET", f"/v1/responses/{rid}", owner)
 
-    connector = aiohttp.TCPConnector(limit=AT_ONCE)
+    connector = aiohttp.TCPConnector(limit=AT_ONCE, keepalive_timeout=CLIENT_KEEPALIVE)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(one(session, i, rid, *owner) for i, (rid, owner) in enumerate(load.stored.items())))
     return seen
@@ -486,7 +492,7 @@ def test_thousands_of_requests_across_profiles_and_keys(
     async def run_all() -> None:
         # AT_ONCE requests in flight: httpx's own pool queue grows costly with thousands waiting.
         gate = asyncio.Semaphore(AT_ONCE)
-        limits = httpx.Limits(max_connections=AT_ONCE)
+        limits = httpx.Limits(max_connections=AT_ONCE, keepalive_expiry=CLIENT_KEEPALIVE)
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
             await asyncio.gather(*(converse(client, gate, load, conv, rng) for conv in conversations))
 
