@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -33,6 +31,7 @@ from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
 from .registry import ProfileRegistry
+from .request_ids import CLIENT_REQUEST_ID, new_request_id
 from .settings import CORS, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
@@ -41,7 +40,6 @@ from .upstream import Upstream
 
 logger = logging.getLogger("hermes_api")
 
-_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 CORS_REQUEST_HEADERS = (
     "authorization",
     "content-type",
@@ -67,10 +65,10 @@ class RequestIdMiddleware:
             return
         request_id = (
             next(
-                (v for k, v in scope["headers"] if k == b"x-request-id" and _CLIENT_REQUEST_ID.fullmatch(v)),
+                (v for k, v in scope["headers"] if k == b"x-request-id" and CLIENT_REQUEST_ID.fullmatch(v)),
                 None,
             )
-            or f"req_{uuid.uuid4().hex}".encode()
+            or new_request_id().encode()
         )
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 

@@ -130,6 +130,8 @@ class Settings:
     # the client must close an idle connection first, or a request it sends just as
     # the server closes is reset before any answer (nginx's keepalive_timeout is 75 s).
     keep_alive_timeout: float = 75.0
+    header_timeout: float = 15.0
+    max_connections: int = 2048
     max_concurrent: int = 512
     max_concurrent_per_profile: int = 128
     per_profile: Mapping[str, ProfileLimits] = field(default_factory=dict)

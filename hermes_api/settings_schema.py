@@ -246,6 +246,8 @@ class ConfigFile(Section):
     max_body_bytes: PositiveInt = default(Settings, "max_body_bytes")
     max_header_bytes: PositiveInt = default(Settings, "max_header_bytes")
     keep_alive_timeout: PositiveNumber = default(Settings, "keep_alive_timeout")
+    header_timeout: PositiveNumber = default(Settings, "header_timeout")
+    max_connections: PositiveInt = default(Settings, "max_connections")
     max_concurrent: PositiveInt = default(Settings, "max_concurrent")
     max_concurrent_per_profile: PositiveInt = default(Settings, "max_concurrent_per_profile")
     per_profile: dict[str, ProfileLimitsSection] = {}

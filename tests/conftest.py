@@ -178,7 +178,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            http=bounded_protocol(64 * 1024),  # as hermes-api serve runs
+            http=bounded_protocol(64 * 1024),  # as hermes-api serve runs, with its default bounds
             timeout_keep_alive=KEEP_ALIVE,  # as hermes-api serve runs: longer than any client pool here
         )
         self.server = uvicorn.Server(config)
