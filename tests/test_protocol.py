@@ -72,7 +72,7 @@ def state() -> ServerState:
 
 def connect(loop: asyncio.AbstractEventLoop, state: ServerState, **bounds: Any) -> tuple[Any, FakeTransport]:
     cls = bounded_protocol(bounds.pop("max_header_bytes", 1024), **bounds)
-    config = uvicorn.Config(_app, log_config=None, lifespan="off")
+    config = uvicorn.Config(_app, log_config=None, lifespan="off", ws="none")
     protocol = cls(config=config, server_state=state, app_state={}, _loop=loop)
     # uvicorn's own log calls (it compares .level, so that stays a number)
     protocol.logger = mock.Mock(wraps=protocol.logger, level=protocol.logger.level)
