@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import Handler, ProfileEndpoint, model_in_path
+from .context import Unbound
 from .endpoints import chat, health, models, responses
 from .errors import HermesAPIError, handle_error
 from .keys import KeyRing, on_auth_error
@@ -202,6 +203,7 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[
+            Middleware(Unbound),
             Middleware(RequestIdMiddleware),
             *cors_middleware(settings.cors),
             Middleware(AuthenticationMiddleware, backend=KeyRing(settings.keys), on_error=on_auth_error),

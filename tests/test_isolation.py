@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -191,6 +192,33 @@ def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings
         owner = call["model"].removeprefix("model-")
         assert call["auth"] == f"Bearer sk-secret-{owner}" and call["system"].startswith(f"SOUL-OF-{owner}")
     assert CheckingTurns.mismatches == []
+
+
+def test_a_pipelined_request_starts_with_no_profile_bound(make_app, live) -> None:
+    """HTTP/1.1 pipelining: uvicorn starts the second request from inside the first
+    one's last ``send``, where the first one's profile is bound. The second request
+    must still start unbound: a route that is not routed sees no profile at all."""
+
+    async def bound(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse({"profile": current_profile().name})
+        except LookupError:
+            return JSONResponse({"profile": None})
+
+    app = make_app()
+    app.router.routes.insert(0, Route("/test/bound", bound))
+    server = live(app)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"GET /v1/models/alpha HTTP/1.1\r\nHost: x\r\n\r\n"  # runs bound to alpha
+            b"GET /test/bound HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while data := s.recv(65536):
+            answer += data
+    first, second = answer.split(b"HTTP/1.1 200 OK")[1:]
+    assert b'"id":"alpha"' in first
+    assert orjson.loads(second.partition(b"\r\n\r\n")[2]) == {"profile": None}
 
 
 @pytest.fixture(autouse=True)
