@@ -202,3 +202,22 @@ def test_connections_over_max_connections_are_refused(tmp_path: Path, home: Herm
     finally:
         for s in held:
             s.close()
+
+
+def test_an_aborted_upload_is_a_client_disconnect_not_a_server_error(
+    tmp_path: Path, home: HermesHome, serve_process
+) -> None:
+    """A client that closes its connection halfway through sending a body went away:
+    one info line, no ERROR and no traceback (it used to be logged as a 500's)."""
+    server = serve_process(write_config(tmp_path, home), tmp_path / "serve.log")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000\r\n\r\n{"model": "default", "messages": [' + b" " * 1000
+        )
+    deadline = time.monotonic() + 10
+    while "closed the connection during its request body" not in server.log():
+        assert time.monotonic() < deadline, f"no disconnect logged:\n{server.log()}"
+        time.sleep(0.05)
+    assert "ERROR" not in server.log() and "Traceback" not in server.log()
+    assert httpx.get(server.url + "/health").status_code == 200
