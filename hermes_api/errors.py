@@ -15,6 +15,7 @@
     │   └── RouteNotFoundError          404 not_found: no such path
     ├── MethodNotAllowedError           405 method_not_allowed
     ├── RequestTooLargeError            413 request_too_large
+    ├── RequestTimeoutError             408 request_timeout: the headers took over header_timeout
     ├── HeadersTooLargeError            431 request_headers_too_large: over max_header_bytes
     ├── ConcurrencyLimitError           429 rate_limit_error concurrency_limit_exceeded: our own cap
     ├── UpstreamError                   upstream_error: the profile's provider failed us
@@ -28,6 +29,7 @@
     ├── AgentError                      server_error: the profile's Hermes agent worker failed us
     │   ├── AgentWorkerError            502 agent_worker_failed: it did not start, crashed or was killed
     │   └── AgentTimeoutError           504 agent_turn_timeout: the turn ran past its turn_timeout
+    ├── ConnectionLimitError            503 server_error too_many_connections: max_connections open
     ├── ShuttingDownError               503 server_shutting_down: the shutdown grace period ran out
     └── ServerError                     500 server_error: a bug; details go to the log only
 
@@ -186,6 +188,15 @@ class RequestTooLargeError(HermesAPIError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(HermesAPIError):
+    """The request line and headers did not arrive within ``header_timeout`` seconds:
+    answered by the protocol, which closes the connection (nginx's ``client_header_timeout``)."""
+
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class HeadersTooLargeError(HermesAPIError):
     """The request line and headers are larger than ``max_header_bytes``."""
 
@@ -294,10 +305,19 @@ class AgentTimeoutError(AgentError):
 
     status_code = 504
     code = "agent_turn_timeout"
+    retryable = False  # a turn that hung once (a tool waiting forever) hangs again
+
+
+class ConnectionLimitError(HermesAPIError):
+    """``max_connections`` client connections are open: a new one is answered by the
+    protocol before it is read, and closed. Transient: ``Retry-After`` 1 s."""
+
+    status_code = 503
+    type = "server_error"
+    code = "too_many_connections"
 
     def __init__(self, message: str) -> None:
-        # A turn that hung once (a tool waiting forever) hangs again: the SDK must not retry it.
-        super().__init__(message, headers={"x-should-retry": "false"})
+        super().__init__(message, headers={"retry-after": "1"})
 
 
 class ShuttingDownError(HermesAPIError):
