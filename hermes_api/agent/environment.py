@@ -7,11 +7,14 @@ another profile's, and Hermes reads more of its environment than one would guess
 ``HERMES_MAX_ITERATIONS`` the iteration limit, ``TERMINAL_CWD`` the working directory,
 ``HASS_TOKEN`` or ``HERMES_KANBAN_TASK`` add tools). What it gets:
 
-- the basics a process needs: ``PATH``, ``HOME``, ``LANG``, ``LANGUAGE``, ``LC_*``,
-  ``TZ``, ``TMPDIR``;
+- the basics a process needs: ``PATH``, ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``,
+  ``TMPDIR``;
 - ``HERMES_HOME`` = the profile's home: Hermes then loads the profile's own ``.env``,
   ``config.yaml``, ``SOUL.md``, memories and ``state.db``, and nothing else's;
-- ``TERMINAL_CWD`` = ``working_directory(profile)``;
+- ``HOME`` = ``working_directory(profile)``: where Hermes's API server starts the
+  terminal, file and code tools when the profile's ``config.yaml`` names no
+  ``terminal.cwd`` (``gateway/run.py``: ``TERMINAL_CWD``, else ``MESSAGING_CWD``, else
+  the home directory; the first two it reports as deprecated settings);
 - the variable the profile's provider key comes from (``Profile.key_var``) when
   hermes-api's environment has it (the rule of the direct runtime: the profile's
   ``.env`` first, which Hermes loads over it, then the process environment), and the
@@ -27,15 +30,15 @@ from pathlib import Path
 from ..profiles import Profile
 from ..settings import AgentRuntime
 
-BASICS = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+BASICS = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 WORKSPACE = "workspace"
 
 
 def working_directory(profile: Profile) -> Path:
-    """``<profile home>/workspace``: where the profile's terminal, file and code tools
-    start, and the worker's own working directory. Hermes's API server would fall back
-    to ``$HOME``, one directory for every profile; a profile's ``terminal.cwd`` in its
-    ``config.yaml`` still wins (Hermes applies it in the worker)."""
+    """``<profile home>/workspace``: the worker's home and working directory, where the
+    profile's terminal, file and code tools start unless its ``config.yaml`` names a
+    ``terminal.cwd`` (Hermes applies that in the worker). Hermes's own API server would
+    use the user's home directory, the same one for every profile."""
     return profile.home / WORKSPACE
 
 
@@ -47,5 +50,5 @@ def worker_environment(profile: Profile, runtime: AgentRuntime, environ: Mapping
         if name in environ:
             env[name] = environ[name]
     env["HERMES_HOME"] = os.fspath(profile.home)
-    env["TERMINAL_CWD"] = os.fspath(working_directory(profile))
+    env["HOME"] = os.fspath(working_directory(profile))
     return env
