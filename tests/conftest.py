@@ -379,7 +379,10 @@ class ScriptedUpstream:
     def __init__(self, record: Path) -> None:
         self.record = record
         self.process = subprocess.Popen(
-            [sys.executable, str(SCRIPTED_UPSTREAM), str(record)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, str(SCRIPTED_UPSTREAM), str(record)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.port = json.loads(self.process.stdout.readline())["port"]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

@@ -229,7 +229,7 @@ def test_tool_progress_as_hermes_events_when_asked(stack: dict[str, Any]) -> Non
 
 def test_tool_blocks_for_open_webui_when_asked(stack: dict[str, Any]) -> None:
     headers = {"X-Hermes-Tool-Display": "openwebui"}
-    streamed = chat(stack, "alpha", memory_call("blocks <render> & \"quote\""), stream=True, headers=headers)
+    streamed = chat(stack, "alpha", memory_call('blocks <render> & "quote"'), stream=True, headers=headers)
     chunks = [json.loads(d) for _, d in events(streamed) if d != "[DONE]"]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     block = text[text.index("<details") : text.index("</details>")]
@@ -340,7 +340,9 @@ def test_terminal_tools_of_two_profiles_each_see_only_their_own(terminal_stack: 
         assert str(home.dir(other)) not in output and "sk-server-only" not in output
 
 
-def test_os_toolsets_only_for_the_profile_that_names_them(terminal_stack: dict[str, Any], stack: dict[str, Any]) -> None:
+def test_os_toolsets_only_for_the_profile_that_names_them(
+    terminal_stack: dict[str, Any], stack: dict[str, Any]
+) -> None:
     before = len(terminal_stack["upstream"].requests())
     assert chat(terminal_stack, "gamma", "hi").status_code == 200
     names = {t["function"]["name"] for t in upstream_calls_since(terminal_stack, before)[0]["body"]["tools"]}

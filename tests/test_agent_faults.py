@@ -181,9 +181,7 @@ def test_a_non_streamed_client_that_leaves_interrupts_the_agent_too(faults: dict
     assert ask(faults, "leaver", "next").status_code == 200
 
 
-def test_idle_workers_are_stopped_and_started_again_on_demand(
-    tmp_path: Path, scripted: ScriptedUpstream
-) -> None:
+def test_idle_workers_are_stopped_and_started_again_on_demand(tmp_path: Path, scripted: ScriptedUpstream) -> None:
     home = HermesHome(tmp_path / "hermes")
     add_agent_profile(home, "default", scripted)
     add_agent_profile(home, "sleepy", scripted)

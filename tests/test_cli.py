@@ -29,7 +29,15 @@ def test_profiles_table(config: Path, capsys) -> None:
     assert cli.main(["profiles", "--config", str(config)], {}) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[2:]}
-    assert out.splitlines()[1].split()[:7] == ["PROFILE", "EXPOSED", "SERVED", "RUNTIME", "TOOLSETS", "MODEL", "PROVIDER"]
+    assert out.splitlines()[1].split()[:7] == [
+        "PROFILE",
+        "EXPOSED",
+        "SERVED",
+        "RUNTIME",
+        "TOOLSETS",
+        "MODEL",
+        "PROVIDER",
+    ]
     assert lines["alpha"].split()[:8] == [
         "alpha", "yes", "yes", "direct", "-", "model-alpha", "custom", "http://upstream.test/v1"
     ]  # fmt: skip
