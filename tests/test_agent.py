@@ -340,9 +340,7 @@ def test_terminal_tools_of_two_profiles_each_see_only_their_own(terminal_stack: 
         assert str(home.dir(other)) not in output and "sk-server-only" not in output
 
 
-def test_os_toolsets_only_for_the_profile_that_names_them(
-    terminal_stack: dict[str, Any], stack: dict[str, Any]
-) -> None:
+def test_os_toolsets_only_for_the_profile_that_names_them(terminal_stack: dict[str, Any]) -> None:
     before = len(terminal_stack["upstream"].requests())
     assert chat(terminal_stack, "gamma", "hi").status_code == 200
     names = {t["function"]["name"] for t in upstream_calls_since(terminal_stack, before)[0]["body"]["tools"]}
