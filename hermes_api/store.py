@@ -82,6 +82,11 @@ class ResponseStore(Protocol):
         or expired starts after the gap."""
         ...
 
+    async def find_items(self, owner: str, profile: str, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The input and output items with these ids among the stored responses, by id
+        (``item_reference`` input items name them); ids not found are left out."""
+        ...
+
     async def session_messages(self, owner: str, profile: str, session_id: str) -> list[Message]:
         """Every stored message of a chat session, oldest first ([] for a new one)."""
         ...
@@ -257,6 +262,27 @@ class SQLiteStore:
         if not rows:
             return None
         return [message for (messages,) in rows for message in orjson.loads(messages)]
+
+    async def find_items(self, owner: str, profile: str, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return await self._run(self._find_items, owner, profile, item_ids)
+
+    def _find_items(self, owner: str, profile: str, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        # A scan of this key's and profile's responses (retention bounds it): references
+        # are rare, and an index of every item would cost every write.
+        assert self._db is not None, "the store is closed"
+        marks = ", ".join("?" * len(item_ids))
+        rows = self._db.execute(
+            f"""
+            SELECT item.value FROM responses, json_each(responses.input_items) AS item
+             WHERE owner = ? AND profile = ? AND created_at >= ? AND json_extract(item.value, '$.id') IN ({marks})
+            UNION ALL
+            SELECT item.value FROM responses, json_each(responses.body, '$.output') AS item
+             WHERE owner = ? AND profile = ? AND created_at >= ? AND json_extract(item.value, '$.id') IN ({marks})
+            """,
+            (owner, profile, self._cutoff(), *item_ids) * 2,
+        ).fetchall()
+        found = (orjson.loads(value) for (value,) in rows)
+        return {item["id"]: item for item in found}
 
     # -- chat sessions --------------------------------------------------------------
 
