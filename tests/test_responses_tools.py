@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from .conftest import completion, tool_call, tool_chunks, tool_completion
-from .test_responses import sent, stream_events, streamed
+from .test_responses import AS_TWO, KEYS, sent, stream_events, streamed
 
 FN = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
 CALL = {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{}"}
@@ -132,6 +132,16 @@ def test_item_references_resolve_to_stored_items(client, upstream) -> None:
     ]
     bad = client.post("/v1/responses", headers={"X-Hermes-Profile": "beta"}, json={"input": items, "tools": [FN]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input[1]"  # another profile's items
+
+
+def test_item_references_find_nothing_of_another_key(make_app, upstream) -> None:
+    upstream.post("/chat/completions").respond(json=tool_completion(("call_9", "lookup", "{}")))
+    with TestClient(make_app(keys=KEYS), headers={"Authorization": "Bearer key-one"}) as keyed:
+        call = keyed.post("/v1/responses", json={"model": "alpha", "input": "find", "tools": [FN]}).json()["output"][0]
+        items = [{"role": "user", "content": "find"}, {"type": "item_reference", "id": call["id"]}]
+        r = keyed.post("/v1/responses", headers=AS_TWO, json={"model": "alpha", "input": items, "tools": [FN]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]"
+    assert "call_9" not in r.text
 
 
 # -- the answer: function_call items -----------------------------------------------------------
