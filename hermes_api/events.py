@@ -73,10 +73,6 @@ class StreamedMessage:
             "response.content_part.added", **self.where, part=part
         )
 
-    def delta(self, event: EventWriter, text: str) -> bytes:
-        self.parts.append(text)
-        return event("response.output_text.delta", **self.where, delta=text, logprobs=[])
-
     def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]:
         item = response_objects.output_message(self.id, "".join(self.parts), status)
         part = item["content"][0]
@@ -155,10 +151,37 @@ class Output:
 
     def text(self, delta: str) -> bytes:
         message = self.message
+        opened = b""
         if message is None:
             message = self.message = StreamedMessage(len(self.items))
-            return self._open(message) + message.delta(self.event, delta)
-        return message.delta(self.event, delta)
+            opened = self._open(message)
+        message.parts.append(delta)
+        return opened + self.event("response.output_text.delta", **message.where, delta=delta, logprobs=[])
+
+    def feed(self, chunks: list[dict[str, Any]], state: dict[str, Any]) -> bytes:
+        """The events for a batch of chat chunks (their choice 0); notes the last
+        ``finish_reason`` and ``usage`` in ``state``. The text-only answer's hot path."""
+        out = []
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if usage and isinstance(usage, dict):
+                state["usage"] = usage
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                reason = choice.get("finish_reason")
+                if reason:
+                    state["finish_reason"] = reason
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    continue
+                content = delta.get("content")
+                if content and isinstance(content, str):
+                    out.append(self.text(content))
+                calls = delta.get("tool_calls")
+                if calls and isinstance(calls, list):
+                    out.append(self.tool_calls(calls))
+        return b"".join(out)
 
     def tool_calls(self, fragments: list[Any]) -> bytes:
         out = b""
@@ -183,27 +206,6 @@ class Output:
         return opening + b"".join(events for events, _ in closed), [item for _, item in closed]
 
 
-def _feed(chunk: dict[str, Any], output: Output, state: dict[str, Any]) -> bytes:
-    """The events for one chat chunk (choice 0); notes its finish_reason and usage."""
-    if isinstance(chunk.get("usage"), dict):
-        state["usage"] = chunk["usage"]
-    out = b""
-    for choice in chunk.get("choices") or ():
-        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-            continue
-        state["finish_reason"] = choice.get("finish_reason") or state.get("finish_reason")
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            continue
-        content = delta.get("content")
-        if content and isinstance(content, str):
-            out += output.text(content)
-        calls = delta.get("tool_calls")
-        if calls and isinstance(calls, list):
-            out += output.tool_calls(calls)
-    return out
-
-
 async def response_events(
     batches: AsyncIterator[list[dict[str, Any]]], draft: dict[str, Any], finish: Finish
 ) -> AsyncIterator[bytes]:
@@ -217,7 +219,7 @@ async def response_events(
     state: dict[str, Any] = {}
     try:
         async for batch in batches:
-            out = b"".join([_feed(chunk, output, state) for chunk in batch])
+            out = output.feed(batch, state)
             if out:
                 yield out
     except Exception as exc:  # after the first byte: a response.failed, which ends it

@@ -216,8 +216,12 @@ def turn_messages(items: list[Item], history: list[Message] | None = None) -> li
     for i, entry in enumerate(items):
         kind = entry["type"]
         if kind == "message":
-            _answered(unanswered, entry["role"] == "user")
-            _add_text(messages, entry, bool(unanswered))
+            if unanswered:
+                _answered(unanswered, entry["role"] == "user")
+                _add_text(messages, entry)
+            else:  # the common case: a conversation of messages
+                text = "\n".join(part["text"] for part in entry["content"])
+                messages.append({"role": entry["role"], "content": text})
         elif kind == "function_call":
             _add_call(messages, entry)
             calls.add(entry["call_id"])
@@ -238,10 +242,11 @@ def _answered(unanswered: dict[str, str], needed: bool) -> None:
         raise InvalidValueError(f"No tool output found for function call {call_id[:64]}.", param=param)
 
 
-def _add_text(messages: list[Message], entry: Item, calls_open: bool) -> None:
+def _add_text(messages: list[Message], entry: Item) -> None:
+    """A message while calls wait for their outputs."""
     text = "\n".join(part["text"] for part in entry["content"])
     last = messages[-1] if messages else None
-    if calls_open and entry["role"] == "assistant" and last is not None and last.get("tool_calls"):
+    if entry["role"] == "assistant" and last is not None and last.get("tool_calls"):
         last["content"] = f"{last['content']}\n{text}" if last["content"] else text
     else:
         messages.append({"role": entry["role"], "content": text})

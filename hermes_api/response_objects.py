@@ -156,10 +156,13 @@ def usage(chat_usage: Any) -> dict[str, Any] | None:
 def answer_message(response: dict[str, Any]) -> list[Message]:
     """The assistant message a finished response adds to its conversation: its text,
     and its function calls as ``tool_calls`` ([] when it failed before any output)."""
-    if not response["output"]:
+    output = response["output"]
+    if len(output) == 1 and output[0]["type"] == "message":  # a text answer
+        return [{"role": "assistant", "content": "".join(part["text"] for part in output[0]["content"])}]
+    if not output:
         return []
     texts, calls = [], []
-    for item in response["output"]:
+    for item in output:
         if item["type"] == "message":
             texts.append("".join(part["text"] for part in item["content"]))
         elif item["type"] == "function_call":
