@@ -38,6 +38,7 @@ logger = logging.getLogger("hermes_api")
 T = TypeVar("T")
 Message = dict[str, Any]
 DB_NAME = "responses.db"
+FIND_BATCH = 400  # item ids per query of find_items (SQLite allows 32766 variables)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,21 +269,27 @@ class SQLiteStore:
 
     def _find_items(self, owner: str, profile: str, item_ids: list[str]) -> dict[str, dict[str, Any]]:
         # A scan of this key's and profile's responses (retention bounds it): references
-        # are rare, and an index of every item would cost every write.
+        # are rare, and an index of every item would cost every write. Ids go in groups
+        # under SQLite's limit of variables in one statement.
         assert self._db is not None, "the store is closed"
-        marks = ", ".join("?" * len(item_ids))
-        rows = self._db.execute(
-            f"""
-            SELECT item.value FROM responses, json_each(responses.input_items) AS item
-             WHERE owner = ? AND profile = ? AND created_at >= ? AND json_extract(item.value, '$.id') IN ({marks})
-            UNION ALL
-            SELECT item.value FROM responses, json_each(responses.body, '$.output') AS item
-             WHERE owner = ? AND profile = ? AND created_at >= ? AND json_extract(item.value, '$.id') IN ({marks})
-            """,
-            (owner, profile, self._cutoff(), *item_ids) * 2,
-        ).fetchall()
-        found = (orjson.loads(value) for (value,) in rows)
-        return {item["id"]: item for item in found}
+        wanted, found = sorted(set(item_ids)), {}
+        for start in range(0, len(wanted), FIND_BATCH):
+            batch = wanted[start : start + FIND_BATCH]
+            marks = ", ".join("?" * len(batch))
+            rows = self._db.execute(
+                f"""
+                SELECT item.value FROM responses, json_each(responses.input_items) AS item
+                 WHERE owner = ? AND profile = ? AND created_at >= ? AND json_extract(item.value, '$.id') IN ({marks})
+                UNION ALL
+                SELECT item.value FROM responses, json_each(responses.body, '$.output') AS item
+                 WHERE owner = ? AND profile = ? AND created_at >= ? AND json_extract(item.value, '$.id') IN ({marks})
+                """,
+                (owner, profile, self._cutoff(), *batch) * 2,
+            ).fetchall()
+            for (value,) in rows:
+                item = orjson.loads(value)
+                found[item["id"]] = item
+        return found
 
     # -- chat sessions --------------------------------------------------------------
 

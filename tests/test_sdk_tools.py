@@ -107,10 +107,12 @@ def test_stream_helper_holds_the_call_in_the_final_response(sdk: OpenAI, upstrea
 
 
 def test_a_full_loop_through_previous_response_id(sdk: OpenAI, upstream) -> None:
+    """call -> output -> answer, then one more question on the same chain."""
     route = scripted(
         upstream,
         tool_completion(("call_w1", "get_weather", '{"city":"Paris"}')),
         completion("It is sunny in Paris."),
+        completion("Take sunglasses."),
     )
     first = sdk.responses.create(model="alpha", input="Weather in Paris?", tools=[WEATHER])
     call = first.output[0]
@@ -127,6 +129,13 @@ def test_a_full_loop_through_previous_response_id(sdk: OpenAI, upstream) -> None
     (item,) = sdk.responses.input_items.list(second.id).data
     assert (item.type, item.call_id, item.output) == ("function_call_output", "call_w1", '{"sky": "sunny"}')
     assert item.id.startswith("fco_")
+    third = sdk.responses.create(model="alpha", previous_response_id=second.id, input="So, what do I take?")
+    assert third.output_text == "Take sunglasses." and third.tools == [] and sent(route)["messages"][-3:] == [
+        {"role": "tool", "tool_call_id": "call_w1", "content": '{"sky": "sunny"}'},
+        {"role": "assistant", "content": "It is sunny in Paris."},
+        {"role": "user", "content": "So, what do I take?"},
+    ]
+    assert "tools" not in sent(route)  # this turn gave none
 
 
 def test_store_false_with_the_history_resent_sends_the_same(sdk: OpenAI, upstream) -> None:

@@ -8,6 +8,7 @@ async methods are driven with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import stat
 from collections.abc import Callable, Coroutine
@@ -209,3 +210,27 @@ def test_sessions_are_scoped_and_ordered(open_store) -> None:
         )
     assert [m["content"] for m in run(lambda s: s.session_messages("k1", "alpha", "chat"), store)] == ["a1", "a2"]
     assert run(lambda s: s.session_messages("k1", "alpha", "other"), store) == []
+
+
+def test_find_items_by_id_within_owner_profile_and_retention(open_store) -> None:
+    clock = Clock()
+    store = open_store(Retention(max_age_days=1), clock)
+
+    async def put(rid: str, owner: str = "k1", profile: str = "alpha", at: float = clock.now) -> None:
+        item = {"id": f"fc_{rid}", "type": "function_call", "call_id": f"call_{rid}", "name": "f", "arguments": "{}"}
+        stored = record(rid, owner=owner, profile=profile, at=at)
+        await store.put_response(dataclasses.replace(stored, body={"id": rid, "output": [item]}))
+
+    async def scenario(s: SQLiteStore) -> list[dict]:
+        for n in range(450):  # more ids than one statement takes
+            await put(f"r{n}")
+        await put("other-key", owner="k2")
+        await put("other-profile", profile="beta")
+        await put("old", at=clock.now - 2 * DAY)
+        ids = [f"fc_r{n}" for n in range(450)] + ["msg_in_r7", "fc_r7", "fc_other-key", "fc_other-profile", "fc_old"]
+        return [await s.find_items("k1", "alpha", ids), await s.find_items("k2", "alpha", ["fc_r1", "fc_other-key"])]
+
+    mine, theirs = run(scenario, store)
+    assert set(mine) == {f"fc_r{n}" for n in range(450)} | {"msg_in_r7"}
+    assert mine["fc_r3"]["call_id"] == "call_r3" and mine["msg_in_r7"]["type"] == "message"
+    assert set(theirs) == {"fc_other-key"}
