@@ -169,7 +169,10 @@ class ProfileRegistry:
         sig = signature(home)
         try:
             profile = load_profile(
-                name, self.settings.hermes_home, self._environ, sig,
+                name,
+                self.settings.hermes_home,
+                self._environ,
+                sig,
                 runtime="agent" if self.settings.agent.serves(name) else "direct",
             )
         except ProfileError as exc:

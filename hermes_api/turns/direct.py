@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..errors import ServerError
+import orjson
+
+from ..errors import ServerError, UpstreamBadResponseError
 from ..persona import SYSTEM_ROLES, with_persona
 from ..profiles import Profile
 from ..store import ResponseStore
@@ -50,6 +52,12 @@ class DirectTurns:
         answer = await self._upstream.create_chat_completion(turn.profile, upstream_payload(turn.profile, request))
         answer["model"] = turn.profile.name
         if keep is not None:
+            try:  # only an answer the client can be given joins the session
+                orjson.dumps(answer)
+            except orjson.JSONEncodeError:
+                raise UpstreamBadResponseError(
+                    "The upstream provider's answer is nested too deeply to pass on."
+                ) from None
             await keep(answer_message(answer))
         return Completion(answer)
 
@@ -93,7 +101,7 @@ def answer_message(completion: dict[str, Any]) -> Message:
 class _Relabelled:
     """An upstream stream's chunks with ``model`` set to the profile's name, one by one
     or in ``batches()``; with ``keep``, the answer is collected and stored after the
-    last chunk (``_Answer``)."""
+    last chunk (``StreamedAnswer``)."""
 
     def __init__(self, chunks: ChatStream, name: str, keep: Store | None) -> None:
         self._chunks = chunks
@@ -102,12 +110,12 @@ class _Relabelled:
         self._each: AsyncIterator[Chunk] | None = None
 
     async def batches(self) -> AsyncIterator[list[Chunk]]:
-        answer = _Answer() if self._keep is not None else None
+        answer = StreamedAnswer() if self._keep is not None else None
         async for batch in self._chunks.batches():
             for chunk in batch:
                 chunk["model"] = self._name
-                if answer is not None:
-                    answer.add(chunk)
+                if answer is not None and chunk.get("choices"):
+                    answer.add(chunk["choices"])
             yield batch
         if answer is not None and self._keep is not None:
             await self._keep(answer.message())
@@ -126,38 +134,46 @@ class _Relabelled:
                 yield chunk
 
 
-class _Answer:
-    """The assistant message of a stream, from its chunks' choice 0: the content and
-    the ``tool_calls``, whose fragments arrive by ``index`` (OpenAI's
-    ``ChoiceDeltaToolCall``: ``id`` and ``function.name`` once, ``arguments`` in pieces)."""
+class StreamedAnswer:
+    """The assistant message of a streamed answer (choice 0), from its deltas: the text,
+    and the ``tool_calls`` fragments merged by their ``index`` (the first non-empty
+    ``id`` and ``name``, every ``arguments`` piece joined), so a session's next turn
+    replays the calls its ``tool`` messages answer."""
+
+    __slots__ = ("text", "calls")
 
     def __init__(self) -> None:
-        self._text: list[str] = []
-        self._calls: dict[int, dict[str, Any]] = {}
+        self.text: list[str] = []
+        self.calls: dict[Any, dict[str, Any]] = {}
 
-    def add(self, chunk: Chunk) -> None:
-        for choice in chunk.get("choices") or ():
+    def add(self, choices: list[Any]) -> None:
+        for choice in choices:
             delta = choice.get("delta") if isinstance(choice, dict) and choice.get("index", 0) == 0 else None
             if not isinstance(delta, dict):
                 continue
             if isinstance(delta.get("content"), str):
-                self._text.append(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    self._merge(call)
+                self.text.append(delta["content"])
+            for position, fragment in enumerate(delta.get("tool_calls") or ()):
+                if isinstance(fragment, dict):
+                    self._merge(fragment.get("index", position), fragment)
 
-    def _merge(self, call: dict[str, Any]) -> None:
-        index = call.get("index") if isinstance(call.get("index"), int) else len(self._calls)
-        found = self._calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        if isinstance(call.get("id"), str):
-            found["id"] = call["id"]
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        for key in ("name", "arguments"):
-            if isinstance(function.get(key), str):
-                found["function"][key] += function[key]
+    def _merge(self, key: Any, fragment: dict[str, Any]) -> None:
+        call = self.calls.setdefault(key, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+        if not call["id"] and isinstance(fragment.get("id"), str):
+            call["id"] = fragment["id"]
+        if not call["function"]["name"] and isinstance(function.get("name"), str):
+            call["function"]["name"] = function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"] += function["arguments"]
 
-    def message(self) -> Message:
-        message: Message = {"role": "assistant", "content": "".join(self._text)}
-        if self._calls:
-            message["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
+    def message(self) -> dict[str, Any]:
+        """``{"role": "assistant", "content"}``, plus ``tool_calls`` when there were any
+        (then ``content`` is left out when empty, as in a non-streamed answer)."""
+        text = "".join(self.text)
+        if not self.calls:
+            return {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "tool_calls": list(self.calls.values())}
+        if text:
+            message["content"] = text
         return message
