@@ -475,3 +475,25 @@ def worker_environ(tmp: Path, **extra: str) -> dict[str, str]:
     home = tmp / "user-home"
     home.mkdir(exist_ok=True)
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **extra}
+
+
+CLIENT_VENVS = Path(os.environ.get("HERMES_API_TEST_CACHE", Path.home() / ".cache" / "hermes-api-tests"))
+
+
+def client_venv(requirement: str) -> Path:
+    """The interpreter of a venv holding ``requirement`` (e.g. ``openai-agents==0.24.0``)
+    and what it needs, for a client that cannot share the server's environment; made once
+    under ``$HERMES_API_TEST_CACHE`` (default ``~/.cache/hermes-api-tests``), marked done
+    only after its install succeeded. Fails the test when it cannot be made (no index)."""
+    venv = CLIENT_VENVS / requirement.replace("==", "-")
+    python = venv / "bin" / "python"
+    if not (venv / ".done").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if done.returncode != 0:
+            pytest.fail(f"could not install {requirement} for the test client:\n{done.stderr[-2000:]}")
+        (venv / ".done").touch()
+    return python

@@ -345,3 +345,83 @@ def test_os_toolsets_only_for_the_profile_that_names_them(terminal_stack: dict[s
     assert chat(terminal_stack, "gamma", "hi").status_code == 200
     names = {t["function"]["name"] for t in upstream_calls_since(terminal_stack, before)[0]["body"]["tools"]}
     assert "terminal" in names and "execute_code" not in names and "write_file" not in names
+
+
+# -- the Responses API --------------------------------------------------------------------
+
+
+def test_responses_list_the_tools_the_agent_ran_as_mcp_calls(stack: dict[str, Any]) -> None:
+    r = post(stack, "/v1/responses", {"model": "alpha", "input": memory_call("responses see tools")})
+    assert r.status_code == 200, r.text
+    output = r.json()["output"]
+    assert [item["type"] for item in output] == ["mcp_call", "message"]
+    call, message = output
+    assert call["server_label"] == "hermes" and call["name"] == "memory" and call["status"] == "completed"
+    assert json.loads(call["arguments"])["content"] == "responses see tools"
+    assert json.loads(call["output"])["success"] is True
+    assert message["content"][0]["text"].startswith("done: ")
+    # Stored, and a chain continues it: the agent gets the first turn as history.
+    before = len(stack["upstream"].requests())
+    second = post(
+        stack, "/v1/responses", {"model": "alpha", "input": "and now?", "previous_response_id": r.json()["id"]}
+    )
+    assert second.status_code == 200, second.text
+    sent = [(m["role"], m["content"]) for m in upstream_calls_since(stack, before)[0]["body"]["messages"][1:]]
+    assert sent[0][0] == "user" and "responses see tools" in sent[0][1] and sent[-1] == ("user", "and now?")
+    assert all(role in ("user", "assistant") for role, _ in sent)
+
+
+def test_a_streamed_response_adds_and_finishes_each_tool_as_it_runs(stack: dict[str, Any]) -> None:
+    r = post(stack, "/v1/responses", {"model": "alpha", "input": memory_call("streamed tool"), "stream": True})
+    assert r.status_code == 200
+    found = [json.loads(d) for _, d in events(r)]
+    assert [e["sequence_number"] for e in found] == list(range(len(found)))
+    kinds = [e["type"] for e in found]
+    start = kinds.index("response.mcp_call.in_progress")
+    assert kinds[start - 1] == "response.output_item.added" and found[start - 1]["item"]["type"] == "mcp_call"
+    assert kinds.index("response.mcp_call.completed") < kinds.index("response.output_text.delta")
+    assert kinds[-1] == "response.completed"
+    final = found[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["mcp_call", "message"]
+    done = [e["item"] for e in found if e["type"] == "response.output_item.done"]
+    assert done == final["output"]
+
+
+def test_responses_for_open_webui_pair_each_call_with_its_output(stack: dict[str, Any]) -> None:
+    headers = {"X-Hermes-Tool-Display": "openwebui"}
+    body = {"model": "alpha", "input": memory_call("paired for open webui"), "stream": True}
+    r = post(stack, "/v1/responses", body, **headers)
+    final = [json.loads(d) for _, d in events(r)][-1]["response"]
+    call, output, message = final["output"]
+    assert (call["type"], output["type"], message["type"]) == ("function_call", "function_call_output", "message")
+    assert call["call_id"] == output["call_id"] and call["status"] == "completed"
+    assert output["output"][0]["type"] == "input_text" and "success" in output["output"][0]["text"]
+    # Open WebUI sends the pair back as input: accepted, and the agent sees no tool messages.
+    before = len(stack["upstream"].requests())
+    again = {"model": "alpha", "input": [*final["output"][:2], {"role": "user", "content": "thanks"}]}
+    assert post(stack, "/v1/responses", again, **headers).status_code == 200
+    roles = [m["role"] for m in upstream_calls_since(stack, before)[0]["body"]["messages"]]
+    assert "tool" not in roles
+
+
+def test_the_openai_sdk_reads_agent_turns_with_tools(stack: dict[str, Any]) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=stack["server"].url + "/v1", api_key=ALICE, max_retries=0, timeout=TIMEOUT)
+    pieces = []
+    for chunk in client.chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": memory_call("sdk chat loop")}], stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    assert "".join(pieces).lstrip().startswith("done: ")  # text after a tool starts a new paragraph
+    with client.responses.stream(model="alpha", input=memory_call("sdk responses stream")) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    assert [item.type for item in final.output] == ["mcp_call", "message"]
+    assert final.output[0].name == "memory" and final.output_text.lstrip().startswith("done: ")
+    # The Agents SDK sends the mcp_call items back as input: accepted.
+    items = [item.model_dump(exclude_none=True) for item in final.output]
+    follow = client.responses.create(model="alpha", input=[*items, {"role": "user", "content": "more"}])
+    assert follow.output_text == "echo: more"
