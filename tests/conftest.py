@@ -477,6 +477,7 @@ def worker_environ(tmp: Path, **extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **extra}
 
 
+AGENTS_SDK = "openai-agents==0.24.0"  # the OpenAI Agents SDK the tests drive hermes-api with
 CLIENT_VENVS = Path(os.environ.get("HERMES_API_TEST_CACHE", Path.home() / ".cache" / "hermes-api-tests"))
 
 

@@ -20,9 +20,8 @@ import orjson
 import pytest
 import respx
 
-from .conftest import LiveServer, client_venv, completion, sse_body, tool_chunks, tool_completion
+from .conftest import AGENTS_SDK, LiveServer, client_venv, completion, sse_body, tool_chunks, tool_completion
 
-AGENTS_SDK = "openai-agents==0.24.0"
 CLIENT = Path(__file__).resolve().parent / "agents_sdk_client.py"
 
 QUESTION = "What is the weather in Paris, and the time in Tokyo?"
