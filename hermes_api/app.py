@@ -25,6 +25,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import tool_activity
+from .agent.pool import WorkerPool
 from .binding import Handler, ProfileEndpoint, model_in_path
 from .context import Unbound, run_sync
 from .endpoints import chat, health, models, responses
@@ -37,7 +39,9 @@ from .request_ids import CLIENT_REQUEST_ID, new_request_id
 from .settings import CORS, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
-from .turns import TurnRunner, UpstreamTurns
+from .turns import TurnRunner, Turns
+from .turns.agent import AgentTurns
+from .turns.direct import DirectTurns
 from .upstream import Upstream
 
 logger = logging.getLogger("hermes_api")
@@ -51,6 +55,7 @@ CORS_REQUEST_HEADERS = (
     "x-hermes-profile",
     *ROUTING_HEADERS.values(),
     chat.SESSION_HEADER,
+    tool_activity.HEADER,
 )
 CORS_EXPOSED_HEADERS = ("x-hermes-profile", chat.SESSION_HEADER, "x-request-id", "retry-after", "x-should-retry")
 
@@ -154,14 +159,15 @@ def create_app(
     *,
     environ: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
+    turn_runner: Callable[[Upstream, ResponseStore], TurnRunner] = DirectTurns,
     store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
     drain: Drain | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
     upstream connection pool (tests pass respx's); ``turn_runner`` builds the runner
-    of turns from the upstream client (default: one provider call per turn); ``store``
+    of direct turns from the upstream client and the store (default: one provider call
+    per turn; the profiles of ``agent.profiles`` get the Hermes agent); ``store``
     opens the response store (default: SQLite in ``state_dir``); ``drain`` is told when
     shutdown begins (``serve`` passes the one its signal handler calls; default: a new
     one, which watches uvicorn's server)."""
@@ -175,24 +181,31 @@ def create_app(
         response_store = await store(settings)
         upstream = Upstream(settings, transport=transport)
         tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
+        pool = WorkerPool(settings, environ) if settings.agent.profiles != frozenset() else None
+        if pool is not None:
+            tasks.append(asyncio.create_task(pool.sweep()))
+        agent = AgentTurns(pool, settings) if pool is not None else None
         try:
             yield {
                 "settings": settings,
                 "registry": registry,
-                "turns": turn_runner(upstream),
+                "turns": Turns(turn_runner(upstream, response_store), agent),
                 "store": response_store,
                 "limiter": ConcurrencyLimiter(settings),
                 "drain": drain,
             }
         finally:
             # uvicorn runs this only once no request is left (streams included), so
-            # what closes here closes after the last turn: the upstream pool, then the
-            # store, last of all, so no acknowledged response is lost.
+            # what closes here closes after the last turn: the agent workers and the
+            # upstream pool, then the store, last of all, so no acknowledged response
+            # is lost.
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with suppress(asyncio.CancelledError):
                     await task
+            if pool is not None:
+                await pool.aclose()
             await upstream.aclose()
             await response_store.aclose()
             logger.info("stopped")

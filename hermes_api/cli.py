@@ -21,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from .agent.installation import probe
 from .app import create_app
 from .protocol import bounded_protocol
 from .registry import ProfileRegistry
@@ -151,18 +152,23 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
-    rows = [("PROFILE", "EXPOSED", "SERVED", "MODEL", "PROVIDER", "BASE URL", "NOT SERVED BECAUSE")]
+    rows = [
+        ("PROFILE", "EXPOSED", "SERVED", "RUNTIME", "TOOLSETS", "MODEL", "PROVIDER", "BASE URL", "NOT SERVED BECAUSE")
+    ]
     for status in ProfileRegistry(settings, environ).survey():
         p = status.profile
         served = p is not None and status.exposed
+        agent = p is not None and p.runtime == "agent"
         rows.append(
             (
                 status.name,
                 "yes" if status.exposed else "no",
                 "yes" if served else "no",
-                p.model if p else "-",
+                p.runtime if p else "-",
+                ",".join(settings.agent.profile(status.name).toolsets) if agent else "-",
+                (p.model or "(Hermes's choice)") if p else "-",
                 p.provider if p else "-",
-                p.base_url if p else "-",
+                (p.base_url or "(Hermes's choice)") if p else "-",
                 status.reason or "",
             )
         )
@@ -184,7 +190,8 @@ class CheckResult:
 
 def check_problems(settings: Settings, environ: Mapping[str, str]) -> CheckResult:
     """Problems: unservable exposed profiles, a default or route profile that is not
-    served, an open non-loopback bind. Warnings: each served profile's ``warnings``."""
+    served, an open non-loopback bind, agent profiles without a usable hermes-agent
+    (``agent.installation``). Warnings: each served profile's ``warnings``."""
     problems, warnings, served = [], [], []
     for status in ProfileRegistry(settings, environ).survey():
         if status.exposed and status.profile is None:
@@ -199,6 +206,10 @@ def check_problems(settings: Settings, environ: Mapping[str, str]) -> CheckResul
             problems.append(f"routes[{i}]: profile {rule.profile} is not served")
     if bind := open_bind_problem(settings):
         problems.append(bind)
+    if any(settings.agent.serves(name) for name in served):
+        installation = probe(settings.agent)
+        if installation.problem:
+            problems.append(f"agent: {installation.problem}")
     return CheckResult(problems, warnings, served)
 
 

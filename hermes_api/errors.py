@@ -26,6 +26,9 @@
     │   ├── UpstreamUnavailableError    502 upstream_unavailable: refused, reset, 5xx
     │   ├── UpstreamBadResponseError    502 upstream_error: not JSON, cut-off stream
     │   └── UpstreamTimeoutError        504 upstream_timeout
+    ├── AgentError                      server_error: the profile's Hermes agent worker failed us
+    │   ├── AgentWorkerError            502 agent_worker_failed: it did not start, crashed or was killed
+    │   └── AgentTimeoutError           504 agent_turn_timeout: the turn ran past its turn_timeout
     ├── ConnectionLimitError            503 server_error too_many_connections: max_connections open
     ├── ShuttingDownError               503 server_shutting_down: the shutdown grace period ran out
     └── ServerError                     500 server_error: a bug; details go to the log only
@@ -281,6 +284,28 @@ class UpstreamTimeoutError(UpstreamError):
 
     status_code = 504
     code = "upstream_timeout"
+
+
+class AgentError(HermesAPIError):
+    """The worker process running the profile's Hermes agent did not give an answer
+    (provider failures inside the agent are ``UpstreamError``s, bad input a 400)."""
+
+    status_code = 502
+    type = "server_error"
+    code = "agent_worker_failed"
+
+
+class AgentWorkerError(AgentError):
+    """The profile's worker could not start, exited, was killed or broke the protocol;
+    the next request starts a new one (so a retry can succeed)."""
+
+
+class AgentTimeoutError(AgentError):
+    """The agent turn ran longer than the profile's ``turn_timeout`` and was interrupted."""
+
+    status_code = 504
+    code = "agent_turn_timeout"
+    retryable = False  # a turn that hung once (a tool waiting forever) hangs again
 
 
 class ConnectionLimitError(HermesAPIError):

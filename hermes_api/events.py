@@ -11,7 +11,14 @@ upstream, each item with its own ``output_index`` in that order:
                     response.output_text.delta × N, ...
     a function call response.output_item.added, response.function_call_arguments.delta × N, ...
 
-When the provider's stream ends, every item is closed in ``output_index`` order
+    a tool the server ran (the agent runtime's ``ToolEvent``s), ``ServerToolRun``:
+                    an ``mcp_call`` item, added when the tool starts (response.mcp_call.in_progress,
+                    response.mcp_call_arguments.delta / .done) and done when it ends
+                    (response.mcp_call.completed); with the ``openwebui`` tool display, a
+                    ``function_call`` and its ``function_call_output``, both added and done when
+                    the tool ends. Text after a tool goes to a new message item.
+
+When the provider's stream ends, every item still open is closed in ``output_index`` order
 (``response.output_text.done``, ``response.content_part.done`` /
 ``response.function_call_arguments.done``; then ``response.output_item.done``), and
 ``response.completed`` carries the full output. Deltas of two calls interleave when the
@@ -32,13 +39,18 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from . import response_objects
 from .errors import HermesAPIError, ServerError, stream_failure
 from .response_objects import new_id
+from .turns import ToolEvent
+
+if TYPE_CHECKING:
+    from .tool_activity import ToolDisplay
 
 logger = logging.getLogger("hermes_api")
 
@@ -122,6 +134,35 @@ class StreamedCall:
         ), item  # fmt: skip
 
 
+class ServerToolRun:
+    """A tool the server ran (``turns.ToolEvent``) as an ``mcp_call`` item, opened when
+    it starts and closed when it ends (openai-python ``ResponseMcpCall*Event``)."""
+
+    __slots__ = ("id", "index", "tool")
+
+    def __init__(self, index: int, tool: ToolEvent) -> None:
+        self.id, self.index, self.tool = new_id("mcp"), index, tool
+
+    def opened(self, event: EventWriter) -> bytes:
+        where = {"item_id": self.id, "output_index": self.index}
+        item = response_objects.mcp_call(self.id, replace(self.tool, arguments="", output=None), "in_progress")
+        arguments = self.tool.arguments
+        return (
+            event("response.output_item.added", output_index=self.index, item=item)
+            + event("response.mcp_call.in_progress", **where)
+            + event("response.mcp_call_arguments.delta", **where, delta=arguments)
+            + event("response.mcp_call_arguments.done", **where, arguments=arguments)
+        )
+
+    def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]:
+        ended = self.tool.status == "completed"
+        item = response_objects.mcp_call(self.id, self.tool, "completed" if ended else "incomplete")
+        kind = "response.mcp_call.completed" if ended else "response.mcp_call.failed"
+        return event(kind, item_id=self.id, output_index=self.index) + event(
+            "response.output_item.done", output_index=self.index, item=item
+        ), item
+
+
 class StreamedItem(Protocol):
     """An entry of ``response.output`` while it streams: its events when it is added
     and when it is done (with the final item). Another kind of item (a tool the server
@@ -134,16 +175,34 @@ class StreamedItem(Protocol):
     def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]: ...
 
 
+class _Finished:
+    """An item complete when it is added (the ``openwebui`` display's call and output)."""
+
+    __slots__ = ("index", "item")
+
+    def __init__(self, index: int, item: Item) -> None:
+        self.index, self.item = index, item
+
+    def opened(self, event: EventWriter) -> bytes:
+        return event("response.output_item.added", output_index=self.index, item=self.item)
+
+    def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]:
+        return event("response.output_item.done", output_index=self.index, item=self.item), self.item
+
+
 class Output:
     """``response.output`` while it streams: items in the order they first appear,
     ``output_index`` = position. The provider's text goes to one message item, each of
     its ``tool_calls`` indexes to one function-call item."""
 
-    def __init__(self, event: EventWriter) -> None:
+    def __init__(self, event: EventWriter, display: ToolDisplay = "none") -> None:
         self.event = event
+        self.display = display
         self.items: list[StreamedItem] = []
+        self.done: dict[int, Item] = {}  # items closed before the end, by output_index
         self.message: StreamedMessage | None = None
         self.calls: dict[Any, StreamedCall] = {}
+        self.runs: dict[str, ServerToolRun] = {}
 
     def _open(self, item: StreamedItem) -> bytes:
         self.items.append(item)
@@ -158,11 +217,15 @@ class Output:
         message.parts.append(delta)
         return opened + self.event("response.output_text.delta", **message.where, delta=delta, logprobs=[])
 
-    def feed(self, chunks: list[dict[str, Any]], state: dict[str, Any]) -> bytes:
-        """The events for a batch of chat chunks (their choice 0); notes the last
-        ``finish_reason`` and ``usage`` in ``state``. The text-only answer's hot path."""
+    def feed(self, chunks: list[Any], state: dict[str, Any]) -> bytes:
+        """The events for a batch of chat chunks (their choice 0) and ``ToolEvent``s;
+        notes the last ``finish_reason`` and ``usage`` in ``state``. The text-only
+        answer's hot path."""
         out = []
         for chunk in chunks:
+            if not isinstance(chunk, dict):
+                out.append(self.tool(chunk))
+                continue
             usage = chunk.get("usage")
             if usage and isinstance(usage, dict):
                 state["usage"] = usage
@@ -196,26 +259,52 @@ class Output:
             out += call.delta(self.event, fragment)
         return out
 
+    def tool(self, tool: ToolEvent) -> bytes:
+        """The events for a tool the server ran: it ends the message before it (later
+        text is a new message), then is shown as ``display`` says (module docstring)."""
+        out = b""
+        if self.message is not None:
+            out, self.message = self._close(self.message, "completed"), None
+        if self.display == "openwebui":
+            if tool.status != "completed":
+                return out
+            for item in response_objects.tool_items(tool, "openwebui"):
+                finished = _Finished(len(self.items), item)
+                out += self._open(finished) + self._close(finished, "completed")
+            return out
+        run = self.runs.get(tool.call_id)
+        if run is None:
+            run = self.runs[tool.call_id] = ServerToolRun(len(self.items), tool)
+            out += self._open(run)
+        if tool.status == "completed":
+            run.tool = tool
+            out += self._close(run, "completed")
+        return out
+
+    def _close(self, item: StreamedItem, status: str) -> bytes:
+        events, self.done[item.index] = item.closed(self.event, status)
+        return events
+
     def close(self, status: str) -> tuple[bytes, list[Item]]:
-        """The closing events of every item, in order, and the final items."""
+        """The closing events of every item still open, in order, and the final items."""
         opening = b""
         if not self.items:  # no text and no call: one empty message, as before
             self.message = StreamedMessage(0)
             opening = self._open(self.message)
-        closed = [item.closed(self.event, status) for item in self.items]
-        return opening + b"".join(events for events, _ in closed), [item for _, item in closed]
+        closing = b"".join(self._close(item, status) for item in self.items if item.index not in self.done)
+        return opening + closing, [self.done[item.index] for item in self.items]
 
 
 async def response_events(
-    batches: AsyncIterator[list[dict[str, Any]]], draft: dict[str, Any], finish: Finish
+    batches: AsyncIterator[list[Any]], draft: dict[str, Any], finish: Finish, display: ToolDisplay = "none"
 ) -> AsyncIterator[bytes]:
     """The SSE body for one streamed response, from batches of chat chunks
     (``turns.batches``: each batch's events go out in one write). ``draft`` is the
     in-progress response object; ``finish`` receives the final (or failed) response
-    before it is sent."""
+    before it is sent; ``display`` says how tools the server ran are listed."""
     event = EventWriter()
     yield event("response.created", response=draft) + event("response.in_progress", response=draft)
-    output = Output(event)
+    output = Output(event, display)
     state: dict[str, Any] = {}
     try:
         async for batch in batches:

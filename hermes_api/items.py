@@ -12,6 +12,8 @@ An item is kept in the shape ``/input_items`` lists it (``items``), and translat
 - ``function_call_output`` (``call_id``, ``output`` a string or an array of content
   parts, whose text is used) → a ``tool`` message with that ``tool_call_id``;
 - ``reasoning``: kept and listed, never sent (chat providers take no reasoning input);
+- ``mcp_call``: a tool the server ran (an agent profile's answer lists them; the OpenAI
+  Agents SDK sends them back): kept and listed, never sent;
 - ``item_reference`` (``id``): replaced by the stored item it names (``resolve``).
 
 Any other type is a 400 naming the item (``input[2]``).
@@ -32,7 +34,7 @@ Message = dict[str, Any]
 
 ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
-TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
+TYPES = ("message", "function_call", "function_call_output", "reasoning", "mcp_call", "item_reference")
 STATUSES = ("in_progress", "completed", "incomplete")
 
 
@@ -65,16 +67,15 @@ def item(raw: Any, where: str) -> Item:
     kind = raw.get("type", "message")
     _check(
         kind in TYPES,
-        f"{where} has type {str(kind)[:40]!r}; hermes-api supports input items of type "
-        f"{', '.join(TYPES)}.",
+        f"{where} has type {str(kind)[:40]!r}; hermes-api supports input items of type {', '.join(TYPES)}.",
         where,
     )
     if kind == "function_call":
         return _function_call(raw, where)
     if kind == "function_call_output":
         return _function_call_output(raw, where)
-    if kind == "reasoning":
-        return _kept({**raw, "id": _given_id(raw, "rs")}, where)
+    if kind in ("reasoning", "mcp_call"):
+        return _kept({**raw, "id": _given_id(raw, "rs" if kind == "reasoning" else "mcp")}, where)
     if kind == "item_reference":
         _check(isinstance(raw.get("id"), str) and bool(raw["id"]), f"{where}.id must be an item id.", where)
         return {"type": "item_reference", "id": raw["id"]}

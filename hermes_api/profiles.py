@@ -15,15 +15,17 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from dotenv import dotenv_values
 
 from .persona import MEMORY_CHAR_LIMIT, USER_CHAR_LIMIT, Persona, parse_entries, render_persona, soul_char_limit
 from .providers import UnsupportedProviderError
+from .runtime_provider import Runtime as ProviderRuntime
 from .runtime_provider import Secrets, resolve_runtime
 
+Runtime = Literal["direct", "agent"]  # who answers a profile's turns (turns.Turns)
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 DEFAULT_PROFILE = "default"
 PROFILE_FILES = (
@@ -54,7 +56,9 @@ class Profile:
     worker process needs only that one), ``max_tokens`` the default completion limit or
     None, ``persona`` the rendered system prompt, ``created`` the Unix time (s) of
     config.yaml's last change, ``config_warnings`` what ``hermes-api check`` says about
-    the configuration (``warnings`` adds the persona's).
+    the configuration (``warnings`` adds the persona's), ``runtime`` who answers its
+    turns: its provider (``direct``) or its Hermes agent (``agent``, then ``model``,
+    ``base_url`` and ``api_key`` may be empty: Hermes resolves them in the worker).
     """
 
     name: str
@@ -69,6 +73,7 @@ class Profile:
     created: int = 0
     key_var: str | None = None
     config_warnings: tuple[str, ...] = ()
+    runtime: Runtime = "direct"
     _persona: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
     _persona_notes: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
@@ -280,14 +285,24 @@ class _PersonaFiles:
         )
 
 
-def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: Signature | None = None) -> Profile:
-    """Load profile ``name`` from ``hermes_home``.
+def load_profile(
+    name: str,
+    hermes_home: Path,
+    environ: Mapping[str, str],
+    sig: Signature | None = None,
+    *,
+    runtime: Runtime = "direct",
+) -> Profile:
+    """Load profile ``name`` from ``hermes_home``, to be served by ``runtime``.
 
     Secrets come from the profile's ``.env`` (python-dotenv) first, then ``environ``;
     ``os.environ`` is never written, so profiles never see each other's keys. Raises
     ``ProfileError`` with a reason when the profile cannot be served (no model, an
-    unsupported or unknown provider, a missing key, a malformed file). ``sig``, the
-    ``signature`` just taken, spares a ``stat`` per file and says which are absent.
+    unsupported or unknown provider, a missing key, a malformed file). The ``agent``
+    runtime serves providers hermes-api cannot call itself (Anthropic's API, OAuth
+    logins...): Hermes resolves those in the profile's worker, so a provider problem is
+    then a warning. ``sig``, the ``signature`` just taken, spares a ``stat`` per file
+    and says which are absent.
     """
     home = profile_home(hermes_home, name)
     base = os.fspath(home) + os.sep
@@ -303,13 +318,16 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: 
     config = expand_env_refs(config, lambda var: dotenv.get(var) or environ.get(var))
     model = _model_section(config)
     try:
-        runtime = resolve_runtime(model, config, Secrets(dotenv, environ, f"{home / '.env'} or the environment"))
-    except UnsupportedProviderError as exc:
-        raise ProfileError(f"unsupported: {exc}") from None
-    except ValueError as exc:
-        raise ProfileError(str(exc)) from None
-    model_id = model["default"] or runtime.model
-    if not model_id:
+        provider = resolve_runtime(model, config, Secrets(dotenv, environ, f"{home / '.env'} or the environment"))
+    except ValueError as exc:  # UnsupportedProviderError too
+        reason = f"unsupported: {exc}" if isinstance(exc, UnsupportedProviderError) else str(exc)
+        if runtime != "agent":
+            raise ProfileError(reason) from None
+        provider = ProviderRuntime(
+            str(model.get("provider") or "auto"), "", None, warnings=(f"only the Hermes agent can serve it: {reason}",)
+        )
+    model_id = model["default"] or provider.model
+    if not model_id and runtime != "agent":  # Hermes picks the provider's default model itself
         raise ProfileError("config.yaml model has no 'default' model id")
 
     memory_on, user_on, memory_limit, user_limit = _memory_settings(config)
@@ -331,14 +349,15 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: 
     return Profile(
         name=name,
         home=home,
-        model=model_id,
-        provider=runtime.provider,
-        base_url=runtime.base_url,
-        api_key=runtime.api_key,
+        model=model_id or "",
+        provider=provider.provider,
+        base_url=provider.base_url,
+        api_key=provider.api_key,
         persona_source=persona,
-        max_tokens=model.get("max_tokens") or runtime.max_tokens,
+        max_tokens=model.get("max_tokens") or provider.max_tokens,
         description=str(meta.get("description") or ""),
         created=created,
-        key_var=runtime.key_var,
-        config_warnings=runtime.warnings,
+        key_var=provider.key_var,
+        config_warnings=provider.warnings,
+        runtime=runtime,
     )

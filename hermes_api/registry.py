@@ -168,7 +168,13 @@ class ProfileRegistry:
         home = profile_home(self.settings.hermes_home, name)
         sig = signature(home)
         try:
-            profile = load_profile(name, self.settings.hermes_home, self._environ, sig)
+            profile = load_profile(
+                name,
+                self.settings.hermes_home,
+                self._environ,
+                sig,
+                runtime="agent" if self.settings.agent.serves(name) else "direct",
+            )
         except ProfileError as exc:
             return _Entry(None, str(exc), sig)
         return _Entry(profile, None, sig)

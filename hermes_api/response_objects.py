@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import HermesAPIError
 
 if TYPE_CHECKING:
     from .translation import ResponseRequest
+    from .turns import ToolEvent
 
 Item = dict[str, Any]
 Message = dict[str, Any]
@@ -112,8 +114,11 @@ def _calls(message: dict[str, Any], status: str) -> list[Item]:
     return out
 
 
-def from_completion(draft: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
-    """The final response for a non-streamed ``chat.completion``."""
+def from_completion(
+    draft: dict[str, Any], completion: dict[str, Any], tools: Sequence[ToolEvent] = (), display: str = "none"
+) -> dict[str, Any]:
+    """The final response for a non-streamed ``chat.completion``; ``tools`` the server
+    ran for it come first, as ``tool_items`` for ``display``."""
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -122,7 +127,30 @@ def from_completion(draft: dict[str, Any], completion: dict[str, Any]) -> dict[s
     status, details = final_status(choice.get("finish_reason"))
     calls = _calls(message, status)
     output = [output_message(new_id("msg"), text, status)] if text or not calls else []
-    return finished(draft, output=[*output, *calls], status=status, details=details, chat_usage=completion.get("usage"))
+    ran = [item for tool in tools for item in tool_items(tool, display)]
+    return finished(
+        draft, output=[*ran, *output, *calls], status=status, details=details, chat_usage=completion.get("usage")
+    )
+
+
+def mcp_call(item_id: str, tool: ToolEvent, status: str) -> Item:
+    """A tool the server ran, as an ``mcp_call`` item: OpenAI's item for a tool run on
+    the server's side (openai-python ``types/responses/response_output_item.py``
+    ``McpCall``), which SDKs parse and agent loops never run themselves."""
+    return {"id": item_id, "type": "mcp_call", "server_label": "hermes", "name": tool.name,
+            "arguments": tool.arguments, "output": tool.output, "error": None, "status": status}  # fmt: skip
+
+
+def tool_items(tool: ToolEvent, display: str) -> list[Item]:
+    """A finished tool the server ran, as output items: an ``mcp_call``, or with the
+    ``openwebui`` display a ``function_call`` and its ``function_call_output`` (the output
+    as ``input_text`` parts: Open WebUI 0.12 shows the pair as a tool row and, the call
+    being answered, never runs it; a string output breaks its renderer)."""
+    if display != "openwebui":
+        return [mcp_call(new_id("mcp"), tool, "completed")]
+    output = {"id": new_id("fco"), "type": "function_call_output", "call_id": tool.call_id, "status": "completed",
+              "output": [{"type": "input_text", "text": tool.output or ""}]}  # fmt: skip
+    return [function_call(new_id("fc"), tool.call_id, tool.name, tool.arguments, "completed"), output]
 
 
 def _count(value: Any) -> int:
@@ -155,17 +183,20 @@ def usage(chat_usage: Any) -> dict[str, Any] | None:
 
 def answer_message(response: dict[str, Any]) -> list[Message]:
     """The assistant message a finished response adds to its conversation: its text,
-    and its function calls as ``tool_calls`` ([] when it failed before any output)."""
+    and the function calls it asks the client to run as ``tool_calls`` ([] when it failed
+    before any output). Tools the server ran (``mcp_call`` items, or a ``function_call``
+    answered in the same output) are not part of it: the agent keeps their history."""
     output = response["output"]
     if len(output) == 1 and output[0]["type"] == "message":  # a text answer
         return [{"role": "assistant", "content": "".join(part["text"] for part in output[0]["content"])}]
     if not output:
         return []
     texts, calls = [], []
+    ran = {item["call_id"] for item in output if item["type"] == "function_call_output"}
     for item in output:
         if item["type"] == "message":
             texts.append("".join(part["text"] for part in item["content"]))
-        elif item["type"] == "function_call":
+        elif item["type"] == "function_call" and item["call_id"] not in ran:
             calls.append({"id": item["call_id"], "type": "function",
                           "function": {"name": item["name"], "arguments": item["arguments"]}})  # fmt: skip
     if not calls:

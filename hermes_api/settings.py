@@ -109,6 +109,48 @@ class CORS:
     max_age: int = 600
 
 
+# Hermes toolsets that touch nothing but the profile's own files (memories/, skills/,
+# state.db) and the turn: the only ones ``agent.toolsets`` (every agent profile) may name.
+# Any other toolset (terminal, file, code_execution, browser, cronjob, delegation, vision,
+# web, ...) must be named for the one profile that gets it (``agent.per_profile``).
+SAFE_TOOLSETS = ("memory", "skills", "session_search", "todo")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    """What one agent profile may do: its Hermes ``toolsets`` and its ``turn_timeout``
+    (seconds from the turn's start to its answer's end)."""
+
+    toolsets: tuple[str, ...] = SAFE_TOOLSETS
+    turn_timeout: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRuntime:
+    """The ``agent`` section: which profiles the real Hermes agent serves (``profiles``;
+    None = every exposed profile, ``"*"``), in workers run by ``python`` (None = this
+    interpreter). A worker is stopped after ``idle_timeout`` seconds without a turn and
+    must say ``ready`` within ``startup_timeout``; ``env`` names variables of hermes-api's
+    environment that every worker gets besides its own (docs/agent.md)."""
+
+    profiles: frozenset[str] | None = frozenset()
+    python: str | None = None
+    toolsets: tuple[str, ...] = SAFE_TOOLSETS
+    turn_timeout: float = 600.0
+    idle_timeout: float = 900.0
+    startup_timeout: float = 60.0
+    env: tuple[str, ...] = ()
+    per_profile: Mapping[str, AgentProfile] = field(default_factory=dict)
+
+    def serves(self, profile: str) -> bool:
+        """True when ``profile`` (an exposed profile) is served by the agent runtime."""
+        return self.profiles is None or profile in self.profiles
+
+    def profile(self, name: str) -> AgentProfile:
+        """The toolsets and turn timeout of agent profile ``name``."""
+        return self.per_profile.get(name) or AgentProfile(self.toolsets, self.turn_timeout)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The validated server configuration; ``expose`` None means every valid profile."""
@@ -141,6 +183,7 @@ class Settings:
     sse_keepalive: float = 15.0
     log_level: str = "info"
     retention: Retention = Retention()
+    agent: AgentRuntime = AgentRuntime()
 
     def limits_for(self, profile: str) -> ProfileLimits:
         """The timeouts and concurrency cap of ``profile`` (its override, else the defaults)."""

@@ -31,6 +31,7 @@ from .settings import (
     MAX_ROUTE_VALUE_CHARS,
     PLACEHOLDER,
     ROUTE_FIELDS,
+    SAFE_TOOLSETS,
     APIKey,
     ConfigError,
     ProfileLimits,
@@ -38,7 +39,7 @@ from .settings import (
     Settings,
     Timeouts,
 )
-from .settings_schema import ConfigFile, KeySection, Section
+from .settings_schema import AgentSection, ConfigFile, KeySection, Section
 
 _SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings))
 # Mappings of sections (per_profile): an entry with a problem is left out, not the whole mapping.
@@ -63,6 +64,8 @@ class SettingsParser:
         trusted = "keys" in invalid or any(k.trusted_identity for k in keys)  # unknown: no complaint
         routes = self.routes(config.routes, expose, trusted=trusted)
         per_profile = self.per_profile(config, expose)
+        if "agent" not in invalid:
+            self.agent(config.agent, expose, keys)
         if self.problems:
             raise ConfigError(self.problems)
         home = self.path(config.hermes_home or self.environ.get("HERMES_HOME") or "~/.hermes")
@@ -171,6 +174,31 @@ class SettingsParser:
             set_cap = "max_concurrent" in item.model_fields_set
             found[name] = ProfileLimits(timeouts, item.max_concurrent if set_cap else config.max_concurrent_per_profile)
         return found
+
+    def agent(self, section: AgentSection, expose: frozenset[str] | None, keys: tuple[APIKey, ...]) -> None:
+        """``agent``: its profiles exposed; OS-touching toolsets only per profile; API keys
+        configured, because an agent with tools is code execution for whoever holds one
+        (on loopback too)."""
+        names = self.names(section.profiles, "agent.profiles")
+        for name in sorted(names - expose if names and expose is not None else ()):
+            self.fail(f"agent.profiles: profile {name!r} is not in expose")
+        for name in section.per_profile:
+            if not is_profile_name(name):
+                self.fail(f"agent.per_profile: {name!r} is not a valid profile name")
+            elif names is not None and name not in names:
+                self.fail(f"agent.per_profile.{name}: profile {name!r} is not in agent.profiles")
+        for toolset in section.toolsets:
+            if toolset not in SAFE_TOOLSETS:
+                self.fail(
+                    f"agent.toolsets: {toolset!r} reaches beyond the profile's own files (only "
+                    f"{', '.join(SAFE_TOOLSETS)} may apply to every agent profile); name it in "
+                    "agent.per_profile.<profile>.toolsets for the profile that needs it"
+                )
+        if (names is None or names) and not keys:
+            self.fail(
+                "agent: profiles served by the Hermes agent need API keys (keys or API_SERVER_KEY), "
+                "also on 127.0.0.1: its tools act for whoever can send it a request"
+            )
 
     def routes(
         self, items: list[dict[str, Any]], expose: frozenset[str] | None, *, trusted: bool

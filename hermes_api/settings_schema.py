@@ -39,7 +39,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .settings import ALL, CORS, Retention, Settings, Timeouts
+from .settings import ALL, CORS, AgentProfile, AgentRuntime, Retention, Settings, Timeouts
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -231,6 +231,40 @@ class KeySection(Section):
         return self
 
 
+class AgentProfileSection(Section):
+    """``agent.per_profile.<name>``: unset values are the ``agent`` section's."""
+
+    toolsets: Strings | None = None
+    turn_timeout: PositiveNumber | None = None
+
+
+class AgentSection(Section):
+    """``agent``: the profiles the real Hermes agent serves, and how (settings_parser
+    checks the names, the toolsets and that keys are configured)."""
+
+    profiles: ProfileNames = ()
+    python: NameOrAbsent = None
+    toolsets: Strings = default(AgentRuntime, "toolsets")
+    turn_timeout: PositiveNumber = default(AgentRuntime, "turn_timeout")
+    idle_timeout: PositiveNumber = default(AgentRuntime, "idle_timeout")
+    startup_timeout: PositiveNumber = default(AgentRuntime, "startup_timeout")
+    env: Strings = ()
+    per_profile: dict[str, AgentProfileSection] = {}
+
+    def build(self) -> AgentRuntime:
+        per_profile = {
+            name: AgentProfile(
+                self.toolsets if item.toolsets is None else item.toolsets,
+                self.turn_timeout if item.turn_timeout is None else item.turn_timeout,
+            )
+            for name, item in self.per_profile.items()
+        }
+        profiles = None if self.profiles is None else frozenset(self.profiles)
+        values = {name: getattr(self, name) for name in ("python", "toolsets", "turn_timeout", "idle_timeout",
+                                                         "startup_timeout", "env")}  # fmt: skip
+        return AgentRuntime(profiles=profiles, per_profile=per_profile, **values)
+
+
 class ConfigFile(Section):
     """The whole file, command-line values merged in. At the top level null is the
     same as absent (an empty YAML value), except ``default_profile: null``: no default."""
@@ -259,6 +293,7 @@ class ConfigFile(Section):
     sse_keepalive: PositiveNumber = default(Settings, "sse_keepalive")
     log_level: LogLevel = default(Settings, "log_level")
     retention: RetentionSection = RetentionSection()
+    agent: AgentSection = AgentSection()
 
     @model_validator(mode="before")
     @classmethod

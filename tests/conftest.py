@@ -407,3 +407,94 @@ def integrity(db: Path) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         conn.close()
+
+
+SCRIPTED_UPSTREAM = Path(__file__).resolve().parent / "scriptedupstream.py"
+
+
+class ScriptedUpstream:
+    """``tests/scriptedupstream.py`` in its own process: a provider that answers tool calls
+    and text as the last user message's markers say, recording every request."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self.process = subprocess.Popen(
+            [sys.executable, str(SCRIPTED_UPSTREAM), str(record)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.port = json.loads(self.process.stdout.readline())["port"]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every chat-completions request so far, oldest first (method, path, auth, body)."""
+        if not self.record.exists():
+            return []
+        lines = [json.loads(line) for line in self.record.read_text().splitlines() if line]
+        return [r for r in lines if r["method"] == "POST" and r["path"].endswith("/chat/completions")]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedUpstream]:
+    upstream = ScriptedUpstream(tmp_path_factory.mktemp("scripted") / "requests.jsonl")
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+def add_agent_profile(home: HermesHome, name: str, upstream: ScriptedUpstream, **kw: Any) -> Path:
+    """A profile as ``hermes model`` writes one for a custom endpoint, pointed at
+    ``upstream``, with the two settings that spare Hermes its slow first-turn probes
+    (``model.context_length``, ``agent.environment_probe: false``)."""
+    model = {
+        "default": "scripted-model",
+        "provider": "custom",
+        "base_url": upstream.base_url,
+        "api_key": f"sk-{name}-upstream-key",
+        "context_length": 65536,
+    }
+    config = {"agent": {"environment_probe": False}, **kw.pop("config", {})}
+    return home.add(name, model=model, config=config, **kw)
+
+
+def worker_environ(tmp: Path, **extra: str) -> dict[str, str]:
+    """What a test's app passes as its environment: what agent workers need (PATH, a
+    HOME of the test's own), and ``extra`` (API keys)."""
+    home = tmp / "user-home"
+    home.mkdir(exist_ok=True)
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **extra}
+
+
+AGENTS_SDK = "openai-agents==0.24.0"  # the OpenAI Agents SDK the tests drive hermes-api with
+CLIENT_VENVS = Path(os.environ.get("HERMES_API_TEST_CACHE", Path.home() / ".cache" / "hermes-api-tests"))
+
+
+def client_venv(requirement: str) -> Path:
+    """The interpreter of a venv holding ``requirement`` (e.g. ``openai-agents==0.24.0``)
+    and what it needs, for a client that cannot share the server's environment; made once
+    under ``$HERMES_API_TEST_CACHE`` (default ``~/.cache/hermes-api-tests``), marked done
+    only after its install succeeded. Fails the test when it cannot be made (no index)."""
+    venv = CLIENT_VENVS / requirement.replace("==", "-")
+    python = venv / "bin" / "python"
+    if not (venv / ".done").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if done.returncode != 0:
+            pytest.fail(f"could not install {requirement} for the test client:\n{done.stderr[-2000:]}")
+        (venv / ".done").touch()
+    return python

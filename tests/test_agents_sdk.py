@@ -2,28 +2,27 @@
 with two function tools, run by ``Runner``, over a scripted chat-completions provider
 that calls both tools at once and then answers. The tools must run, their outputs
 reach the provider, and the final output come back; through the Responses API (the
-SDK's default model class, plain and streamed) and through chat completions."""
+SDK's default model class, plain and streamed) and through chat completions.
+
+The agent runs in ``tests/agents_sdk_client.py``, in a venv of its own with
+``openai-agents`` (``conftest.client_venv``): it needs openai 3.x, and the server's
+environment has the agent runtime's hermes-agent, which pins openai 2.x."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import respx
-from agents import (
-    Agent,
-    OpenAIChatCompletionsModel,
-    OpenAIResponsesModel,
-    RunConfig,
-    Runner,
-    function_tool,
-)
-from openai import AsyncOpenAI
 
-from .conftest import LiveServer, completion, sse_body, tool_chunks, tool_completion
+from .conftest import AGENTS_SDK, LiveServer, client_venv, completion, sse_body, tool_chunks, tool_completion
+
+CLIENT = Path(__file__).resolve().parent / "agents_sdk_client.py"
 
 QUESTION = "What is the weather in Paris, and the time in Tokyo?"
 CALLS = [("call_w", "get_weather", '{"city":"Paris"}'), ("call_t", "get_time", '{"city":"Tokyo"}')]
@@ -58,25 +57,6 @@ def _text_chunks() -> list[dict]:
     return [role, *(piece(FINAL[i : i + 8]) for i in range(0, len(FINAL), 8)), stop]
 
 
-def make_agent(model) -> tuple[Agent, list[tuple[str, str]]]:
-    ran: list[tuple[str, str]] = []
-
-    @function_tool
-    def get_weather(city: str) -> str:
-        """The weather now in a city."""
-        ran.append(("get_weather", city))
-        return f"sunny, 21 °C in {city}"
-
-    @function_tool
-    def get_time(city: str) -> str:
-        """The local time in a city."""
-        ran.append(("get_time", city))
-        return f"21:00 in {city}"
-
-    agent = Agent(name="assistant", instructions="Use the tools.", tools=[get_weather, get_time], model=model)
-    return agent, ran
-
-
 @pytest.fixture
 def served(make_app, live: Callable[..., LiveServer], upstream: respx.MockRouter) -> tuple[str, Provider]:
     provider = Provider()
@@ -84,17 +64,20 @@ def served(make_app, live: Callable[..., LiveServer], upstream: respx.MockRouter
     return live(make_app()).url + "/v1", provider
 
 
-async def run(url: str, model_class: type, streamed: bool = False) -> tuple[str, list[tuple[str, str]]]:
-    async with AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=10) as client:
-        agent, ran = make_agent(model_class(model="alpha", openai_client=client))
-        config = RunConfig(tracing_disabled=True)  # the SDK would export traces to OpenAI
-        if streamed:
-            result = Runner.run_streamed(agent, QUESTION, run_config=config)
-            async for _ in result.stream_events():
-                pass
-        else:
-            result = await Runner.run(agent, QUESTION, run_config=config)
-        return result.final_output, ran
+@pytest.fixture(scope="module")
+def agents_python() -> Path:
+    return client_venv(AGENTS_SDK)
+
+
+def run(python: Path, url: str, kind: str, streamed: bool = False) -> tuple[str, list[tuple[str, str]]]:
+    """The agent's final output and the tools it ran (tool, city)."""
+    mode = "streamed" if streamed else "plain"
+    done = subprocess.run(
+        [str(python), str(CLIENT), url, kind, mode, QUESTION], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    return result["final"], [tuple(pair) for pair in result["ran"]]
 
 
 def check_tool_turn(provider: Provider) -> None:
@@ -110,18 +93,18 @@ def check_tool_turn(provider: Provider) -> None:
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
-def test_an_agent_over_the_responses_api(served, streamed: bool) -> None:
+def test_an_agent_over_the_responses_api(served, agents_python: Path, streamed: bool) -> None:
     url, provider = served
-    final, ran = asyncio.run(run(url, OpenAIResponsesModel, streamed))
+    final, ran = run(agents_python, url, "responses", streamed)
     assert final == FINAL
     assert sorted(ran) == [("get_time", "Tokyo"), ("get_weather", "Paris")]
     check_tool_turn(provider)
     assert all(body["stream"] is streamed for body in provider.bodies)
 
 
-def test_an_agent_over_chat_completions(served) -> None:
+def test_an_agent_over_chat_completions(served, agents_python: Path) -> None:
     url, provider = served
-    final, ran = asyncio.run(run(url, OpenAIChatCompletionsModel))
+    final, ran = run(agents_python, url, "chat")
     assert final == FINAL
     assert sorted(ran) == [("get_time", "Tokyo"), ("get_weather", "Paris")]
     check_tool_turn(provider)

@@ -459,7 +459,8 @@ def test_responses_nesting_orjson_cannot_write_is_400(
         "reasoning": b'"input": [{"type": "reasoning", "summary": ' + deep + b'}, "hi"]',
         "tool-output": b'"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},'
         b' {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "x", "y": '
-        + deep + b"}]}]",
+        + deep
+        + b"}]}]",
     }[where]
     body = b'{"model": "alpha", "input": "hi", "stream": ' + (b"true" if stream else b"false") + b", " + extra + b"}"
     expect(client.post("/v1/responses", content=body), 400, "invalid_json")

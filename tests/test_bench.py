@@ -79,8 +79,14 @@ def test_report_renders_and_checks_targets() -> None:
 
 
 def test_cli_knows_every_scenario() -> None:
-    assert {s.name for s in gateways.SCENARIOS} >= {"chat c=1", "chat c=32", "chat stream c=32", "responses c=32",
-                                                     "responses tools c=32", "responses tools stream c=32"}
+    assert {s.name for s in gateways.SCENARIOS} >= {
+        "chat c=1",
+        "chat c=32",
+        "chat stream c=32",
+        "responses c=32",
+        "responses tools c=32",
+        "responses tools stream c=32",
+    }
     with pytest.raises(SystemExit) as exc:
         bench_main(["--help"])
     assert exc.value.code == 0

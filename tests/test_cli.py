@@ -29,8 +29,18 @@ def test_profiles_table(config: Path, capsys) -> None:
     assert cli.main(["profiles", "--config", str(config)], {}) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[2:]}
-    assert out.splitlines()[1].split()[:5] == ["PROFILE", "EXPOSED", "SERVED", "MODEL", "PROVIDER"]
-    assert lines["alpha"].split()[:6] == ["alpha", "yes", "yes", "model-alpha", "custom", "http://upstream.test/v1"]
+    assert out.splitlines()[1].split()[:7] == [
+        "PROFILE",
+        "EXPOSED",
+        "SERVED",
+        "RUNTIME",
+        "TOOLSETS",
+        "MODEL",
+        "PROVIDER",
+    ]
+    assert lines["alpha"].split()[:8] == [
+        "alpha", "yes", "yes", "direct", "-", "model-alpha", "custom", "http://upstream.test/v1"
+    ]  # fmt: skip
     assert "unsupported: provider 'anthropic'" in lines["claude"] and lines["claude"].split()[2] == "no"
     assert lines["unused"].split()[1:3] == ["no", "no"] and "not in expose" in lines["unused"]
     assert "sk-alpha-secret" not in out
@@ -140,3 +150,33 @@ def test_check_prints_warnings_before_errors_and_fails_only_on_errors(home: Herm
     out, err = capsys.readouterr()
     assert out == "ok: 2 profile(s) served: default, local (1 warning)\n"
     assert err.startswith("warning: profile local: ")
+
+
+def test_agent_profiles_show_runtime_and_toolsets_and_serve_what_only_hermes_speaks(
+    config: Path, home: HermesHome, capsys
+) -> None:
+    """An Anthropic profile is refused by the direct runtime, served by the agent's."""
+    raw = yaml.safe_load(config.read_text())
+    raw["keys"] = [{"name": "ops", "key_env": "K"}]
+    raw["agent"] = {"profiles": ["alpha", "claude"], "per_profile": {"alpha": {"toolsets": ["memory", "terminal"]}}}
+    config.write_text(yaml.safe_dump(raw))
+    assert cli.main(["profiles", "--config", str(config)], {"K": "sk-ops-0123456789abcdef"}) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert lines["alpha"][:5] == ["alpha", "yes", "yes", "agent", "memory,terminal"]
+    assert lines["claude"][:5] == ["claude", "yes", "yes", "agent", "memory,skills,session_search,todo"]
+    assert lines["default"][3:5] == ["direct", "-"]
+
+
+def test_check_says_how_to_install_hermes_agent_for_agent_profiles(config: Path, tmp_path: Path, capsys) -> None:
+    python = tmp_path / "python-without-hermes"  # an interpreter whose probe finds nothing
+    python.write_text("#!/bin/sh\nexit 0\n")
+    python.chmod(0o755)
+    raw = yaml.safe_load(config.read_text())
+    raw.update(expose=["default", "alpha"], keys=[{"name": "ops", "key_env": "K"}])
+    raw["agent"] = {"profiles": ["alpha"], "python": str(python)}
+    config.write_text(yaml.safe_dump(raw))
+    assert cli.main(["check", "--config", str(config)], {"K": "sk-ops-0123456789abcdef"}) == 1
+    err = capsys.readouterr().err
+    assert f"error: agent: hermes-agent is not installed for {python}" in err
+    assert "pip install 'hermes-api[agent]'" in err

@@ -104,9 +104,10 @@ def test_profiles_table_shows_the_resolved_providers(sample_home: Path, tmp_path
     config.write_text(yaml.safe_dump({"hermes_home": str(sample_home), "expose": "*"}))
     assert cli.main(["profiles", "--config", str(config)], {}) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
-    assert rows["researcher"][3:6] == ["anthropic/claude-sonnet-4", "openrouter", "https://openrouter.ai/api/v1"]
-    assert rows["work"][3:6] == ["work-model", "custom:work-gpu", "http://upstream.test/v1"]
-    assert rows["legacy"][3:6] == ["legacy-model", "custom:legacy-gpu", "http://upstream.test/v1"]
+    # PROFILE EXPOSED SERVED RUNTIME TOOLSETS MODEL PROVIDER BASE-URL
+    assert rows["researcher"][5:8] == ["anthropic/claude-sonnet-4", "openrouter", "https://openrouter.ai/api/v1"]
+    assert rows["work"][5:8] == ["work-model", "custom:work-gpu", "http://upstream.test/v1"]
+    assert rows["legacy"][5:8] == ["legacy-model", "custom:legacy-gpu", "http://upstream.test/v1"]
 
 
 BLOCKED_ENTRY = (

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from hermes_api.app import create_app
 from hermes_api.context import current_profile
 from hermes_api.profiles import Profile
-from hermes_api.turns import UpstreamTurns
+from hermes_api.turns.direct import DirectTurns
 
 from .conftest import KEEP_ALIVE, FakeUpstream, HermesHome, digest
 from .fakeupstream import fingerprint
@@ -91,7 +91,7 @@ def recording_upstream(calls: list[dict]) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
-class CheckingTurns(UpstreamTurns):
+class CheckingTurns(DirectTurns):
     """The default runner, asserting the bound profile at every step of every turn."""
 
     mismatches: list[str] = []
@@ -100,14 +100,16 @@ class CheckingTurns(UpstreamTurns):
         if current_profile() is not profile:
             self.mismatches.append(profile.name)
 
-    async def complete(self, profile, request):
+    async def complete(self, turn):
+        profile = turn.profile
         self._check(profile)
-        answer = await super().complete(profile, request)
+        answer = await super().complete(turn)
         self._check(profile)
         return answer
 
-    def stream(self, profile, request):
-        inner = super().stream(profile, request)
+    def stream(self, turn):
+        profile = turn.profile
+        inner = super().stream(turn)
         check = self._check
 
         class Checked:

@@ -212,13 +212,19 @@ def test_a_stream_cut_at_the_limit_leaves_the_call_incomplete(client, upstream) 
     ("body", "param"),
     [
         pytest.param({"input": [CALL, {**OUTPUT, "call_id": "call_2"}]}, "input[1]", id="output-for-no-call"),
-        pytest.param({"input": [{"role": "user", "content": "a"}, {**OUTPUT, "call_id": "call_x"}, CALL, OUTPUT]},
-                     "input[1]", id="output-before-its-call"),  # fmt: skip
+        pytest.param(
+            {"input": [{"role": "user", "content": "a"}, {**OUTPUT, "call_id": "call_x"}, CALL, OUTPUT]},
+            "input[1]",
+            id="output-before-its-call",
+        ),  # fmt: skip
         pytest.param({"input": [{"role": "user", "content": "a"}, CALL]}, "input[1]", id="call-without-output"),
         pytest.param({"input": [CALL, {"role": "user", "content": "b"}, OUTPUT]}, "input[0]", id="user-before-output"),
         pytest.param({"input": [{**CALL, "arguments": {"q": 1}}, OUTPUT]}, "input[0]", id="arguments-object"),
-        pytest.param({"input": [{"role": "user", "content": "a"}, {**CALL, "call_id": None}]}, "input[1]",
-                     id="call-without-call-id"),  # fmt: skip
+        pytest.param(
+            {"input": [{"role": "user", "content": "a"}, {**CALL, "call_id": None}]},
+            "input[1]",
+            id="call-without-call-id",
+        ),  # fmt: skip
         pytest.param({"input": [{**CALL, "name": ""}]}, "input[0]", id="call-without-name"),
         pytest.param({"input": [CALL, {**OUTPUT, "output": 42}]}, "input[1]", id="output-number"),
         pytest.param({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0]", id="hosted-call-item"),
@@ -228,14 +234,24 @@ def test_a_stream_cut_at_the_limit_leaves_the_call_incomplete(client, upstream) 
         pytest.param({"input": "x", "tools": [{**FN, "name": "look up"}]}, "tools[0].name", id="tool-name"),
         pytest.param({"input": "x", "tools": [{**FN, "parameters": "{}"}]}, "tools[0]", id="parameters-string"),
         pytest.param({"input": "x", "tools": [FN], "tool_choice": "always"}, "tool_choice", id="choice-unknown"),
-        pytest.param({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": "required"}, "tool_choice",
-                     id="required-without-function-tools"),  # fmt: skip
-        pytest.param({"input": "x", "tools": [FN], "tool_choice": {"type": "function", "name": "other"}},
-                     "tool_choice", id="named-not-in-tools"),  # fmt: skip
-        pytest.param({"input": "x", "tools": [FN, {"type": "web_search"}], "tool_choice": {"type": "web_search"}},
-                     "tool_choice", id="forced-hosted-tool"),  # fmt: skip
-        pytest.param({"input": "x", "tools": [FN], "parallel_tool_calls": "yes"}, "parallel_tool_calls",
-                     id="parallel-string"),  # fmt: skip
+        pytest.param(
+            {"input": "x", "tools": [{"type": "web_search"}], "tool_choice": "required"},
+            "tool_choice",
+            id="required-without-function-tools",
+        ),  # fmt: skip
+        pytest.param(
+            {"input": "x", "tools": [FN], "tool_choice": {"type": "function", "name": "other"}},
+            "tool_choice",
+            id="named-not-in-tools",
+        ),  # fmt: skip
+        pytest.param(
+            {"input": "x", "tools": [FN, {"type": "web_search"}], "tool_choice": {"type": "web_search"}},
+            "tool_choice",
+            id="forced-hosted-tool",
+        ),  # fmt: skip
+        pytest.param(
+            {"input": "x", "tools": [FN], "parallel_tool_calls": "yes"}, "parallel_tool_calls", id="parallel-string"
+        ),  # fmt: skip
     ],
 )
 def test_bad_tool_input_is_a_400_and_nothing_happens(client, upstream, tmp_path, body, param) -> None:

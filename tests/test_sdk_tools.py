@@ -130,11 +130,16 @@ def test_a_full_loop_through_previous_response_id(sdk: OpenAI, upstream) -> None
     assert (item.type, item.call_id, item.output) == ("function_call_output", "call_w1", '{"sky": "sunny"}')
     assert item.id.startswith("fco_")
     third = sdk.responses.create(model="alpha", previous_response_id=second.id, input="So, what do I take?")
-    assert third.output_text == "Take sunglasses." and third.tools == [] and sent(route)["messages"][-3:] == [
-        {"role": "tool", "tool_call_id": "call_w1", "content": '{"sky": "sunny"}'},
-        {"role": "assistant", "content": "It is sunny in Paris."},
-        {"role": "user", "content": "So, what do I take?"},
-    ]
+    assert (
+        third.output_text == "Take sunglasses."
+        and third.tools == []
+        and sent(route)["messages"][-3:]
+        == [
+            {"role": "tool", "tool_call_id": "call_w1", "content": '{"sky": "sunny"}'},
+            {"role": "assistant", "content": "It is sunny in Paris."},
+            {"role": "user", "content": "So, what do I take?"},
+        ]
+    )
     assert "tools" not in sent(route)  # this turn gave none
 
 
@@ -180,8 +185,9 @@ def test_parallel_calls_and_their_outputs(sdk: OpenAI, upstream) -> None:
     [
         pytest.param("required", "required", id="required"),
         pytest.param("none", "none", id="none"),
-        pytest.param({"type": "function", "name": "get_time"}, {"type": "function", "function": {"name": "get_time"}},
-                     id="named"),  # fmt: skip
+        pytest.param(
+            {"type": "function", "name": "get_time"}, {"type": "function", "function": {"name": "get_time"}}, id="named"
+        ),  # fmt: skip
     ],
 )
 def test_tool_choice_reaches_the_provider_as_its_chat_twin(sdk: OpenAI, upstream, choice, upstream_choice) -> None:

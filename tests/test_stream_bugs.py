@@ -12,18 +12,18 @@ import orjson
 from starlette.testclient import TestClient
 
 from hermes_api.app import create_app
-from hermes_api.turns import UpstreamTurns
+from hermes_api.turns.direct import DirectTurns
 
 USER = [{"role": "user", "content": "hi"}]
 
 
-class BrokenTurns(UpstreamTurns):
+class BrokenTurns(DirectTurns):
     """One good chunk, then a bug (not an API error) in the middle of the stream."""
 
     @asynccontextmanager
-    async def stream(self, profile, request):
+    async def stream(self, turn):
         async def chunks():
-            yield {"id": "c", "created": 1, "model": profile.name,
+            yield {"id": "c", "created": 1, "model": turn.profile.name,
                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}  # fmt: skip
             raise RuntimeError("internal detail sk-must-not-leak")
 

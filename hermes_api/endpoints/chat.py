@@ -1,12 +1,12 @@
-"""``POST /v1/chat/completions``, stream and non-stream (DESIGN.md §4, openai-wire.md).
+"""``POST /v1/chat/completions``, stream and non-stream (docs/contract.md, "Chat completions").
 
 The handler validates only the fields the server reads (``messages``, ``stream``,
-``stream_options``); every other field passes upstream untouched, ``tools`` included.
-
-Session continuity, as Hermes's own API server has it: with ``X-Hermes-Session-Id``
-the earlier turns of that session (same key, same profile) are put before the
-request's messages, and after a successful answer the request's non-system messages
-and the answer are stored as the session's next turn. The header is echoed back.
+``stream_options``); every other field passes upstream untouched, ``tools`` included,
+for direct profiles (an agent profile's own tools answer instead, and client ``tools``
+never reach it). It builds a ``turns.Turn`` and renders what the profile's runner gives
+back. With ``X-Hermes-Session-Id`` the runner continues that session (same key, same
+profile; the header is echoed back); ``X-Hermes-Tool-Display`` says how tools the
+server ran are shown (``tool_activity``).
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import tool_activity
 from ..context import current_profile
-from ..errors import InvalidValueError, ServerError, UpstreamBadResponseError, stream_failure
+from ..errors import InvalidValueError, UpstreamBadResponseError, stream_failure
 from ..headers import header_value
-from ..persona import SYSTEM_ROLES
 from ..shutdown import Drain
 from ..sse import EventStreamResponse
-from ..turns import batches
+from ..tool_activity import ToolDisplay
+from ..turns import StreamItem, ToolEvent, Turn, batches
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
@@ -35,8 +36,6 @@ logger = logging.getLogger("hermes_api")
 DONE = b"data: [DONE]\n\n"
 SESSION_HEADER = "x-hermes-session-id"
 TOO_DEEP = "The upstream provider's answer is nested too deeply to pass on."
-
-AnswerHook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def validate_chat_request(body: dict[str, Any]) -> bool:
@@ -88,161 +87,117 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 async def chat_events(
-    batches: AsyncIterator[list[dict[str, Any]]], include_usage: bool, on_answer: AnswerHook | None = None
+    batches: AsyncIterator[list[StreamItem]], include_usage: bool, display: ToolDisplay = "none"
 ) -> AsyncIterator[bytes]:
     """The client's SSE body: every chunk with one ``id`` and ``created``, the first
     delta with ``role: assistant``; chunks without choices dropped; with
     ``include_usage`` every chunk has ``usage: null`` and the provider's usage comes
-    in one last ``choices: []`` chunk (when the provider sent one). A failure after the
-    first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream.
-    Each batch of upstream chunks (``turns.batches``) becomes one piece of the body.
-    ``on_answer`` gets the assistant message (its text and tool calls) after a stream
-    that ended well, before ``[DONE]``."""
-    ident = f"chatcmpl-{uuid.uuid4().hex}"
-    created, model, usage, first = int(time.time()), None, None, True
-    answer = StreamedAnswer() if on_answer is not None else None
+    in one last ``choices: []`` chunk (when the provider sent one). Tools the server
+    ran (``ToolEvent``) are shown as ``display`` says (``tool_activity``). A failure
+    after the first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the
+    stream. Each batch of items (``turns.batches``) becomes one piece of the body."""
+    chunks = _Chunks(include_usage)
     try:
         async for batch in batches:
             out = []
-            for chunk in batch:
-                if first:
-                    ident, created = chunk.get("id") or ident, chunk.get("created") or created
-                model = chunk.get("model")
-                usage = chunk.get("usage") or usage
-                choices = chunk.get("choices")
-                if not choices:
-                    continue
-                chunk.update(id=ident, created=created, object="chat.completion.chunk")
-                if first:
-                    for choice in choices:
-                        if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
-                            choice["delta"].setdefault("role", "assistant")
-                    first = False
-                if include_usage:
-                    chunk["usage"] = None
-                else:
-                    chunk.pop("usage", None)
-                if answer is not None:
-                    answer.add(choices)
-                out.append(sse(chunk))
+            for item in batch:
+                if isinstance(item, ToolEvent):
+                    out.extend(chunks.tool(item, display))
+                elif (chunk := chunks.relay(item)) is not None:
+                    out.append(sse(chunk))
             if out:
                 yield b"".join(out)
-        if include_usage and usage:
-            yield sse(
-                {
-                    "id": ident,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
+        if include_usage and chunks.usage:
+            yield sse(chunks.usage_chunk())
     except Exception as exc:  # after the first byte: said in the stream, which then ends
         yield sse(stream_failure(exc, "chat stream").to_dict())
-        yield DONE
-        return
-    if on_answer is not None and answer is not None:
-        try:
-            await on_answer(answer.message())
-        except Exception:
-            logger.exception("could not store the session turn")
-            yield sse(ServerError("The answer could not be stored in the session; see the server log.").to_dict())
     yield DONE
 
 
-class StreamedAnswer:
-    """The assistant message of a streamed answer (choice 0), from its deltas: the text,
-    and the ``tool_calls`` fragments merged by their ``index`` (the first non-empty
-    ``id`` and ``name``, every ``arguments`` piece joined), so a session's next turn
-    replays the calls its ``tool`` messages answer."""
+class _Chunks:
+    """The state of one chat stream: its ``id``, ``created`` and ``model`` (the first
+    chunk's), whether the role was sent, the provider's usage."""
 
-    __slots__ = ("text", "calls")
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.ident, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), None
+        self.usage: Any = None
+        self.first = True
 
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.calls: dict[Any, dict[str, Any]] = {}
+    def relay(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """``chunk`` as the client gets it, or None when it has no choices."""
+        if self.first:
+            self.ident, self.created = chunk.get("id") or self.ident, chunk.get("created") or self.created
+        self.model = chunk.get("model")
+        self.usage = chunk.get("usage") or self.usage
+        choices = chunk.get("choices")
+        if not choices:
+            return None
+        chunk.update(id=self.ident, created=self.created, object="chat.completion.chunk")
+        if self.first:
+            for choice in choices:
+                if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                    choice["delta"].setdefault("role", "assistant")
+            self.first = False
+        if self.include_usage:
+            chunk["usage"] = None
+        else:
+            chunk.pop("usage", None)
+        return chunk
 
-    def add(self, choices: list[Any]) -> None:
-        for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) and choice.get("index", 0) == 0 else None
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("content"), str):
-                self.text.append(delta["content"])
-            for position, fragment in enumerate(delta.get("tool_calls") or ()):
-                if isinstance(fragment, dict):
-                    self._merge(fragment.get("index", position), fragment)
+    def tool(self, event: ToolEvent, display: ToolDisplay) -> list[bytes]:
+        """The pieces that show ``event``: Hermes's progress event, or Open WebUI's block
+        as answer text once the tool has finished, or nothing."""
+        if display == "hermes":
+            return [tool_activity.progress_event(event)]
+        if display == "openwebui" and event.status == "completed":
+            delta = {"content": tool_activity.details_block(event)}
+            chunk = {
+                "id": self.ident,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            relayed = self.relay(chunk)
+            return [sse(relayed)] if relayed is not None else []
+        return []
 
-    def _merge(self, key: Any, fragment: dict[str, Any]) -> None:
-        call = self.calls.setdefault(key, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
-        if not call["id"] and isinstance(fragment.get("id"), str):
-            call["id"] = fragment["id"]
-        if not call["function"]["name"] and isinstance(function.get("name"), str):
-            call["function"]["name"] = function["name"]
-        if isinstance(function.get("arguments"), str):
-            call["function"]["arguments"] += function["arguments"]
-
-    def message(self) -> dict[str, Any]:
-        """``{"role": "assistant", "content"}``, plus ``tool_calls`` when there were any
-        (then ``content`` is left out when empty, as in a non-streamed answer)."""
-        text = "".join(self.text)
-        if not self.calls:
-            return {"role": "assistant", "content": text}
-        message: dict[str, Any] = {"role": "assistant", "tool_calls": list(self.calls.values())}
-        if text:
-            message["content"] = text
-        return message
+    def usage_chunk(self) -> dict[str, Any]:
+        return {"id": self.ident, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": self.usage}  # fmt: skip
 
 
 async def create_chat_completion(request: Request, body: dict[str, Any]) -> Response:
     """Run one chat turn under the bound profile; ``model`` in the answer is the
-    profile's id. Errors before the first byte are JSON (§5). With
-    ``X-Hermes-Session-Id`` (sanitised like the routing headers, else 400) the
-    session's earlier turns go first and this turn is stored after it succeeds."""
+    profile's id. Errors before the first byte are JSON (§5). ``X-Hermes-Session-Id``
+    (sanitised like the routing headers, else 400) continues that session; an unknown
+    ``X-Hermes-Tool-Display`` is a 400 too."""
     include_usage = validate_chat_request(body)
-    profile, state = current_profile(), request.state
+    state = request.state
     drain: Drain = state.drain
+    display = tool_activity.tool_display(header_value(request.headers, tool_activity.HEADER))
     session_id = header_value(request.headers, SESSION_HEADER)
-    on_answer: AnswerHook | None = None
-    headers = {}
-    if session_id:
-        store, owner = state.store, request.user.owner
-        earlier = await store.session_messages(owner, profile.name, session_id)
-        turn = [m for m in body["messages"] if m["role"] not in SYSTEM_ROLES]
-        body = {**body, "messages": [*earlier, *body["messages"]]}
-        headers[SESSION_HEADER] = request.headers[SESSION_HEADER]  # the bytes as sent (UTF-8 intact)
-
-        async def on_answer(answer: dict[str, Any]) -> None:
-            await store.append_session(owner, profile.name, session_id, [*turn, answer])
-
+    turn = Turn(current_profile(), body, request.user.owner, session_id or None)
+    headers = {SESSION_HEADER: request.headers[SESSION_HEADER]} if session_id else {}  # the bytes as sent
     if body.get("stream"):
-        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, body)))
+        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(turn)))
         return EventStreamResponse(
-            chat_events(drain.iterate(batches(chunks)), include_usage, on_answer),
+            chat_events(drain.iterate(batches(chunks)), include_usage, display),
             ping=state.settings.sse_keepalive,
             headers=headers,
         )
-    completion = await drain.run(state.turns.complete(profile, body))
+    completion = await drain.run(state.turns.complete(turn))
+    answer = completion.body
+    if display == "openwebui" and completion.tools:
+        _show_tools(answer, completion.tools)
     try:
-        response = JSONResponse(completion, headers=headers)
+        return JSONResponse(answer, headers=headers)
     except orjson.JSONEncodeError:
         raise UpstreamBadResponseError(TOO_DEEP) from None
-    if on_answer is not None:  # only an answer the client can be given joins the session
-        try:
-            await on_answer(_answer(completion))
-        except Exception:
-            # An error of ours, not an escaped exception: uvicorn would close the connection.
-            logger.exception("could not store the session turn")
-            raise ServerError("The answer could not be stored in the session; see the server log.") from None
-    return response
 
 
-def _answer(completion: dict[str, Any]) -> dict[str, Any]:
-    """The assistant message of a ``chat.completion`` as it goes into a session."""
-    choice = completion["choices"][0] if completion["choices"] else {}
-    message = choice.get("message") if isinstance(choice, dict) else None
-    if not isinstance(message, dict):
-        return {"role": "assistant", "content": ""}
-    return {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "refusal") and v is not None}
+def _show_tools(answer: dict[str, Any], tools: tuple[ToolEvent, ...]) -> None:
+    """Open WebUI's blocks for ``tools`` before the answer text of choice 0."""
+    message = answer["choices"][0]["message"] if answer.get("choices") else None
+    if isinstance(message, dict):
+        blocks = "".join(tool_activity.details_block(t) for t in tools)
+        message["content"] = blocks + (message.get("content") or "")

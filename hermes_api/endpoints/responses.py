@@ -17,15 +17,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import items, response_objects, translation
+from .. import items, response_objects, tool_activity, translation
 from ..context import current_profile
 from ..errors import InvalidValueError, ResponseNotFoundError, ServerError
 from ..events import response_events
+from ..headers import header_value
 from ..shutdown import Drain
 from ..sse import EventStreamResponse
 from ..store import ResponseStore, StoredResponse
 from ..translation import ResponseRequest
-from ..turns import batches
+from ..turns import Turn, batches
 from . import JSONResponse
 
 logger = logging.getLogger("hermes_api")
@@ -82,22 +83,24 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     stored is never acknowledged: a 500 ``ServerError`` (the cause in the log)."""
     profile, owner, store = current_profile(), request.user.owner, request.state.store
     parsed, history = await _conversation(translation.parse_request(body), store, owner, profile.name)
-    turn = items.turn_messages(parsed.items, history)
-    chat = translation.chat_request(parsed, history, turn)
+    messages = items.turn_messages(parsed.items, history)
+    turn = Turn(profile, translation.chat_request(parsed, history, messages), owner)
+    display = tool_activity.tool_display(header_value(request.headers, tool_activity.HEADER))
     draft = response_objects.new_response(parsed, model=profile.name)
 
     async def finish(response: dict[str, Any]) -> None:
         if parsed.store:
-            await store.put_response(_record(parsed, turn, response, owner, profile.name))
+            await store.put_response(_record(parsed, messages, response, owner, profile.name))
 
     state = request.state
     drain: Drain = state.drain  # waits on the provider end at the shutdown deadline
     if parsed.stream:
-        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(profile, chat)))
+        chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(turn)))
         return EventStreamResponse(
-            response_events(drain.iterate(batches(chunks)), draft, finish), ping=state.settings.sse_keepalive
+            response_events(drain.iterate(batches(chunks)), draft, finish, display), ping=state.settings.sse_keepalive
         )
-    response = response_objects.from_completion(draft, await drain.run(state.turns.complete(profile, chat)))
+    completion = await drain.run(state.turns.complete(turn))
+    response = response_objects.from_completion(draft, completion.body, completion.tools, display)
     try:
         await finish(response)
     except Exception:

@@ -1,0 +1,213 @@
+"""WorkerPool: at most one live agent worker per profile, started on demand.
+
+A profile's first turn starts its worker (concurrent first turns wait for the same
+start). It stays warm between turns and is stopped after ``agent.idle_timeout`` seconds
+without one. A worker that exits on its own fails only its own turns
+(``process.WorkerProcess``); the next turn starts a new one at once, and further starts
+after consecutive failures wait 1, 2, 4 … up to ``MAX_BACKOFF`` seconds, so a profile
+whose worker cannot run does not spin. A worker is retired (no new turns, stopped once
+idle) when its profile's ``.env`` or ``config.yaml`` changed (a worker reads them once,
+when it starts; SOUL.md and memories are read per turn), or when a turn it was told to
+interrupt has not ended ``INTERRUPT_GRACE`` seconds later (a tool that ignores
+interrupts: its thread would hold the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AgentWorkerError
+from ..profiles import Profile
+from ..settings import Settings
+from .environment import worker_environment, working_directory
+from .installation import interpreter
+from .process import WorkerProcess, WorkerSpec
+
+logger = logging.getLogger("hermes_api")
+
+MAX_BACKOFF = 30.0  # seconds
+INTERRUPT_GRACE = 10.0  # seconds an interrupted turn may take to end before its worker is retired
+SWEEP_EVERY = 1.0  # seconds between idle and stuck checks
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One profile's worker, its start in progress, and its failure count."""
+
+    worker: WorkerProcess | None = None
+    profile: Profile | None = None  # the version of the profile ``worker`` runs
+    starting: asyncio.Task[WorkerProcess] | None = None
+    failures: int = 0
+    files: tuple[tuple[int, int], ...] = ()  # ``_process_files`` when ``worker`` started
+    retired: list[WorkerProcess] = field(default_factory=list)
+
+
+class WorkerPool:
+    """The agent workers of a server. ``on_event(kind, profile)`` hears ``start``,
+    ``crash`` and ``stop`` (for metrics)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        *,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._environ = environ
+        self._slots: dict[str, _Slot] = {}
+        self._on_event = on_event or (lambda kind, profile: None)
+        self._closed = False
+
+    def spec(self, profile: Profile) -> WorkerSpec:
+        runtime = self._settings.agent
+        return WorkerSpec(
+            profile=profile.name,
+            python=interpreter(runtime),
+            env=worker_environment(profile, runtime, self._environ),
+            cwd=working_directory(profile),
+            log_path=self._settings.state_dir / "agent-logs" / f"{profile.name}.log",
+        )
+
+    async def acquire(self, profile: Profile) -> WorkerProcess:
+        """A live worker running this version of ``profile``, started if needed. Raises
+        ``AgentWorkerError`` when it cannot be started."""
+        if self._closed:
+            raise AgentWorkerError("The server is stopping; no agent worker is started.")
+        slot = self._slots.setdefault(profile.name, _Slot())
+        worker = slot.worker
+        if worker is not None and slot.profile is not profile and _process_files(profile) == slot.files:
+            slot.profile = profile  # reloaded for SOUL.md or memories: Hermes reads those per turn
+        if worker is not None and (not worker.alive or worker.retired or slot.profile is not profile):
+            self._retire(slot, worker)
+            worker = None
+        if worker is not None:
+            return worker
+        if slot.starting is None:
+            slot.starting = asyncio.create_task(self._start(slot, profile))
+        return await asyncio.shield(slot.starting)
+
+    async def _start(self, slot: _Slot, profile: Profile) -> WorkerProcess:
+        try:
+            if slot.failures > 1:
+                await asyncio.sleep(min(2.0 ** (slot.failures - 2), MAX_BACKOFF))
+            spec = self.spec(profile)
+            _make_private_dir(spec.cwd)
+            slot.files = _process_files(profile)
+            worker = await WorkerProcess.start(spec, self._settings.agent.startup_timeout)
+        except BaseException:
+            slot.failures += 1
+            raise
+        finally:
+            slot.starting = None
+        slot.worker, slot.profile = worker, profile
+        self._on_event("start", profile.name)
+        asyncio.get_running_loop().create_task(self._watch(slot, worker))
+        return worker
+
+    async def _watch(self, slot: _Slot, worker: WorkerProcess) -> None:
+        """Count an exit nobody asked for as a failure of the profile's worker."""
+        await asyncio.shield(worker.exited)
+        if not worker.stopping:
+            slot.failures += 1
+            self._on_event("crash", worker.spec.profile)
+        if slot.worker is worker:
+            slot.worker = None
+
+    def succeeded(self, profile: str) -> None:
+        """A turn of ``profile`` ended well: its worker's failures are forgotten."""
+        slot = self._slots.get(profile)
+        if slot is not None:
+            slot.failures = 0
+
+    def _retire(self, slot: _Slot, worker: WorkerProcess) -> None:
+        worker.retired = True
+        if slot.worker is worker:
+            slot.worker = None
+        if worker.alive and worker not in slot.retired:
+            slot.retired.append(worker)
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Forever (a lifespan task): every ``SWEEP_EVERY`` seconds, ``check()``."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            await self.check()
+
+    async def check(self, now: float | None = None) -> None:
+        """Stop idle and retired-and-idle workers; retire workers with a turn stuck
+        past ``INTERRUPT_GRACE`` after its interrupt."""
+        now = time.monotonic() if now is None else now
+        stopping = []
+        for slot in self._slots.values():
+            worker = slot.worker
+            if worker is not None and self._stuck(worker, now):
+                self._retire(slot, worker)
+            elif (
+                worker is not None and not worker.turns and now - worker.idle_since > self._settings.agent.idle_timeout
+            ):
+                self._retire(slot, worker)
+            for old in [w for w in slot.retired if not w.turns or not w.alive]:
+                slot.retired.remove(old)
+                stopping.append(old)
+        for worker in stopping:
+            self._on_event("stop", worker.spec.profile)
+        await asyncio.gather(*(w.stop() for w in stopping), return_exceptions=True)
+
+    @staticmethod
+    def _stuck(worker: WorkerProcess, now: float) -> bool:
+        """Forget the turns ``worker`` was told to interrupt more than ``INTERRUPT_GRACE``
+        seconds ago (their requests ended then); True if there were any."""
+        stuck = [
+            t
+            for t in worker.turns.values()
+            if t.interrupted_at is not None and now - t.interrupted_at > INTERRUPT_GRACE
+        ]
+        for turn in stuck:
+            del worker.turns[turn.id]
+        if stuck:
+            logger.warning("agent worker of profile %s has %d turn(s) ignoring their interrupt; replacing it",
+                           worker.spec.profile, len(stuck))  # fmt: skip
+        return bool(stuck)
+
+    async def aclose(self) -> None:
+        """Stop every worker (the server is stopping; turns have ended or been given up)."""
+        self._closed = True
+        workers = []
+        for slot in self._slots.values():
+            if slot.starting is not None:
+                slot.starting.cancel()
+                with contextlib.suppress(BaseException):
+                    await slot.starting
+            workers += [w for w in (slot.worker, *slot.retired) if w is not None]
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+
+    def workers(self) -> dict[str, WorkerProcess]:
+        """The live worker of each profile that has one."""
+        return {name: s.worker for name, s in self._slots.items() if s.worker is not None and s.worker.alive}
+
+
+def _process_files(profile: Profile) -> tuple[tuple[int, int], ...]:
+    """``(mtime_ns, size)`` of the files a worker reads once, at its start: ``.env``
+    (loaded into its environment) and ``config.yaml`` (``terminal.*`` bridged into it).
+    Looked at only when the registry has reloaded the profile."""
+    stats = []
+    for name in (".env", "config.yaml"):
+        try:
+            st = (profile.home / name).stat()
+        except OSError:
+            stats.append((-1, -1))
+        else:
+            stats.append((st.st_mtime_ns, st.st_size))
+    return tuple(stats)
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)

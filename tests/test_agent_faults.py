@@ -1,0 +1,204 @@
+"""Agent workers failing: killed mid-turn, a tool that hangs, a client that leaves, idle
+workers. Each fault touches only its own profile's turns, and the next request works.
+
+Workers are found by PID through /proc (their ``HERMES_HOME``), signalled by PID only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from hermes_api.app import create_app
+from hermes_api.settings import Settings
+
+from .conftest import HermesHome, LiveServer, ScriptedUpstream, add_agent_profile, worker_environ
+from .test_agent import ALICE, TIMEOUT, events
+
+KEY = {"Authorization": f"Bearer {ALICE}"}
+
+
+def worker_pids(profile_home: Path) -> list[int]:
+    """The live agent workers whose ``HERMES_HOME`` is ``profile_home``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if b"agent/worker.py" in cmdline and f"HERMES_HOME={profile_home}".encode() in environ and "Z" not in state:
+            found.append(int(entry.name))
+    return found
+
+
+def processes_running(marker: str) -> list[int]:
+    """PIDs of live processes whose command line holds ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("faults")
+    home = HermesHome(root / "hermes")
+    no_download = {"security": {"tirith_enabled": False}}
+    add_agent_profile(home, "default", scripted)
+    for name in ("crashy", "steady", "hung", "leaver", "sleepy"):
+        add_agent_profile(home, name, scripted, config=no_download)
+    terminal = ["memory", "terminal"]
+    config = {
+        "hermes_home": str(home.root),
+        "state_dir": str(root / "state"),
+        "expose": ["default", "crashy", "steady", "hung", "leaver", "sleepy"],
+        "keys": [{"name": "alice", "key_env": "K_ALICE"}],
+        "sse_keepalive": 1,
+        "per_profile": {"leaver": {"max_concurrent": 1}},
+        "agent": {
+            "profiles": ["crashy", "steady", "hung", "leaver", "sleepy"],
+            "idle_timeout": 600,
+            "per_profile": {
+                "hung": {"toolsets": terminal, "turn_timeout": 4},
+                "leaver": {"toolsets": terminal},
+            },
+        },
+    }
+    path = root / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump(config))
+    environ = worker_environ(root, K_ALICE=ALICE)
+    server = LiveServer(create_app(Settings.load(path, environ), environ=environ)).__enter__()
+    try:
+        yield {"server": server, "home": home, "root": root}
+    finally:
+        server.__exit__()
+    assert not any(worker_pids(home.dir(p)) for p in config["agent"]["profiles"]), "a worker outlived the server"
+
+
+def ask(stack: dict[str, Any], profile: str, text: str, **body: Any) -> httpx.Response:
+    payload = {"model": profile, "messages": [{"role": "user", "content": text}], **body}
+    return httpx.post(stack["server"].url + "/v1/chat/completions", json=payload, headers=KEY, timeout=TIMEOUT)
+
+
+def in_background(call: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_worker_killed_mid_turn_fails_only_its_turn_and_the_next_request_is_served(
+    faults: dict[str, Any], stream: bool
+) -> None:
+    home: HermesHome = faults["home"]
+    assert ask(faults, "crashy", "warm up").status_code == 200
+    assert ask(faults, "steady", "warm up").status_code == 200
+    (pid,) = worker_pids(home.dir("crashy"))
+    (steady,) = worker_pids(home.dir("steady"))
+    thread, out = in_background(lambda: ask(faults, "crashy", "take your time [[sleep:20]]", stream=stream))
+    time.sleep(1.5)  # the turn is waiting on its provider (and a stream has started: sse_keepalive 1 s)
+    os.kill(pid, signal.SIGKILL)
+    thread.join(TIMEOUT)
+    (r,) = out
+    if stream:
+        assert r.status_code == 200
+        found = events(r)
+        assert found[-1] == (None, "[DONE]")
+        error = json.loads(found[-2][1])["error"]
+        assert error["code"] == "agent_worker_failed" and error["type"] == "server_error"
+    else:
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "agent_worker_failed"
+    assert "Traceback" not in r.text and ALICE not in r.text
+    again = ask(faults, "crashy", "are you back?")
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "echo: are you back?"
+    (new,) = worker_pids(home.dir("crashy"))
+    assert new != pid
+    assert worker_pids(home.dir("steady")) == [steady]  # the other profile's worker never noticed
+
+
+def test_a_hung_tool_ends_at_the_turn_timeout_and_its_process_is_stopped(faults: dict[str, Any]) -> None:
+    command = {"command": "sleep 97.25"}
+    started = time.monotonic()
+    r = ask(faults, "hung", f"wait [[tool:terminal {json.dumps(command)}]]")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "agent_turn_timeout"
+    assert r.headers["x-should-retry"] == "false"
+    assert 3.5 < time.monotonic() - started < 60
+    wait_for(lambda: not processes_running("sleep 97.25"), what="the hung command to be stopped")
+    assert ask(faults, "hung", "still there?").status_code == 200
+
+
+def test_a_client_that_leaves_interrupts_the_agent_and_frees_the_slot(faults: dict[str, Any]) -> None:
+    command = {"command": "sleep 86.5"}
+    body = {"model": "leaver", "stream": True, "messages": [{"role": "user", "content":
+            f"go [[tool:terminal {json.dumps(command)}]]"}]}  # fmt: skip
+    with httpx.Client(timeout=TIMEOUT) as client:
+        with client.stream("POST", faults["server"].url + "/v1/chat/completions", json=body, headers=KEY) as r:
+            assert r.status_code == 200
+            wait_for(lambda: processes_running("sleep 86.5"), what="the tool to start")
+        # Leaving the block closed the connection mid-stream.
+    wait_for(lambda: not processes_running("sleep 86.5"), timeout=15, what="the agent to be interrupted")
+    r = ask(faults, "leaver", "next")  # the profile's one slot is free again
+    assert r.status_code == 200, r.text
+
+
+def test_a_non_streamed_client_that_leaves_interrupts_the_agent_too(faults: dict[str, Any]) -> None:
+    command = {"command": "sleep 75.125"}
+    body = {"model": "leaver", "messages": [{"role": "user", "content": f"go [[tool:terminal {json.dumps(command)}]]"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(faults["server"].url + "/v1/chat/completions", json=body, headers=KEY, timeout=httpx.Timeout(
+            TIMEOUT, read=8))  # fmt: skip
+    wait_for(lambda: not processes_running("sleep 75.125"), timeout=15, what="the agent to be interrupted")
+    assert ask(faults, "leaver", "next").status_code == 200
+
+
+def test_idle_workers_are_stopped_and_started_again_on_demand(tmp_path: Path, scripted: ScriptedUpstream) -> None:
+    home = HermesHome(tmp_path / "hermes")
+    add_agent_profile(home, "default", scripted)
+    add_agent_profile(home, "sleepy", scripted)
+    config = {
+        "hermes_home": str(home.root), "state_dir": str(tmp_path / "state"), "expose": ["default", "sleepy"],
+        "keys": [{"name": "alice", "key_env": "K_ALICE"}], "agent": {"profiles": ["sleepy"], "idle_timeout": 2},
+    }  # fmt: skip
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump(config))
+    environ = worker_environ(tmp_path, K_ALICE=ALICE)
+    with LiveServer(create_app(Settings.load(path, environ), environ=environ)) as server:
+        stack = {"server": server}
+        assert ask(stack, "sleepy", "one").status_code == 200
+        (first,) = worker_pids(home.dir("sleepy"))
+        wait_for(lambda: not worker_pids(home.dir("sleepy")), timeout=20, what="the idle worker to stop")
+        r = ask(stack, "sleepy", "two")
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: two"
+        (second,) = worker_pids(home.dir("sleepy"))
+        assert second != first
+    assert not worker_pids(home.dir("sleepy"))
