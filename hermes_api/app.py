@@ -29,13 +29,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import Handler, ProfileEndpoint, model_in_path
 from .endpoints import chat, health, models, responses
+from .endpoints.metrics import get_metrics
 from .errors import HermesAPIError, handle_error
+from .exchange import ExchangeMiddleware
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
+from .meters import MeteredStore, MeteredTurns, StatusTransport
+from .metrics import Metrics
 from .registry import ProfileRegistry
 from .settings import CORS, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
+from .transport import AiohttpTransport
 from .turns import TurnRunner, UpstreamTurns
 from .upstream import Upstream
 
@@ -156,6 +161,7 @@ def create_app(
     turn_runner: Callable[[Upstream], TurnRunner] = UpstreamTurns,
     store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
     drain: Drain | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
@@ -163,25 +169,33 @@ def create_app(
     of turns from the upstream client (default: one provider call per turn); ``store``
     opens the response store (default: SQLite in ``state_dir``); ``drain`` is told when
     shutdown begins (``serve`` passes the one its signal handler calls; default: a new
-    one, which watches uvicorn's server)."""
+    one, which watches uvicorn's server); ``metrics`` records what the server does
+    (default: ``Metrics.from_environ()``, multiprocess when ``PROMETHEUS_MULTIPROC_DIR``
+    is set): pass one to share it, e.g. with a turn runner that reports its worker
+    processes (``Metrics.agent_worker``). The turn runner, the store and the transport
+    are wrapped in ``meters`` for it."""
     environ = os.environ if environ is None else environ
     drain = Drain(settings.shutdown_grace) if drain is None else drain
+    keyring = KeyRing(settings.keys)
+    meter = Metrics.from_environ() if metrics is None else metrics
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         registry.load()
-        response_store = await store(settings)
-        upstream = Upstream(settings, transport=transport)
+        response_store = MeteredStore(await store(settings), meter)
+        upstream = Upstream(settings, transport=StatusTransport(transport or AiohttpTransport()))
         tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
         try:
             yield {
                 "settings": settings,
                 "registry": registry,
-                "turns": turn_runner(upstream),
+                "turns": MeteredTurns(turn_runner(upstream), meter),
                 "store": response_store,
                 "limiter": ConcurrencyLimiter(settings),
                 "drain": drain,
+                "keyring": keyring,
+                "metrics": meter,
             }
         finally:
             # uvicorn runs this only once no request is left (streams included), so
@@ -194,10 +208,13 @@ def create_app(
                     await task
             await upstream.aclose()
             await response_store.aclose()
+            meter.release()
             logger.info("stopped")
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
+        Route("/ready", health.get_ready, methods=["GET"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
         *v1_routes(),
         Mount("/p/{profile}", routes=v1_routes()),
     ]
@@ -205,8 +222,9 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(ExchangeMiddleware, metrics=meter, log_requests=settings.log_format == "json"),
             *cors_middleware(settings.cors),
-            Middleware(AuthenticationMiddleware, backend=KeyRing(settings.keys), on_error=on_auth_error),
+            Middleware(AuthenticationMiddleware, backend=keyring, on_error=on_auth_error),
         ],
         exception_handlers={
             HermesAPIError: handle_error,

@@ -9,6 +9,7 @@
     │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
     ├── AuthenticationError             401 invalid_api_key
     ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
+    ├── ForbiddenError                  403 forbidden: /metrics for this caller (no metrics key, not loopback)
     ├── NotFoundError                   404
     │   ├── ModelNotFoundError          404 model_not_found: unknown or not exposed (identical)
     │   ├── ResponseNotFoundError       404 response_not_found
@@ -132,6 +133,15 @@ class PermissionDeniedError(HermesAPIError):
     type = "invalid_request_error"
     code = "model_not_found"
     default_param = "model"
+
+
+class ForbiddenError(HermesAPIError):
+    """The caller may not use this server route (``/metrics`` without a key that has
+    ``metrics: true``, or from off this machine when no key has it)."""
+
+    status_code = 403
+    type = "invalid_request_error"
+    code = "forbidden"
 
 
 class NotFoundError(HermesAPIError):

@@ -1,6 +1,6 @@
 """Who is calling: API keys checked in constant time (DESIGN.md §2).
 
-Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``/health`` needs
+Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``PUBLIC_PATHS`` needs
 a valid ``Authorization: Bearer <key>`` once any key is configured; with none configured
 the server is open (and ``cli`` refuses to bind anything but loopback).
 """
@@ -26,7 +26,8 @@ from starlette.responses import Response
 from .errors import AuthenticationError, error_response
 from .settings import APIKey
 
-PUBLIC_PATHS = frozenset({"/health"})
+# /metrics checks its own callers (endpoints/metrics.py): loopback, or a metrics key.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,12 +54,14 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class APIKey:
     """A client API key. Only its SHA-256 ``digest`` is kept; ``profiles`` None = every
-    exposed profile. ``trusted_identity`` lets identity headers feed ``routes``."""
+    exposed profile. ``trusted_identity`` lets identity headers feed ``routes``;
+    ``metrics`` lets the key read ``GET /metrics``."""
 
     name: str
     digest: bytes = field(repr=False)
     profiles: frozenset[str] | None = None
     trusted_identity: bool = False
+    metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class Settings:
     reload_interval: float = 1.0
     sse_keepalive: float = 15.0
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line (logs.py)
     retention: Retention = Retention()
 
     def limits_for(self, profile: str) -> ProfileLimits:
@@ -141,6 +144,12 @@ class Settings:
         if found is None:
             return ProfileLimits(self.timeouts, self.max_concurrent_per_profile)
         return found
+
+    @property
+    def metrics_keys(self) -> bool:
+        """True when some key has ``metrics: true``: then ``/metrics`` needs one of them,
+        else it answers loopback clients only."""
+        return any(key.metrics for key in self.keys)
 
     @property
     def is_loopback(self) -> bool:

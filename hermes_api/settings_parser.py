@@ -149,7 +149,7 @@ class SettingsParser:
                 digest = hashlib.sha256(self.environ[item.key_env].encode()).digest()
             else:
                 digest = bytes.fromhex(str(item.key_sha256))
-            keys.append(APIKey(item.name, digest, profiles, item.trusted_identity))
+            keys.append(APIKey(item.name, digest, profiles, item.trusted_identity, item.metrics))
         server_key = self.environ.get("API_SERVER_KEY")
         if server_key:
             keys.append(APIKey("API_SERVER_KEY", hashlib.sha256(server_key.encode()).digest()))

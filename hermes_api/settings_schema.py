@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 from .settings import ALL, CORS, Retention, Settings, Timeouts
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _ORIGIN = re.compile(r"https?://[^/\s]+")
 
@@ -102,6 +103,12 @@ def _log_level(value: Any) -> str:
     return value.lower()
 
 
+def _log_format(value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise problem(f"{{where}} must be one of {', '.join(LOG_FORMATS)}")
+    return str(value)
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise problem("{where} must be a list of strings")
@@ -149,6 +156,7 @@ PositiveIntOrNull = Annotated[int | None, _number(int, nullable=True)]
 Port = Annotated[int, PlainValidator(_port)]
 Boolean = Annotated[bool, PlainValidator(_boolean)]
 LogLevel = Annotated[str, PlainValidator(_log_level)]
+LogFormat = Annotated[str, PlainValidator(_log_format)]
 Strings = Annotated[tuple[str, ...], PlainValidator(_strings)]
 ProfileNames = Annotated[tuple[str, ...] | None, PlainValidator(_profile_names)]
 OptionalName = Annotated[str | None, PlainValidator(_optional_name)]
@@ -207,6 +215,7 @@ class KeySection(Section):
     key_sha256: NameOrAbsent = None
     profiles: ProfileNames = None
     trusted_identity: Boolean = False
+    metrics: Boolean = False
 
     @field_validator("key_env")
     @classmethod
@@ -253,6 +262,7 @@ class ConfigFile(Section):
     reload_interval: PositiveNumber = default(Settings, "reload_interval")
     sse_keepalive: PositiveNumber = default(Settings, "sse_keepalive")
     log_level: LogLevel = default(Settings, "log_level")
+    log_format: LogFormat = default(Settings, "log_format")
     retention: RetentionSection = RetentionSection()
 
     @model_validator(mode="before")

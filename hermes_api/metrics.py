@@ -1,0 +1,203 @@
+"""The Prometheus metrics of one app, and their text exposition (``GET /metrics``).
+
+``Metrics`` holds every metric family and records one request's ``exchange.Exchange``
+in one call (``observe``). Label values are key *names*, profile names, OpenAI
+operationIds, statuses and error codes: never key material, and a bounded set (a
+profile label is only ever a served profile, read from the answer's
+``X-Hermes-Profile``). Each family's children are looked up once per label tuple and
+kept, so a request costs a few dictionary lookups and increments, no
+``prometheus_client`` label parsing (its ``labels()`` costs microseconds).
+
+Several worker processes (prometheus_client's multiprocess mode, "Multiprocess Mode
+(E.g. Gunicorn)" in its README): when ``PROMETHEUS_MULTIPROC_DIR`` is set before
+``prometheus_client`` is imported, every process writes its values to files there and
+``render`` sums them. ``worker_directory`` creates that directory for a run of several
+workers and removes it afterwards; a process that stops calls ``release`` so its
+in-flight gauge leaves the sum.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# What generate_latest writes (our names need no escaping): the format every Prometheus reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds. Model answers take from tens of milliseconds (a cached, short answer) to
+# minutes (a long stream): the buckets span both.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Our own 429s (errors.py): counted as refusals; the provider's 429 is an upstream error.
+REFUSAL_CODES = frozenset({"concurrency_limit_exceeded", "key_rate_limit_exceeded"})
+WorkerEvent = Literal["start", "restart", "crash"]
+
+
+class Metrics:
+    """Every metric family of the server (the README's "Metrics" table), on a registry
+    of its own so that several apps in one process (tests) never collide.
+
+    ``multiprocess_dir``: where the worker processes write (``PROMETHEUS_MULTIPROC_DIR``);
+    None for a single process, whose values live in memory.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        if multiprocess_dir is None:
+            ProcessCollector(registry=registry)  # one process: its CPU and memory mean something
+        self.requests = Counter(
+            "hermes_api_requests",
+            "Requests answered, by endpoint (OpenAI operationId), profile, key name and HTTP status.",
+            ["endpoint", "profile", "key", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "hermes_api_request_duration_seconds",
+            "Seconds from the request's arrival to the last byte of its answer.",
+            ["endpoint", "profile"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.first_byte = Histogram(
+            "hermes_api_time_to_first_byte_seconds",
+            "Seconds from the request's arrival to the first byte of its answer's body.",
+            ["endpoint", "profile"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "hermes_api_upstream_errors",
+            "Failed calls to a profile's provider, by error code (upstream_rejected: a 4xx passed on).",
+            ["profile", "kind"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "hermes_api_tokens",
+            "Tokens as the provider counted them, by profile, key name and type (input, output).",
+            ["profile", "key", "type"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "hermes_api_turns_in_flight",
+            "Turns running now (upstream requests holding a concurrency slot), by profile.",
+            ["profile"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "hermes_api_limit_refusals",
+            "Requests refused with a 429 of our own (a concurrency cap, a key's rate limit), by code.",
+            ["profile", "key", "code"],
+            registry=registry,
+        )
+        self.store_writes = Counter(
+            "hermes_api_store_writes", "Writes to the store, by operation.", ["operation"], registry=registry
+        )
+        self.store_failures = Counter(
+            "hermes_api_store_write_failures",
+            "Writes to the store that failed (nothing acknowledged), by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.agent_workers = Counter(
+            "hermes_api_agent_worker_events",
+            "Agent-runtime worker processes started, restarted and crashed, by profile.",
+            ["profile", "event"],
+            registry=registry,
+        )
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, family: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (family, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*values)
+        return child
+
+    # -- recording ------------------------------------------------------------------
+
+    def observe(self, exchange: Exchange) -> None:
+        """Record one finished request: its count, latencies, tokens, upstream error and
+        refusal. Called once per request by ``exchange.ExchangeMiddleware``."""
+        e = exchange
+        self._child(self.requests, e.endpoint, e.profile, e.key, e.status).inc()
+        self._child(self.duration, e.endpoint, e.profile).observe(e.duration)
+        if e.first_byte is not None:
+            self._child(self.first_byte, e.endpoint, e.profile).observe(e.first_byte - e.started)
+        if e.input_tokens:
+            self._child(self.tokens, e.profile, e.key, "input").inc(e.input_tokens)
+        if e.output_tokens:
+            self._child(self.tokens, e.profile, e.key, "output").inc(e.output_tokens)
+        if e.upstream_error is not None:
+            self._child(self.upstream_errors, e.profile, e.upstream_error).inc()
+        if e.error_code in REFUSAL_CODES:
+            self._child(self.refusals, e.profile, e.key, e.error_code).inc()
+
+    def turn_started(self, profile: str) -> None:
+        self._child(self.in_flight, profile).inc()
+
+    def turn_ended(self, profile: str) -> None:
+        self._child(self.in_flight, profile).dec()
+
+    def store_write(self, operation: str, *, failed: bool) -> None:
+        """One write to the store (``operation``: the store method), and whether it failed."""
+        self._child(self.store_writes, operation).inc()
+        if failed:
+            self._child(self.store_failures, operation).inc()
+
+    def agent_worker(self, profile: str, event: WorkerEvent) -> None:
+        """For the agent runtime: a worker process of ``profile`` was started, restarted
+        (after a crash or a recycle) or crashed. ``hermes_api_agent_worker_events_total``."""
+        self._child(self.agent_workers, profile, event).inc()
+
+    # -- exposition -----------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition format (0.0.4) of every metric; with several workers,
+        the sum over all of them (live gauges over the living ones only)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
+
+    def release(self) -> None:
+        """This process stops: its live gauges leave the multiprocess sum."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+    @classmethod
+    def from_environ(cls) -> Metrics:
+        """Multiprocess when ``PROMETHEUS_MULTIPROC_DIR`` names a directory, else in memory."""
+        path = os.environ.get(MULTIPROC_ENV)
+        return cls(path if path and os.path.isdir(path) else None)
+
+
+@contextmanager
+def worker_directory(workers: int) -> Iterator[str | None]:
+    """Around a run of ``workers`` processes: with more than one, a fresh private
+    ``PROMETHEUS_MULTIPROC_DIR`` (set in ``os.environ`` before the workers start, so
+    they inherit it), removed with everything in it afterwards. A directory the
+    operator set already is used as it is and left in place (they empty it between
+    runs). One worker: nothing (None)."""
+    if workers <= 1 or os.environ.get(MULTIPROC_ENV):
+        yield os.environ.get(MULTIPROC_ENV) if workers > 1 else None
+        return
+    path = tempfile.mkdtemp(prefix="hermes-api-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
