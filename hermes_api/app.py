@@ -28,10 +28,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import Handler, ProfileEndpoint, model_in_path
+from .context import run_sync
 from .endpoints import chat, health, models, responses
 from .endpoints.metrics import get_metrics
 from .errors import HermesAPIError, handle_error
 from .exchange import ExchangeMiddleware
+from .headers import ROUTING_HEADERS
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
 from .meters import MeteredStore, MeteredTurns, StatusTransport
@@ -47,16 +49,17 @@ from .upstream import Upstream
 logger = logging.getLogger("hermes_api")
 
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Every X-Hermes-* header the server reads (tests/test_cors.py scans the code for them),
+# and the ones it answers with.
 CORS_REQUEST_HEADERS = (
     "authorization",
     "content-type",
     "x-request-id",
     "x-hermes-profile",
-    "x-hermes-chat-id",
-    "x-hermes-user-id",
-    "x-hermes-thread-id",
+    *ROUTING_HEADERS.values(),
+    chat.SESSION_HEADER,
 )
-CORS_EXPOSED_HEADERS = ("x-hermes-profile", "x-request-id", "retry-after", "x-should-retry")
+CORS_EXPOSED_HEADERS = ("x-hermes-profile", chat.SESSION_HEADER, "x-request-id", "retry-after", "x-should-retry")
 
 
 class RequestIdMiddleware:
@@ -182,7 +185,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
-        registry.load()
+        await run_sync(registry.load)  # file I/O: never on the event loop
         response_store = MeteredStore(await store(settings), meter)
         upstream = Upstream(settings, transport=StatusTransport(transport or AiohttpTransport()))
         tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]

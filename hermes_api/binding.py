@@ -13,10 +13,16 @@ default profile), and is still checked against the caller's key.
 Handlers get ``(request, body)``, read the profile with ``context.current_profile()``,
 and may put upstream streams in ``request.state.resources`` (an ``AsyncExitStack``)
 which is closed after the response is sent, or when the client goes away.
+
+A client that goes away ends its turn at once, streamed or not: ``until_disconnect``
+cancels the handler of a turn-running route while it waits on the provider, and
+``sse.EventStreamResponse`` the sending of a stream; either way the upstream request is
+closed and the concurrency slot freed by the same exit of ``resources``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -67,6 +73,38 @@ def _too_large(limit: int) -> RequestTooLargeError:
     return RequestTooLargeError(f"The request body is larger than {limit} bytes.")
 
 
+async def until_disconnect(handler: Awaitable[Response], receive: Receive) -> Response | None:
+    """``await handler``, or None as soon as the client disconnects, ``handler`` then
+    cancelled (its upstream request closed by the cancellation).
+
+    Starlette runs a handler to its end whether anyone still waits for the answer, and
+    the ASGI server says that the client left only to ``receive`` (``http.disconnect``,
+    ASGI HTTP spec "Disconnect - receive event"). So while the handler runs, a second
+    task waits on ``receive`` and cancels this one; the same pattern as
+    ``sse.EventStreamResponse``. Call it only once the request body has been read: the
+    watcher drops any ``http.request`` message it receives."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await handler
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            return None
+        raise
+    finally:
+        watcher.cancel()
+
+
 def model_in_body(request: Request, body: Body) -> object:
     return body.get("model")
 
@@ -83,7 +121,8 @@ class ProfileEndpoint:
     profile of the object the path names, used when nothing explicit names one (it
     raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
     the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
-    response has been sent or abandoned.
+    response has been sent or abandoned, and the handler is cancelled when the client
+    goes away (``until_disconnect``).
     """
 
     def __init__(
@@ -117,7 +156,7 @@ class ProfileEndpoint:
         )
         if self.implied is not None and not selection.explicit:
             selection = Selection((("stored", await self.implied(request)),))
-        profile = state.registry.resolve(selection, request.user)
+        profile = await state.registry.ready(state.registry.resolve(selection, request.user))
         header = (b"x-hermes-profile", profile.name.encode())
 
         async def send_with_profile(message: Message) -> None:
@@ -131,7 +170,11 @@ class ProfileEndpoint:
                 try:
                     if self.runs_turns:
                         resources.enter_context(state.limiter.slot(profile.name))
-                    response = await self.handler(request, body)
+                        response = await until_disconnect(self.handler(request, body), receive)
+                        if response is None:
+                            return  # the client has gone: nothing to send; the exit frees the slot
+                    else:
+                        response = await self.handler(request, body)
                 except HermesAPIError as exc:  # routed: the answer names its profile
                     response = error_response(exc)
                 await response(scope, receive, send_with_profile)

@@ -1,8 +1,8 @@
 """``hermes-api serve | profiles | check | demo``.
 
-Exit codes: 0 success; 1 ``check`` found problems or the demo's model server failed;
-2 the configuration or the command line is invalid (including a non-loopback bind
-without any API key, DESIGN.md §2).
+Exit codes: 0 success (``check`` may still print warnings); 1 ``check`` found problems or
+the demo's model server failed; 2 the configuration or the command line is invalid
+(including a non-loopback bind without any API key, DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -77,9 +78,9 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     return Settings.load(config, environ, overrides)
 
 
-def report(problems: Iterable[str]) -> None:
+def report(problems: Iterable[str], label: str = "error") -> None:
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"{label}: {problem}", file=sys.stderr)
 
 
 def serving_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -160,16 +161,27 @@ def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def check_problems(settings: Settings, environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """``(problems, served profiles)``. Problems are what would make the server refuse
-    to start or serve less than configured: unservable exposed profiles, a default or
-    route profile that is not served, an open non-loopback bind."""
-    problems, served = [], []
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What ``check`` found. ``problems`` would make the server refuse to start or serve
+    less than configured (exit 1); ``warnings`` are served profiles that work but may
+    not do what their owner expects (a key left unused, a blocked memory entry)."""
+
+    problems: list[str]
+    warnings: list[str]
+    served: list[str]
+
+
+def check_problems(settings: Settings, environ: Mapping[str, str]) -> CheckResult:
+    """Problems: unservable exposed profiles, a default or route profile that is not
+    served, an open non-loopback bind. Warnings: each served profile's ``warnings``."""
+    problems, warnings, served = [], [], []
     for status in ProfileRegistry(settings, environ).survey():
         if status.exposed and status.profile is None:
             problems.append(f"profile {status.name}: {status.reason}")
-        elif status.exposed:
+        elif status.exposed and status.profile is not None:
             served.append(status.name)
+            warnings += (f"profile {status.name}: {w}" for w in status.profile.warnings)
     if settings.default_profile and settings.default_profile not in served:
         problems.append(f"default_profile {settings.default_profile} is not served")
     for i, rule in enumerate(settings.routes):
@@ -177,15 +189,20 @@ def check_problems(settings: Settings, environ: Mapping[str, str]) -> tuple[list
             problems.append(f"routes[{i}]: profile {rule.profile} is not served")
     if bind := open_bind_problem(settings):
         problems.append(bind)
-    return problems, served
+    return CheckResult(problems, warnings, served)
 
 
 def cmd_check(settings: Settings, environ: Mapping[str, str]) -> int:
-    problems, served = check_problems(settings, environ)
-    report(problems)
-    if problems:
+    """Warnings, then errors, one line each on stderr (``warning: …``, ``error: …``);
+    exit 1 only for errors. Without errors, ``ok: …`` on stdout, counting the warnings."""
+    result = check_problems(settings, environ)
+    report(result.warnings, "warning")
+    report(result.problems)
+    if result.problems:
         return EXIT_PROBLEMS
-    print(f"ok: {len(served)} profile(s) served: {', '.join(served)}")
+    count = len(result.warnings)
+    noted = f" ({count} warning{'s' if count != 1 else ''})" if count else ""
+    print(f"ok: {len(result.served)} profile(s) served: {', '.join(result.served)}{noted}")
     return 0
 
 

@@ -22,6 +22,7 @@
     │   ├── UpstreamRejectedError       400/413/422 as the upstream said, its message and code
     │   ├── UpstreamRateLimitError      429 rate_limit_error, Retry-After passed on
     │   ├── UpstreamAuthError           502 upstream_auth_failed: the provider refused our key
+    │   ├── UpstreamMisconfiguredError  502 upstream_misconfigured: a 404, 405, redirect … (base_url, model)
     │   ├── UpstreamUnavailableError    502 upstream_unavailable: refused, reset, 5xx
     │   ├── UpstreamBadResponseError    502 upstream_error: not JSON, cut-off stream
     │   └── UpstreamTimeoutError        504 upstream_timeout
@@ -30,7 +31,10 @@
 
 Every error renders as ``{"error": {"message", "type", "param", "code"}}`` with all four
 keys present (openai-wire.md, "Errors"): as a JSON response before the first byte, or as
-the payload of an in-stream error after it. Messages never contain an API key, an
+the payload of an in-stream error after it. A 5xx that retrying cannot fix (an operator's
+mistake: a wrong provider key, base_url or model id) carries ``x-should-retry: false``,
+which the OpenAI SDKs obey (openai-python ``_base_client.py`` ``_should_retry``); they
+retry every other 5xx twice. Messages never contain an API key, an
 upstream key or a ``.env`` value: callers build them from names, never from secrets.
 """
 
@@ -54,6 +58,7 @@ class HermesAPIError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = None
     default_param: ClassVar[str | None] = None
+    retryable: ClassVar[bool] = True  # False: the answer says ``x-should-retry: false``
 
     def __init__(
         self,
@@ -66,6 +71,8 @@ class HermesAPIError(Exception):
         self.message = message
         self.param = param if param is not None else self.default_param
         self.headers = headers or {}
+        if not self.retryable:
+            self.headers["x-should-retry"] = "false"
 
     def to_dict(self) -> dict[str, Any]:
         """``{"error": {"message", "type", "param", "code"}}``, all four keys present."""
@@ -245,10 +252,15 @@ class UpstreamAuthError(UpstreamError):
     """The provider refused the profile's key (401/403 upstream): an operator problem."""
 
     code = "upstream_auth_failed"
+    retryable = False
 
-    def __init__(self, message: str) -> None:
-        # Retrying cannot fix a wrong provider key: tell the OpenAI SDK not to.
-        super().__init__(message, headers={"x-should-retry": "false"})
+
+class UpstreamMisconfiguredError(UpstreamError):
+    """The provider answered as it does to a wrong ``base_url`` or model id: 404, 405, a
+    redirect, a 4xx not passed on. An operator problem, the same at every try."""
+
+    code = "upstream_misconfigured"
+    retryable = False
 
 
 class UpstreamUnavailableError(UpstreamError):

@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 from dotenv import dotenv_values
 
-from .persona import MEMORY_CHAR_LIMIT, USER_CHAR_LIMIT, build_persona, parse_entries
-from .providers import UnsupportedProviderError, resolve_provider
+from .persona import MEMORY_CHAR_LIMIT, USER_CHAR_LIMIT, Persona, parse_entries, render_persona, soul_char_limit
+from .providers import UnsupportedProviderError
+from .runtime_provider import Secrets, resolve_runtime
 
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 DEFAULT_PROFILE = "default"
@@ -46,10 +47,14 @@ Signature = bytes
 class Profile:
     """A loaded profile: what one request needs to run a turn.
 
-    ``model`` is the upstream model id, ``base_url`` the provider's OpenAI-compatible
-    root (``…/v1``), ``api_key`` None for keyless local servers, ``max_tokens`` the
-    default completion limit or None, ``persona`` the rendered system prompt,
-    ``created`` the Unix time (s) of config.yaml's last change.
+    ``model`` is the upstream model id, ``provider`` Hermes's provider id
+    (``custom:<name>`` for a named endpoint), ``base_url`` the provider's
+    OpenAI-compatible root (``…/v1``), ``api_key`` None when no key is sent, ``key_var``
+    the variable the key came from (None for none, or a key written in config.yaml: a
+    worker process needs only that one), ``max_tokens`` the default completion limit or
+    None, ``persona`` the rendered system prompt, ``created`` the Unix time (s) of
+    config.yaml's last change, ``config_warnings`` what ``hermes-api check`` says about
+    the configuration (``warnings`` adds the persona's).
     """
 
     name: str
@@ -58,11 +63,14 @@ class Profile:
     provider: str
     base_url: str
     api_key: str | None = field(repr=False)
-    persona_source: str | Callable[[], str] = field(repr=False)
+    persona_source: str | Callable[[], str | Persona] = field(repr=False)
     max_tokens: int | None = None
     description: str = ""
     created: int = 0
+    key_var: str | None = None
+    config_warnings: tuple[str, ...] = ()
     _persona: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
+    _persona_notes: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def persona(self) -> str:
@@ -75,8 +83,23 @@ class Profile:
         Raises ``ProfileError`` when a file cannot be read."""
         if not self._persona:
             source = self.persona_source
-            self._persona.append((source if isinstance(source, str) else source()).encode())
+            rendered = Persona(source) if isinstance(source, str) else source()
+            rendered = Persona(rendered) if isinstance(rendered, str) else rendered
+            self._persona_notes.extend(rendered.notes)
+            self._persona.append(rendered.text.encode())
         return self._persona[0].decode()
+
+    @property
+    def persona_notes(self) -> tuple[str, ...]:
+        """What the persona left out: a blocked SOUL.md or memory entry, a cut SOUL.md.
+        Reads the persona if not yet read (``ProfileError``)."""
+        self.persona  # noqa: B018
+        return tuple(self._persona_notes)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """``config_warnings``, then ``persona_notes``: what ``hermes-api check`` prints."""
+        return self.config_warnings + self.persona_notes
 
     @property
     def chat_completions_url(self) -> str:
@@ -189,8 +212,8 @@ def _model_section(config: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(model, dict):
         raise ProfileError("config.yaml has no model (a string or a mapping with 'default')")
     model_id = model.get("default") or model.get("model") or model.get("name")
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise ProfileError("config.yaml model has no 'default' model id")
+    if model_id is not None and not isinstance(model_id, str):
+        raise ProfileError("config.yaml model.default must be a string")
     # Hermes's older spellings (hermes_cli/config.py _normalize_root_model_keys).
     model = {
         **model,
@@ -210,17 +233,7 @@ def _model_section(config: Mapping[str, Any]) -> dict[str, Any]:
     max_tokens = model.get("max_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise ProfileError("config.yaml model.max_tokens must be a positive integer")
-    return {**model, "default": model_id.strip()}
-
-
-def _secret(names: tuple[str, ...], dotenv: Mapping[str, str], environ: Mapping[str, str]) -> str | None:
-    """The first variable set, each looked up in the profile's .env before the process
-    environment (Hermes loads .env over the environment)."""
-    for name in names:
-        value = dotenv.get(name) or environ.get(name)
-        if value:
-            return value
-    return None
+    return {**model, "default": (model_id or "").strip()}
 
 
 def _memory_settings(config: Mapping[str, Any]) -> tuple[bool, bool, int, int]:
@@ -244,7 +257,8 @@ def _memory_settings(config: Mapping[str, Any]) -> tuple[bool, bool, int, int]:
 @dataclass(frozen=True, slots=True)
 class _PersonaFiles:
     """Reads and renders a profile's persona (``Profile.persona_source``): the profile
-    directory (with a trailing separator), which files to read, the memory limits."""
+    directory (with a trailing separator), which files to read, the memory and SOUL.md
+    limits in characters."""
 
     base: str
     soul: bool
@@ -252,14 +266,17 @@ class _PersonaFiles:
     user: bool
     memory_limit: int
     user_limit: int
+    soul_limit: int
 
-    def __call__(self) -> str:
-        return build_persona(
+    def __call__(self) -> Persona:
+        return render_persona(
             _read_text(self.base + "SOUL.md") if self.soul else "",
             parse_entries(_read_text(self.base + "memories/MEMORY.md")) if self.memory else (),
             parse_entries(_read_text(self.base + "memories/USER.md")) if self.user else (),
             memory_char_limit=self.memory_limit,
             user_char_limit=self.user_limit,
+            soul_char_limit=self.soul_limit,
+            soul_path=self.base + "SOUL.md",
         )
 
 
@@ -286,25 +303,14 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: 
     config = expand_env_refs(config, lambda var: dotenv.get(var) or environ.get(var))
     model = _model_section(config)
     try:
-        provider = resolve_provider(model.get("provider"), model.get("base_url"))
+        runtime = resolve_runtime(model, config, Secrets(dotenv, environ, f"{home / '.env'} or the environment"))
     except UnsupportedProviderError as exc:
         raise ProfileError(f"unsupported: {exc}") from None
     except ValueError as exc:
         raise ProfileError(str(exc)) from None
-
-    if model.get("api_key"):
-        api_key: str | None = model["api_key"]
-    elif model.get("key_env"):
-        api_key = _secret((model["key_env"],), dotenv, environ)
-        if api_key is None:
-            raise ProfileError(f"model.key_env names {model['key_env']}, which is not set")
-    else:
-        api_key = _secret(provider.key_vars, dotenv, environ)
-    if api_key is None and provider.key_required:
-        raise ProfileError(
-            f"no API key for provider '{provider.id}': set {' or '.join(provider.key_vars)} "
-            f"in {home / '.env'} or the environment"
-        )
+    model_id = model["default"] or runtime.model
+    if not model_id:
+        raise ProfileError("config.yaml model has no 'default' model id")
 
     memory_on, user_on, memory_limit, user_limit = _memory_settings(config)
     persona = _PersonaFiles(
@@ -314,6 +320,7 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: 
         user_on and present["memories/USER.md"] is not None,
         memory_limit,
         user_limit,
+        soul_char_limit(config.get("context_file_max_chars"), model.get("context_length")),
     )
     try:  # optional metadata; Hermes never fails on it (hermes_cli/profiles.py)
         meta = _parse_yaml(text("profile.yaml"), "profile.yaml")
@@ -324,12 +331,14 @@ def load_profile(name: str, hermes_home: Path, environ: Mapping[str, str], sig: 
     return Profile(
         name=name,
         home=home,
-        model=model["default"],
-        provider=provider.id,
-        base_url=(model.get("base_url") or provider.base_url).rstrip("/"),
-        api_key=api_key,
+        model=model_id,
+        provider=runtime.provider,
+        base_url=runtime.base_url,
+        api_key=runtime.api_key,
         persona_source=persona,
-        max_tokens=model.get("max_tokens"),
+        max_tokens=model.get("max_tokens") or runtime.max_tokens,
         description=str(meta.get("description") or ""),
         created=created,
+        key_var=runtime.key_var,
+        config_warnings=runtime.warnings,
     )

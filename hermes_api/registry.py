@@ -4,12 +4,17 @@ Profiles are loaded once at startup and kept with a signature of their files
 (``profiles.signature``). Requests never touch the file system for that: a request only
 notes that its profile was used. Every ``reload_interval`` seconds a background sweep
 re-checks (six ``stat`` calls each, never a walk) the profiles used since its last tick
-first, then the next ones round-robin, at most ``SWEEP_SLICE`` of each. So an edited
-SOUL.md, a new profile or a fixed config.yaml is picked up without a restart, within a
-tick for the profiles in use, and the cost of checking is bounded per second, not paid
-per request, at any number of profiles. (An unknown name, with ``expose: "*"``, makes
-the request look at the profile directory listing, at most once per interval.)
-Everything here runs on the event loop: no locks, no awaits mid-update.
+first, then the next ones round-robin, at most ``SWEEP_SLICE`` of each, and with
+``expose: "*"`` the profile directory listing. So an edited SOUL.md, a new profile or a
+fixed config.yaml is picked up without a restart, within a tick for the profiles in use,
+and the cost of checking is bounded per second, not paid per request, at any number of
+profiles.
+
+No file is read on the event loop, which serves every request: a tick's file I/O runs in
+a worker thread (``_examine``), and so does a profile's first persona read (``ready``;
+SOUL.md and the memories are read on first use, not at load). The registry's state
+changes only on the event loop, from what those threads return: no locks, and no
+awaits in the middle of an update.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import asyncio
 import itertools
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from .context import run_sync
 from .errors import (
     InvalidValueError,
     ModelNotFoundError,
@@ -34,7 +39,6 @@ from .profiles import (
     Profile,
     ProfileError,
     Signature,
-    is_profile_name,
     list_profile_names,
     load_profile,
     profile_home,
@@ -85,29 +89,54 @@ def _shown(name: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in name)
 
 
+def _not_found(name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The model `{_shown(name)}` does not exist or you do not have access to it.")
+
+
+def _persona_failure(profile: Profile) -> str | None:
+    """Read ``profile``'s persona (kept on the profile); why it cannot be, or None."""
+    try:
+        profile.persona  # noqa: B018
+    except ProfileError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """One sweep tick's work, planned on the event loop: (name, entry now) of each
+    profile to re-check; with ``expose: "*"`` the listing as last seen, (profiles
+    directory mtime, names known), else None."""
+
+    checks: tuple[tuple[str, _Entry], ...]
+    listing: tuple[int | None, frozenset[str]] | None
+
+
+@dataclass(slots=True)
+class _Findings:
+    """What a tick found on disk: (name, entry checked, fresh entry) of each changed
+    profile; when it looked at the listing, (its mtime, the names gone from it, the
+    entries of new ones)."""
+
+    changed: list[tuple[str, _Entry, _Entry]] = field(default_factory=list)
+    listing: tuple[int | None, frozenset[str], dict[str, _Entry]] | None = None
+
+
 class ProfileRegistry:
     """The served profiles, the keys' allowlists and the routes, resolved per request."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        environ: Mapping[str, str],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
         self.settings = settings
         self._environ = environ
-        self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._listing_mtime: int | None = None
-        self._listing_checked_at = float("-inf")
         self._models: tuple[Profile, ...] | None = None
         self._sweep_at = 0
         self._used: dict[str, None] = {}  # used since the last sweep tick, first use first
         # Most specific rule first, then file order (§3): sort once.
         self._routes = sorted(settings.routes, key=lambda r: -len(r.match))
 
-    # -- loading --------------------------------------------------------------------
+    # -- loading: file I/O, run in worker threads --------------------------------------
 
     def load(self) -> None:
         """Load every exposed profile now; log each one that cannot be served."""
@@ -117,6 +146,8 @@ class ProfileRegistry:
         for name, entry in sorted(self._entries.items()):
             if entry.error:
                 logger.warning("profile %s is not served: %s", name, entry.error)
+            for warning in entry.profile.config_warnings if entry.profile else ():
+                logger.warning("profile %s: %s", name, warning)
         served = [n for n, e in sorted(self._entries.items()) if e.profile]
         logger.info("serving %d profile(s): %s", len(served), ", ".join(served) or "none")
 
@@ -125,7 +156,6 @@ class ProfileRegistry:
         if expose is not None:
             return sorted(expose)
         self._listing_mtime = self._profiles_dir_mtime()
-        self._listing_checked_at = self._clock()
         return list_profile_names(self.settings.hermes_home)
 
     def _profiles_dir_mtime(self) -> int | None:
@@ -143,98 +173,126 @@ class ProfileRegistry:
             return _Entry(None, str(exc), sig)
         return _Entry(profile, None, sig)
 
-    def _check(self, name: str) -> None:
-        """Re-read profile ``name`` if its files changed since it was loaded."""
-        entry = self._entries.get(name)
-        if entry is None or signature(profile_home(self.settings.hermes_home, name)) == entry.signature:
-            return
-        fresh = self._load(name)
-        self._entries[name] = fresh
-        self._models = None
-        if fresh.error:
-            logger.warning("profile %s changed and is not served: %s", name, fresh.error)
-        else:
-            logger.info("profile %s reloaded", name)
-
-    def _refresh_listing(self) -> None:
-        """With ``expose: "*"``, pick up added and removed profile directories."""
-        if self.settings.expose is not None:
-            return
-        now = self._clock()
-        if now - self._listing_checked_at < self.settings.reload_interval:
-            return
-        self._listing_checked_at = now
-        mtime = self._profiles_dir_mtime()
-        if mtime == self._listing_mtime:
-            return
-        self._listing_mtime = mtime
-        names = set(list_profile_names(self.settings.hermes_home))
-        for gone in set(self._entries) - names:
-            del self._entries[gone]
-        for new in sorted(names - set(self._entries)):
-            self._entries[new] = self._load(new)
-        self._models = None
-
     def check_files(self) -> None:
-        """One sweep tick: the profile listing (``expose: "*"``); the profiles used
-        since the last tick, up to ``SWEEP_SLICE``, in order of first use (the rest wait
-        for the next tick); then the next ``SWEEP_SLICE`` profiles round-robin. None is
-        checked twice in a tick."""
-        self._listing_checked_at = float("-inf")
-        self._refresh_listing()
-        checked = set(itertools.islice(self._used, SWEEP_SLICE))
-        for name in checked:
-            del self._used[name]
-            self._check(name)
-        names = list(self._entries)
-        for i in range(min(SWEEP_SLICE, len(names))):
-            name = names[(self._sweep_at + i) % len(names)]
-            if name not in checked:
-                self._check(name)
-        self._sweep_at += SWEEP_SLICE
+        """One sweep tick, in this thread: the profile listing (``expose: "*"``); the
+        profiles used since the last tick, up to ``SWEEP_SLICE``, in order of first use
+        (the rest wait for the next tick); then the next ``SWEEP_SLICE`` profiles
+        round-robin. None is checked twice in a tick."""
+        self._apply(self._examine(self._plan()))
 
     async def sweep(self) -> None:
-        """Forever: ``check_files()`` every ``reload_interval`` seconds."""
+        """Forever: a ``check_files()`` tick every ``reload_interval`` seconds, its file
+        I/O in a worker thread (``_examine``); only planning and applying the results,
+        which touch no file, run on the event loop."""
         while True:
             await asyncio.sleep(self.settings.reload_interval)
-            self.check_files()
+            tick = self._plan()
+            self._apply(await run_sync(self._examine, tick))
+
+    def _plan(self) -> _Tick:
+        """What the next tick looks at (no file I/O): the used profiles first, then the
+        round-robin slice, each with its entry as it is now, and the listing as last seen."""
+        checked = dict.fromkeys(itertools.islice(self._used, SWEEP_SLICE))
+        for name in checked:
+            del self._used[name]
+        names = list(self._entries)
+        for i in range(min(SWEEP_SLICE, len(names))):
+            checked.setdefault(names[(self._sweep_at + i) % len(names)])
+        self._sweep_at += SWEEP_SLICE
+        listing = None if self.settings.expose is not None else (self._listing_mtime, frozenset(self._entries))
+        return _Tick(tuple((name, self._entries[name]) for name in checked if name in self._entries), listing)
+
+    def _examine(self, tick: _Tick) -> _Findings:
+        """The file I/O of a tick (a worker thread may run it: it changes nothing here):
+        the listing, each checked profile's signature, and loads of those changed or new."""
+        found = _Findings()
+        for name, entry in tick.checks:
+            if signature(profile_home(self.settings.hermes_home, name)) != entry.signature:
+                found.changed.append((name, entry, self._load(name)))
+        if tick.listing is not None:
+            seen_mtime, known = tick.listing
+            mtime = self._profiles_dir_mtime()
+            if mtime != seen_mtime:
+                names = frozenset(list_profile_names(self.settings.hermes_home))
+                found.listing = (mtime, known - names, {new: self._load(new) for new in sorted(names - known)})
+        return found
+
+    def _apply(self, found: _Findings) -> None:
+        """Take in what ``_examine`` found (on the event loop, no awaits). An entry
+        replaced meanwhile keeps its newer version."""
+        if found.listing is not None:
+            self._listing_mtime, gone, added = found.listing
+            for name in gone:
+                self._entries.pop(name, None)
+            for name, entry in added.items():
+                self._entries.setdefault(name, entry)
+            self._models = None
+        for name, old, fresh in found.changed:
+            if self._entries.get(name) is not old:
+                continue
+            self._entries[name] = fresh
+            if fresh.error:
+                logger.warning("profile %s changed and is not served: %s", name, fresh.error)
+            else:
+                logger.info("profile %s reloaded", name)
+                for warning in fresh.profile.config_warnings if fresh.profile else ():
+                    logger.warning("profile %s: %s", name, warning)
+        if found.changed:
+            self._models = None
 
     # -- lookup ---------------------------------------------------------------------
 
     def get(self, name: str) -> Profile | None:
-        """The served profile ``name`` as last loaded (``check_files`` keeps it fresh);
-        None if unknown, not exposed or not servable (the three look the same to
-        callers). No file-system access unless ``name`` is unknown."""
+        """The served profile ``name`` as last loaded (the sweep keeps it fresh), its
+        persona read in this thread if it was not yet; None if unknown, not exposed or
+        not servable (the three look the same to callers). For the CLI and tests;
+        requests use ``resolve`` and ``ready``."""
         entry = self._entries.get(name)
         if entry is None:
-            if not is_profile_name(name):
-                return None
-            self._refresh_listing()
-            entry = self._entries.get(name)
-            if entry is None:
-                return None
+            return None
         self._used[name] = None
         return (entry if entry.ready else self._with_persona(name, entry)).profile
 
-    def _with_persona(self, name: str, entry: _Entry) -> _Entry:
-        """``entry``, its persona read (``Profile.persona`` reads it on first use); a
-        profile whose persona files cannot be read is not served, as at load time."""
+    async def ready(self, profile: Profile) -> Profile:
+        """``profile`` (from ``resolve``) with its persona read: the first time, in a
+        worker thread, as SOUL.md and the memories may sit on a slow disk. Raises
+        ``ModelNotFoundError`` when they cannot be read; the profile is then not served
+        (as at load time) until its files change."""
+        entry = self._entries.get(profile.name)
+        if entry is not None and entry.ready and entry.profile is profile:
+            return profile
+        failure = await run_sync(_persona_failure, profile)
+        entry = self._entries.get(profile.name)
+        if entry is not None and entry.profile is profile:
+            self._settle(profile.name, entry, failure)
+        if failure is not None:
+            raise _not_found(profile.name)
+        return profile
+
+    def _with_persona(self, name: str, entry: _Entry, *, log_notes: bool = True) -> _Entry:
+        """``entry``, its persona read in this thread (``Profile.persona`` reads it on
+        first use); a profile whose persona files cannot be read is not served."""
         if entry.profile is None:
             return entry
-        try:
-            entry.profile.persona  # noqa: B018
-        except ProfileError as exc:
-            entry = _Entry(None, str(exc), entry.signature)
+        return self._settle(name, entry, _persona_failure(entry.profile), log_notes=log_notes)
+
+    def _settle(self, name: str, entry: _Entry, failure: str | None, *, log_notes: bool = True) -> _Entry:
+        """Record that ``entry``'s persona was read, or could not be (``failure``), and
+        log what the persona left out (unless ``log_notes`` is false: ``check`` prints it)."""
+        if failure is not None:
+            entry = _Entry(None, failure, entry.signature)
             if name in self._entries:
                 self._entries[name] = entry
                 self._models = None
-            logger.warning("profile %s is not served: %s", name, exc)
+            logger.warning("profile %s is not served: %s", name, failure)
+        elif log_notes and entry.profile is not None:
+            for note in entry.profile.persona_notes:
+                logger.warning("profile %s: %s", name, note)
         entry.ready = True
         return entry
 
     def models(self) -> tuple[Profile, ...]:
         """Every served profile, sorted by name (cached until something changes)."""
-        self._refresh_listing()
         if self._models is None:
             self._models = tuple(e.profile for _, e in sorted(self._entries.items()) if e.profile is not None)
         return self._models
@@ -245,7 +303,7 @@ class ProfileRegistry:
         names = set(list_profile_names(self.settings.hermes_home)) | set(expose or ())
         for name in sorted(names):
             exposed = expose is None or name in expose
-            entry = self._with_persona(name, self._entries.get(name) or self._load(name))
+            entry = self._with_persona(name, self._entries.get(name) or self._load(name), log_notes=False)
             reason = entry.error if entry.error else (None if exposed else "not in expose")
             yield ProfileStatus(name, exposed, entry.profile, reason)
 
@@ -305,12 +363,13 @@ class ProfileRegistry:
                 "No profile selected: set 'model' to a profile id from GET /v1/models.",
                 param="model",
             )
-        profile = self.get(name)
-        if profile is None:
-            raise ModelNotFoundError(f"The model `{_shown(name)}` does not exist or you do not have access to it.")
+        entry = self._entries.get(name)
+        if entry is None or entry.profile is None:
+            raise _not_found(name)
+        self._used[name] = None
         if not caller.may_use(name):
             raise PermissionDeniedError(f"This API key may not use the model `{name}`.")
-        return profile
+        return entry.profile
 
     def _route(self, values: Mapping[str, str]) -> str | None:
         if values:

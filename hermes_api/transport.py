@@ -22,11 +22,17 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import httpx
 
+# What httpx.Response decodes with the standard library alone. aiohttp would offer what
+# *it* can decode: zstd too with backports.zstd (always on Python 3.14), which httpx reads
+# only with the zstandard package, so a zstd answer would reach us undecoded.
+ACCEPT_ENCODING = "gzip, deflate"
+
 
 def _session(limit: int) -> aiohttp.ClientSession:
     # limit=0: no pool cap here; concurrency limits belong to the server.
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=30),
+        headers={"Accept-Encoding": ACCEPT_ENCODING},  # a request's own header still wins
         trust_env=False,
         auto_decompress=False,  # httpx.Response decodes, as with any httpx transport
     )

@@ -10,7 +10,11 @@ across profiles.
 
 Every failure leaves this module as an ``errors.UpstreamError`` (§5), most specific
 first, timeouts before other transport errors, during stream iteration too
-(httpx ``_transports/default.py`` ``map_httpcore_exceptions`` is the model).
+(httpx ``_transports/default.py`` ``map_httpcore_exceptions`` is the model). Its cause
+is logged where it is mapped: at warning when the client gets a 5xx for it (the
+operator's to see: the provider's status and words, the transport's error), at debug
+when the provider's own 4xx passes on to the client. Never the profile's key: a
+provider that echoes it gets it scrubbed (``_scrub``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .errors import (
     UpstreamAuthError,
     UpstreamBadResponseError,
     UpstreamError,
+    UpstreamMisconfiguredError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
@@ -56,7 +61,7 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
     there is one (``transport.AiohttpTransport`` raises from it), decides."""
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
-    logger.debug(
+    logger.warning(
         "profile %s: upstream transport failure %s: %s", profile.name, type(root).__name__, _scrub(str(root), profile)
     )
     if isinstance(root, (TimeoutError, httpx.TimeoutException)):
@@ -67,12 +72,19 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
 
 
 def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Profile) -> UpstreamError:
-    """Map an upstream error status (§5): 4xx rejections pass through with the
-    provider's message; 401/403 are our key's fault (502); 429 keeps Retry-After;
-    timeouts are 504; everything else is 502."""
+    """Map an upstream error status, 300 or more (§5): 4xx rejections of the request
+    pass through with the provider's message; 401/403 are our key's fault and other 4xx
+    and redirects (not followed) the profile's ``base_url`` or model: 502s not to be
+    retried; 429 keeps Retry-After; timeouts are 504; 5xx are 502."""
+    error = _status_error(status, body, headers, profile)
+    level = logging.WARNING if error.status_code >= 500 else logging.DEBUG
+    if logger.isEnabledFor(level):
+        logger.log(level, "profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
+    return error
+
+
+def _status_error(status: int, body: bytes, headers: httpx.Headers, profile: Profile) -> UpstreamError:
     who = f"The upstream provider of profile '{profile.name}'"
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("profile %s: upstream answered HTTP %d: %s", profile.name, status, _excerpt(body, profile))
     if status in (401, 403):
         return UpstreamAuthError(f"{who} refused its API key (HTTP {status}).")
     if status == 429:
@@ -95,15 +107,17 @@ def status_error(status: int, body: bytes, headers: httpx.Headers, profile: Prof
         )
     if status >= 500:
         return UpstreamUnavailableError(f"{who} failed (HTTP {status}).")
-    return UpstreamBadResponseError(
+    return UpstreamMisconfiguredError(
         f"{who} answered HTTP {status}; check model.base_url and the model id of the profile."
     )
 
 
 def _excerpt(body: bytes, profile: Profile, limit: int = 300) -> str:
-    """The start of an upstream body for a debug line, the key scrubbed before cutting
-    (so no part of it can be left behind)."""
-    text = _scrub(body[: limit * 4].decode("utf-8", "replace"), profile)
+    """The start of an upstream body for a log line, the key scrubbed before cutting
+    (so no part of it can be left behind: a key that starts within the first ``limit``
+    characters is decoded whole)."""
+    key_bytes = len(profile.api_key.encode()) if profile.api_key else 0
+    text = _scrub(body[: limit * 4 + key_bytes].decode("utf-8", "replace"), profile)
     return text[:limit] + "…" if len(text) > limit else text
 
 
@@ -201,39 +215,41 @@ class Upstream:
         self._profile_extensions = {
             name: {"timeout": _timeout(limits.timeouts)} for name, limits in settings.per_profile.items()
         }
-        # (URL, key) -> the parsed URL and the raw headers but Accept and Content-Length.
-        self._prepared: dict[tuple[str, str | None], tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
+        # URL -> the parsed URL and the raw headers but Authorization, Accept and
+        # Content-Length. No key in here: one would stay in memory after it was rotated.
+        self._prepared: dict[str, tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
     def _request(self, profile: Profile, payload: dict[str, Any]) -> httpx.Request:
         """``payload`` as a JSON POST to the profile's chat completions URL. The URL and
-        the headers are parsed and normalised once per (URL, key) and passed as bytes:
-        httpx's per-request parsing cost ~15 µs of CPU per request (``bench/``). Raises
+        the headers are parsed and normalised once per URL and passed as bytes: httpx's
+        per-request parsing cost ~15 µs of CPU per request (``bench/``). The key's
+        header is made per request, so no old key outlives its profile. Raises
         ``InvalidJSONError`` for a body too deeply nested to serialise again."""
-        key = (profile.chat_completions_url, profile.api_key)
-        prepared = self._prepared.get(key)
+        prepared = self._prepared.get(profile.chat_completions_url)
         if prepared is None:
-            url = httpx.URL(key[0])
+            url = httpx.URL(profile.chat_completions_url)
             headers = [
                 (b"host", url.netloc),
                 (b"content-type", b"application/json"),
                 (b"user-agent", USER_AGENT.encode()),
             ]
-            if profile.api_key:
-                headers.append((b"authorization", f"Bearer {profile.api_key}".encode()))
-            prepared = self._prepared[key] = (url, headers)
+            prepared = self._prepared[profile.chat_completions_url] = (url, headers)
         url, headers = prepared
         try:
             body = orjson.dumps(payload)
         except orjson.JSONEncodeError:  # parsed fine (1024 levels), but orjson writes 254 at most
             raise InvalidJSONError("The JSON body is nested too deeply.") from None
         accept = b"text/event-stream" if payload.get("stream") else b"application/json"
+        per_request = [(b"accept", accept), (b"content-length", b"%d" % len(body))]
+        if profile.api_key:
+            per_request.append((b"authorization", b"Bearer " + profile.api_key.encode()))
         request = httpx.Request(
             "POST",
             url,
-            headers=[*headers, (b"accept", accept), (b"content-length", b"%d" % len(body))],
+            headers=[*headers, *per_request],
             stream=httpx.ByteStream(body),
             extensions=self._profile_extensions.get(profile.name, self._extensions),
         )
@@ -251,13 +267,19 @@ class Upstream:
                 await response.aclose()
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise status_error(response.status_code, response.content, response.headers, profile)
         try:
             answer = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            logger.warning(
+                "profile %s: upstream answered HTTP %d, not a chat.completion object: %s",
+                profile.name,
+                response.status_code,
+                _excerpt(response.content, profile),
+            )
             raise UpstreamBadResponseError(
                 f"The upstream provider of profile '{profile.name}' did not answer with a chat.completion object."
             )
@@ -273,7 +295,7 @@ class Upstream:
         except httpx.HTTPError as exc:
             raise transport_error(exc, profile) from exc
         try:
-            if response.status_code >= 400:
+            if response.status_code >= 300:
                 try:
                     body = await response.aread()
                 except httpx.HTTPError as exc:

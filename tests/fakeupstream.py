@@ -12,13 +12,14 @@ cut is exactly what the test asked for. The first path segment picks the behavio
     cut           the body ends cleanly too early (truncated JSON; a stream without [DONE])
     reset         the connection drops in the middle of the body
     stall         headers and part of the body, then silence until the client goes
-    hang          the request is read and never answered
+    hang          the request is read and never answered (until the client goes)
     slow-<ms>     silence for <ms> before an ok answer (non-stream), or between the
                   first chunk and the rest (stream)
     forever       a chunk every 50 ms until the client goes
     deep          valid JSON nested 300 levels deep (more than orjson writes)
     leak          a 400 whose message repeats the Authorization it got; streamed, an
                   in-stream error event that does the same
+    leak-<n>      HTTP <n> with such a message, streamed or not
     echo          after 0-20 ms, an answer whose text is what the call carried: its
                   Authorization, model, system message, last message and the messages
                   between them (``history``: role and ``fingerprint`` of each), as JSON;
@@ -26,8 +27,9 @@ cut is exactly what the test asked for. The first path segment picks the behavio
 
 Two more ports: ``refused`` (bound, never listening: connections are refused) and
 ``blackhole`` (listening with a full backlog: connections hang, so they time out).
-``GET /stats`` reports open connections and, per stream tag (the last message's
-content), when the stream started and ended and whether the client went away.
+``GET /stats`` reports open connections and, per tag (the last message's content), when
+a stream (``streams``) or a non-streamed ``hang`` or ``stall`` request (``held``) started
+and ended and whether the client went away.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import sys
 import time
 from typing import Any
 
-STATS: dict[str, Any] = {"open": 0, "opened": 0, "requests": 0, "streams": {}}
+STATS: dict[str, Any] = {"open": 0, "opened": 0, "requests": 0, "streams": {}, "held": {}}
 
 
 def fingerprint(content: object) -> str:
@@ -129,14 +131,15 @@ class Connection:
         model = str(body.get("model"))
         if behaviour == "echo":
             return await self.echo(body, tag, model)
-        if behaviour == "leak":
+        if behaviour.startswith("leak"):
             leaked = {"error": {"message": f"bad key {self.headers.get('authorization')}", "code": "leak"}}
-            if body.get("stream"):
+            status = int(behaviour[5:] or 400)
+            if body.get("stream") and behaviour == "leak":
                 w.write(head(200, "text/event-stream", None) + frame(chunk("first ", tag, model)))
                 w.write(frame(b"data: " + json.dumps(leaked).encode() + b"\n\n") + b"0\r\n\r\n")
             else:
                 data = json.dumps(leaked).encode()
-                w.write(head(400, "application/json", len(data)) + data)
+                w.write(head(status, "application/json", len(data)) + data)
             await w.drain()
             return True
         if body.get("stream"):
@@ -159,9 +162,11 @@ class Connection:
             data = completion(tag, model)[:-1] + b', "extra": ' + b"[" * 300 + b"]" * 300 + b"}"
             w.write(head(200, "application/json", len(data)) + data)
         elif behaviour in ("stall", "hang"):
+            record = STATS["held"][tag] = {"started": time.monotonic(), "ended": None, "client_left": False}
             if behaviour == "stall":
                 w.write(head(200, "application/json", 1000) + b'{"id": ')
-            await self.until_eof(None)
+            record["client_left"] = await self.until_eof(None)
+            record["ended"] = time.monotonic()
             return False
         else:
             if behaviour.startswith("slow-"):

@@ -82,3 +82,29 @@ def test_demo_without_the_extra_says_what_to_install(monkeypatch, capsys) -> Non
 def test_console_entry_point_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "hermes_api", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "serve" in result.stdout and "profiles" in result.stdout
+
+
+def test_check_prints_warnings_before_errors_and_fails_only_on_errors(home: HermesHome, tmp_path: Path, capsys) -> None:
+    home.add(
+        "local",
+        model={"default": "m", "provider": "custom", "base_url": "http://127.0.0.1:8080/v1"},
+        env={"OPENAI_API_KEY": "sk-openai-unused"},
+    )
+    home.add("claude", model={"default": "c", "provider": "anthropic"})
+    config = tmp_path / "check.yaml"
+    config.write_text(yaml.safe_dump({"hermes_home": str(home.root), "expose": ["default", "local", "claude"]}))
+    assert cli.main(["check", "--config", str(config)], {}) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(
+        "warning: profile local: provider custom sends no API key to http://127.0.0.1:8080/v1: "
+        "OPENAI_API_KEY in .env is present but unused"
+    )
+    assert lines[1].startswith("error: profile claude: unsupported: provider 'anthropic'")
+    assert len(lines) == 2 and "sk-openai-unused" not in err
+    # Without the broken profile the same warning stays, and check passes.
+    assert cli.main(["check", "--config", str(config), "--expose", "default,local"], {}) == 0
+    out, err = capsys.readouterr()
+    assert out == "ok: 2 profile(s) served: default, local (1 warning)\n"
+    assert err.startswith("warning: profile local: ")

@@ -1,10 +1,15 @@
 """CORS: off by default; configured origins may send the X-Hermes-* headers and read
-X-Hermes-Profile and x-request-id (Starlette's CORSMiddleware)."""
+X-Hermes-Profile, X-Hermes-Session-Id and x-request-id (Starlette's CORSMiddleware)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from starlette.testclient import TestClient
+
+import hermes_api
 
 from .conftest import completion, digest
 
@@ -79,6 +84,45 @@ def test_actual_requests_expose_the_profile_and_request_id(cors_client: TestClie
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ORIGIN
     r = cors_client.get("/v1/models", headers={"Origin": "https://evil.example", "Authorization": "Bearer web-key"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+ROOT = Path(hermes_api.__file__).parent
+HERMES_HEADER = re.compile(r"x-hermes-[a-z0-9-]*[a-z0-9]", re.IGNORECASE)
+
+
+def hermes_headers_named_in(*texts: str) -> set[str]:
+    return {name.lower() for text in texts for name in HERMES_HEADER.findall(text)}
+
+
+def test_every_hermes_header_the_server_reads_or_the_readme_names_is_allowed(cors_client: TestClient) -> None:
+    """Every ``X-Hermes-*`` header named anywhere in the server's code (all it reads and
+    sends) or in the README may be sent by a browser: a header added later is covered
+    without anyone remembering CORS."""
+    sources = [p.read_text() for p in ROOT.rglob("*.py")]
+    names = hermes_headers_named_in(*sources, (ROOT.parent / "README.md").read_text())
+    assert {"x-hermes-profile", "x-hermes-session-id", "x-hermes-chat-id"} <= names  # the scan finds them
+    r = cors_client.options(
+        "/v1/chat/completions", headers={**PREFLIGHT, "Access-Control-Request-Headers": ", ".join(sorted(names))}
+    )
+    assert r.status_code == 200, r.text
+    allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert names <= allowed
+
+
+def test_every_hermes_header_of_an_answer_is_exposed(cors_client: TestClient, upstream) -> None:
+    """A browser may read each ``X-Hermes-*`` header the server answers with, the
+    session id it echoes included."""
+    upstream.post("/chat/completions").respond(json=completion())
+    r = cors_client.post(
+        "/v1/chat/completions",
+        headers={"Origin": ORIGIN, "Authorization": "Bearer web-key", "X-Hermes-Session-Id": "s1"},
+        json={"model": "beta", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 200
+    sent = {k.lower() for k in r.headers if k.lower().startswith("x-hermes-")}
+    assert sent == {"x-hermes-profile", "x-hermes-session-id"}
+    exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+    assert sent <= exposed
 
 
 def test_extra_allowed_headers(make_app) -> None:

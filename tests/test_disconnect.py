@@ -1,4 +1,5 @@
-"""Clients that walk away mid-stream: the upstream request ends with them.
+"""Clients that walk away, mid-stream or waiting for a non-streamed answer: the upstream
+request ends with them, and their concurrency slot is free at once.
 
 200 streams are opened against a provider that would stream for ever (a chunk every
 50 ms); each client reads the first chunk and closes its connection. The provider
@@ -11,6 +12,7 @@ same for 200 Responses API streams, none of which may be stored.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import statistics
 import time
@@ -169,3 +171,49 @@ def test_abandoned_responses_streams_end_upstream_and_are_not_stored(
     finally:
         db.close()
     assert rows == [(done["response"]["id"], "completed")], f"abandoned streams were stored: {rows[:3]}"
+
+
+def wait_for(condition: Callable[[], Any], seconds: float = 10) -> Any:
+    """``condition()``'s first truthy value, looked at every 50 ms for ``seconds``; None
+    if it never came."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.parametrize("behaviour", ["hang", "stall"], ids=["before-headers", "mid-body"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"], ids=["chat", "responses"])
+def test_a_client_leaving_a_non_streamed_request_ends_it_and_frees_its_slot(
+    fake_upstream: FakeUpstream, home: HermesHome, make_settings, live, path: str, behaviour: str
+) -> None:
+    """One slot in all (``max_concurrent: 1``). A client sends a non-streamed request
+    whose provider never finishes its answer (silent before its headers, or mid-body),
+    and closes its connection once the provider has the request. The provider sees its
+    request's connection closed, and the next request, to another profile, is admitted
+    at once, not refused with 429 until the provider would have given up."""
+    home.add("held", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url(behaviour)})
+    home.add("quick", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("ok")})
+    settings = make_settings(expose=["held", "quick"], default_profile="quick", max_concurrent=1)
+    server = live(create_app(settings, environ={}))
+    tag = f"non-streamed {behaviour} {path}"
+
+    def request(profile: str, text: str) -> dict[str, Any]:
+        if path == "/v1/responses":
+            return {"model": profile, "input": text}
+        return {"model": profile, "messages": [{"role": "user", "content": text}]}
+
+    body = orjson.dumps(request("held", tag))
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+
+    def held() -> dict[str, Any]:
+        return fake_upstream.stats()["held"].get(tag) or {}
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(head.encode() + body)
+        assert wait_for(held), "the provider got the request"
+    # The client has closed its connection.
+    ended = wait_for(lambda: (record := held())["ended"] is not None and record)
+    assert ended and ended["client_left"], "the provider saw its request's connection closed"
+    r = httpx.post(server.url + path, json=request("quick", "next"), timeout=10)
+    assert r.status_code == 200, r.text

@@ -133,7 +133,16 @@ UPSTREAM_CASES = [
     pytest.param(httpx.Response(401), 502, "upstream_error", "upstream_auth_failed", id="upstream-401"),
     pytest.param(httpx.Response(403), 502, "upstream_error", "upstream_auth_failed", id="upstream-403"),
     pytest.param(httpx.Response(500), 502, "upstream_error", "upstream_unavailable", id="upstream-500"),
-    pytest.param(httpx.Response(404), 502, "upstream_error", "upstream_error", id="upstream-404"),
+    pytest.param(httpx.Response(404), 502, "upstream_error", "upstream_misconfigured", id="upstream-404"),
+    pytest.param(httpx.Response(405), 502, "upstream_error", "upstream_misconfigured", id="upstream-405"),
+    pytest.param(httpx.Response(410), 502, "upstream_error", "upstream_misconfigured", id="upstream-410"),
+    pytest.param(
+        httpx.Response(301, headers={"location": "https://upstream.test/v1/chat/completions"}),
+        502,
+        "upstream_error",
+        "upstream_misconfigured",
+        id="upstream-redirect",
+    ),
     pytest.param(httpx.Response(200, text="<html>"), 502, "upstream_error", "upstream_error", id="not-json"),
     pytest.param(
         httpx.Response(200, json={"no": "choices"}), 502, "upstream_error", "upstream_error", id="not-a-completion"
@@ -165,8 +174,9 @@ def test_upstream_failures_before_the_first_byte(keyed, upstream, outcome, statu
     assert r.headers["x-hermes-profile"] == "alpha"
     if status == 429:
         assert r.headers["retry-after"] == "7"
-    if code == "upstream_auth_failed":
-        assert r.headers["x-should-retry"] == "false"
+    # Retrying cannot fix a wrong key, base_url or model: the OpenAI SDK is told not to.
+    not_retried = code in ("upstream_auth_failed", "upstream_misconfigured")
+    assert r.headers.get("x-should-retry") == ("false" if not_retried else None)
 
 
 def test_upstream_rejection_keeps_message_and_param(keyed, upstream) -> None:

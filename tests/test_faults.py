@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 import yaml
@@ -35,6 +36,8 @@ BEHAVIOURS = [
     "status-429",
     "status-401",
     "status-403",
+    "status-404",
+    "status-405",
     "notjson",
     "cut",
     "reset",
@@ -118,6 +121,8 @@ FAULTS = [
     ("status-429", 429, "rate_limit_error", "rate_limit_exceeded", None),
     ("status-401", 502, "upstream_error", "upstream_auth_failed", None),
     ("status-403", 502, "upstream_error", "upstream_auth_failed", None),
+    ("status-404", 502, "upstream_error", "upstream_misconfigured", None),
+    ("status-405", 502, "upstream_error", "upstream_misconfigured", None),
     ("notjson", 502, "upstream_error", "upstream_error", None),
     ("cut", 502, "upstream_error", "upstream_error", None),
     ("reset", 502, "upstream_error", "upstream_unavailable", None),
@@ -127,6 +132,9 @@ FAULTS = [
 ]
 # Streams whose provider said 200 fail after the first byte: the in-stream form.
 IN_STREAM = {"notjson", "cut", "reset", "stall", "slow-2500", "deep"}
+# Retrying cannot help (the profile's key, base_url or model is wrong): the OpenAI SDK
+# is told not to (x-should-retry: false); it retries every other 5xx.
+NOT_RETRIED = {"upstream_auth_failed", "upstream_misconfigured"}
 
 
 def fault_cases(skip: frozenset[str] = frozenset()) -> Iterator[Any]:
@@ -157,8 +165,8 @@ def test_fault_gives_the_error_of_the_table_and_the_server_survives(
     assert r.headers["x-hermes-profile"] == profile
     if code == "rate_limit_exceeded":
         assert r.headers["retry-after"] == "7"
-    if code == "upstream_auth_failed":
-        assert r.headers["x-should-retry"] == "false"
+    if status is not None:
+        assert r.headers.get("x-should-retry") == ("false" if code in NOT_RETRIED else None)
     assert_serving(client)
 
 
@@ -188,10 +196,28 @@ def test_responses_fault_gives_the_error_of_the_table_or_response_failed(
         assert client.get(f"/v1/responses/{failed['id']}").json() == failed
     if code == "rate_limit_exceeded":
         assert r.headers["retry-after"] == "7"
-    if code == "upstream_auth_failed":
-        assert r.headers["x-should-retry"] == "false"
+    if status is not None:
+        assert r.headers.get("x-should-retry") == ("false" if code in NOT_RETRIED else None)
     ok = client.post("/v1/responses", json={"model": "ok", "input": "after"})
     assert ok.status_code == 200 and ok.json()["output"][0]["content"][0]["text"] == "ok after"
+
+
+@pytest.mark.parametrize(("profile", "retried"), [("status-404", False), ("status-405", False), ("status-500", True)])
+def test_the_openai_sdk_retries_only_what_retrying_can_fix(
+    server: LiveServer, fake_upstream: FakeUpstream, profile: str, retried: bool
+) -> None:
+    """A wrong ``base_url`` (the provider's 404 or 405) fails the same way every time:
+    one SDK call reaches the provider once. A provider's 500 may pass: the SDK tries
+    again (twice, by default)."""
+    sdk = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=2)
+    for call in (
+        lambda: sdk.chat.completions.create(model=profile, messages=[{"role": "user", "content": "hi"}]),
+        lambda: sdk.responses.create(model=profile, input="hi"),
+    ):
+        before = fake_upstream.stats()["requests"]
+        with pytest.raises(openai.InternalServerError):
+            call()
+        assert fake_upstream.stats()["requests"] - before == (3 if retried else 1)
 
 
 def test_responses_deep_provider_answer_is_read_not_resent(client: httpx.Client) -> None:

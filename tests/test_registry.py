@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
+import shutil
+import time
 from collections.abc import Callable
 
+import orjson
 import pytest
+from starlette.testclient import TestClient
 
 from hermes_api import registry as registry_module
 from hermes_api.errors import (
@@ -21,23 +26,15 @@ from hermes_api.keys import Caller
 from hermes_api.registry import ProfileRegistry
 from hermes_api.settings import IDENTITY_FIELDS, ROUTE_FIELDS, APIKey, Settings
 
-from .conftest import HermesHome
+from .conftest import HermesHome, completion
 
 OPEN = Caller(None)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def registry(make_settings: Callable[..., Settings]) -> Callable[..., ProfileRegistry]:
-    def make(clock: Clock | None = None, **raw) -> ProfileRegistry:
-        reg = ProfileRegistry(make_settings(**raw), {}, clock=clock or Clock())
+    def make(**raw) -> ProfileRegistry:
+        reg = ProfileRegistry(make_settings(**raw), {})
         reg.load()
         return reg
 
@@ -207,20 +204,23 @@ def test_used_profiles_are_checked_first(registry, home: HermesHome, monkeypatch
 
 
 def test_new_profile_appears_with_expose_star(registry, home: HermesHome) -> None:
-    clock = Clock()
-    reg = registry(clock, expose="*")
+    reg = registry(expose="*")
     assert reg.get("delta") is None
     home.add("delta")
     os.utime(home.root / "profiles", ns=(1, 1))  # a distinct directory mtime, however fast
-    clock.now += 2
+    assert reg.get("delta") is None  # requests never look at the listing
+    reg.check_files()
     assert reg.get("delta").name == "delta"
     assert [p.name for p in reg.models()] == ["alpha", "beta", "default", "delta", "gamma"]
+    shutil.rmtree(home.dir("delta"))
+    os.utime(home.root / "profiles", ns=(2, 2))
+    reg.check_files()
+    assert reg.get("delta") is None and "delta" not in [p.name for p in reg.models()]
 
 
 def test_broken_then_fixed_profile(registry, home: HermesHome) -> None:
-    clock = Clock()
     (home.dir("beta") / "config.yaml").write_text("model: [\n")
-    reg = registry(clock)
+    reg = registry()
     assert reg.get("beta") is None and "beta" not in [p.name for p in reg.models()]
     home.add("beta")
     reg.check_files()
@@ -372,3 +372,49 @@ def test_starlette_headers_route_with_the_first_value_of_a_repeated_header(regis
     raw = [(b"content-type", b"application/json"), (b"x-hermes-profile", b"beta"), (b"x-hermes-profile", b"gamma")]
     reg = registry()
     assert reg.resolve(reg.select(Headers(raw=raw)), OPEN).name == "beta"
+
+
+def test_no_profile_file_is_read_on_the_event_loop(make_app, upstream, home: HermesHome, monkeypatch) -> None:
+    """The event loop serves every request, so a slow disk (a Hermes home on a network
+    file system) must never stall it: the sweep's checks and reloads, a new profile's
+    load and a profile's first persona read all run in worker threads. Edits and a new
+    profile are still picked up."""
+    root = os.fspath(home.root)
+    on_loop: list[str] = []
+
+    def spy(real):
+        def wrapper(path, *args, **kwargs):
+            if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(root):
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:
+                    pass  # a worker thread (or the test itself)
+                else:
+                    on_loop.append(f"{real.__name__} {os.fspath(path)[len(root) :]}")
+            return real(path, *args, **kwargs)
+
+        return wrapper
+
+    route = upstream.post("/chat/completions").respond(json=completion())
+
+    def persona_sent(model: str) -> str:
+        r = client.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        return orjson.loads(route.calls.last.request.content)["messages"][0]["content"]
+
+    with TestClient(make_app(expose="*", reload_interval=0.02)) as client:  # startup has loaded the profiles
+        for module, name in ((os, "stat"), (os, "scandir"), (builtins, "open")):
+            monkeypatch.setattr(module, name, spy(getattr(module, name)))
+        assert persona_sent("alpha") == "You are ALPHA-PERSONA."  # its first read
+        (home.dir("alpha") / "SOUL.md").write_text("alpha, edited")
+        home.add("delta")
+        deadline = time.monotonic() + 10
+        while persona_sent("alpha") != "alpha, edited" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert persona_sent("alpha") == "alpha, edited"
+        while client.get("/v1/models/delta").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert persona_sent("delta") == "You are DELTA-PERSONA."
+        assert client.get("/v1/models").status_code == 200
+        monkeypatch.undo()
+    assert on_loop == []

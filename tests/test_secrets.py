@@ -33,6 +33,8 @@ FAULTS = [
     "stall",
     "deep",
     "leak",
+    "leak-500",
+    "status-404",
     "forever",
 ]
 
@@ -148,7 +150,14 @@ def test_no_secret_in_logs_or_responses(secret_world, fake_upstream: FakeUpstrea
     server.process.wait(timeout=15)
     log = readable_log(server)
     raw = server.log()
-    for line in ("DEBUG:    profile leak: upstream answered HTTP 400", "upstream transport failure"):
+    for line in (
+        "DEBUG:    profile leak: upstream answered HTTP 400",  # passed on to the client: its business
+        # A 5xx from us says why at warning, the provider's words (echoing our key) included.
+        "WARNING:  profile leak-500: upstream answered HTTP 500: {",
+        "WARNING:  profile status-404: upstream answered HTTP 404: {",
+        "WARNING:  profile refused: upstream transport failure ClientConnectorError",
+        "WARNING:  profile notjson: upstream answered HTTP 200, not a chat.completion object: <html>",
+    ):
         assert line in log, line
     assert log != raw or "429 Too Many" in log  # uvicorn's access line (text only)
     assert "stream failed after the first byte" in log and "Application shutdown complete" in log
@@ -306,3 +315,68 @@ def test_key_sha256_through_the_real_server(home: HermesHome, tmp_path: Path, se
     assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["alpha"]
     assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {key}x"}).status_code == 401
     assert key not in config.read_text() and key not in server.log()
+
+
+def test_a_key_at_the_edge_of_the_logged_excerpt_is_scrubbed_whole(caplog) -> None:
+    """The log shows the first 300 characters of a provider's error body; a key the
+    provider echoed right at that edge is scrubbed as a whole, not cut first and half shown."""
+    from hermes_api.profiles import Profile
+    from hermes_api.upstream import status_error
+
+    key = sentinel("UPSTREAM")
+    profile = Profile("p", Path("/nonexistent"), "m", "custom", "http://x/v1", api_key=key, persona_source="")
+    body = ("😀" * 299 + key).encode()  # 1196 bytes, then the key: the old cut ended inside it
+    with caplog.at_level("WARNING", logger="hermes_api"):
+        status_error(500, body, httpx.Headers(), profile)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.endswith("😀" * 299 + "*…"), message[-20:]
+
+
+def reachable_text(root: object) -> str:
+    """Every str and bytes reachable from ``root`` through containers and instances
+    (not through modules, classes or functions), joined: what the object keeps alive."""
+    import gc
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    seen: set[int] = set()
+    texts: list[str] = []
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            texts.append(obj)
+        elif isinstance(obj, (bytes, bytearray)):
+            texts.append(bytes(obj).decode("latin-1"))
+        else:
+            todo.extend(gc.get_referents(obj))
+    return "\n".join(texts)
+
+
+def test_the_upstream_client_keeps_no_rotated_provider_key() -> None:
+    """A profile's key changes (rotated in its ``.env``; the registry reloads the
+    profile): the pooled client used by every profile keeps no old key in memory."""
+    import asyncio
+
+    from hermes_api.profiles import Profile
+    from hermes_api.settings import Settings
+    from hermes_api.upstream import Upstream
+
+    from .conftest import completion
+
+    keys = [sentinel("UPSTREAM") for _ in range(3)]
+
+    async def rotate() -> Upstream:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=completion()))
+        upstream = Upstream(Settings(Path("/nonexistent"), Path("/nonexistent")), transport=transport)
+        for key in keys:
+            profile = Profile("p", Path("/nonexistent"), "m", "custom", "http://x/v1", api_key=key, persona_source="")
+            await upstream.create_chat_completion(profile, {"messages": []})
+        return upstream
+
+    assert keys[0] in reachable_text({"a": [(keys[0].encode(),)]})  # the walk looks inside containers
+    held = reachable_text(asyncio.run(rotate()))
+    assert [k for k in keys[:-1] if k in held] == []

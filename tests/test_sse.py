@@ -148,6 +148,36 @@ def test_event_stream_stops_when_the_client_leaves() -> None:
     assert client.body == b"data: 0\n\n"  # no end-of-body message to a client that is gone
 
 
+def test_pings_never_overlap_a_send_in_progress() -> None:
+    """ASGI allows one ``send`` at a time. A client that reads slowly keeps a send of the
+    body waiting (uvicorn waits for its write buffer to drain), for longer than the ping
+    interval; the ping task must not send meanwhile, and after it the stream goes on."""
+    client, log = FakeClient(), []
+    overlaps, in_send = [], 0
+    released = asyncio.Event()
+
+    async def slow_send(message: dict) -> None:
+        nonlocal in_send
+        in_send += 1
+        overlaps.append(in_send > 1)
+        try:
+            if message.get("body") == b"data: 0\n\n":
+                await released.wait()  # the client does not read for a while
+            await client.send(message)
+        finally:
+            in_send -= 1
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, released.set)  # 30 ping intervals
+        await EventStreamResponse(pieces(log, [0, 0.35]), ping=0.01)({"type": "http"}, client.receive, slow_send)
+
+    asyncio.run(go())
+    assert not any(overlaps)
+    assert client.body.startswith(b"data: 0\n\n") and client.body.endswith(PING + b"data: 1\n\n")
+    assert PING in client.body, "pings go on once the slow send is over"
+
+
 def test_a_client_leaving_mid_stream_closes_the_upstream_request(live, make_settings, home) -> None:
     """Under uvicorn: the client drops a stream whose provider is still talking; the
     provider sees its request closed at once, not when its answer would have ended."""

@@ -8,7 +8,9 @@ connection reuse, and aiohttp's failures arriving as httpx's exception classes.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hermes_api.errors import UpstreamTimeoutError, UpstreamUnavailableError
@@ -31,8 +33,20 @@ from hermes_api.upstream import Upstream
 
 from .conftest import LiveServer
 
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
 T = TypeVar("T")
 TIMEOUT = httpx.Timeout(5.0).as_dict()
+COMPLETION = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+}
 
 
 async def slow_headers(request: Request) -> JSONResponse:
@@ -65,6 +79,16 @@ def upstream_app() -> Starlette:
     async def big(request: Request) -> JSONResponse:
         return JSONResponse({"text": "x" * 5000})
 
+    async def best_encoding(request: Request) -> Response:
+        """A provider that compresses with the best encoding it is offered, zstd first."""
+        offered = {e.strip() for e in request.headers.get("accept-encoding", "").split(",")}
+        body = orjson.dumps(COMPLETION)
+        if "zstd" in offered:
+            return Response(zstd.compress(body), media_type="application/json", headers={"content-encoding": "zstd"})
+        if "gzip" in offered:
+            return Response(gzip.compress(body), media_type="application/json", headers={"content-encoding": "gzip"})
+        return Response(body, media_type="application/json")
+
     return Starlette(
         routes=[
             Route("/echo", echo, methods=["POST"]),
@@ -72,6 +96,7 @@ def upstream_app() -> Starlette:
             Route("/slow-headers", slow_headers, methods=["POST"]),
             Route("/stalled-body", stalled_body, methods=["POST"]),
             Route("/big", big, methods=["POST"]),
+            Route("/v1/chat/completions", best_encoding, methods=["POST"]),
         ],
         middleware=[Middleware(GZipMiddleware, minimum_size=1000)],
     )
@@ -176,6 +201,22 @@ def profile(base_url: str) -> Profile:
         api_key=None,
         persona_source="",
     )
+
+
+def test_a_provider_that_answers_zstd_when_offered_is_understood(up: LiveServer) -> None:
+    """aiohttp offers every encoding it can decode (zstd with ``backports.zstd``, always
+    on Python 3.14), but the bytes are decoded by httpx, which reads zstd only with the
+    ``zstandard`` package. We offer only what httpx decodes, so a provider that prefers
+    zstd answers with something we read: the answer, not a 502."""
+
+    async def call() -> dict[str, Any]:
+        upstream = Upstream(Settings(Path("/nonexistent"), Path("/nonexistent")))
+        try:
+            return await upstream.create_chat_completion(profile(up.url + "/v1"), {"messages": []})
+        finally:
+            await upstream.aclose()
+
+    assert asyncio.run(call())["choices"] == COMPLETION["choices"]
 
 
 def test_upstream_maps_the_real_transports_failures() -> None:
