@@ -112,8 +112,10 @@ def start_gateways(work: Path, upstream_port: int, count: int) -> list[Target]:
     write_hermes_home(home, upstream_port)
     port = free_port()
     # An operator serving 1,000 concurrent streams raises the concurrency caps (defaults:
-    # 512 in all, 128 per profile), or 872 of them would get 429 concurrency_limit_exceeded.
+    # 512 in all, 128 per profile), or 872 of them would get 429 concurrency_limit_exceeded;
+    # past 2,048 streams, also the cap on open connections (503 too_many_connections).
     caps = {"max_concurrent": 2 * count, "max_concurrent_per_profile": 2 * count}
+    caps["max_connections"] = max(2 * count, 2048)
     config = hermes_config(work, home, port, ["bench"], **caps)
     argv = pinned(GATEWAY_CPU, [sys.executable, "-m", "hermes_api", "serve", "--config", str(config)])
     hermes = Target("hermes-api", port, auth=HERMES_KEY, routes={("chat", True): ("/v1/chat/completions", "bench")})

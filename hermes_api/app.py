@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -28,7 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .binding import Handler, ProfileEndpoint, model_in_path
-from .context import run_sync
+from .context import Unbound, run_sync
 from .endpoints import chat, health, models, responses
 from .endpoints.metrics import get_metrics
 from .errors import HermesAPIError, handle_error
@@ -39,6 +37,7 @@ from .limits import ConcurrencyLimiter
 from .meters import MeteredStore, MeteredTurns, StatusTransport
 from .metrics import Metrics
 from .registry import ProfileRegistry
+from .request_ids import CLIENT_REQUEST_ID, new_request_id
 from .settings import CORS, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
@@ -48,7 +47,6 @@ from .upstream import Upstream
 
 logger = logging.getLogger("hermes_api")
 
-_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Every X-Hermes-* header the server reads (tests/test_cors.py scans the code for them),
 # and the ones it answers with.
 CORS_REQUEST_HEADERS = (
@@ -75,10 +73,10 @@ class RequestIdMiddleware:
             return
         request_id = (
             next(
-                (v for k, v in scope["headers"] if k == b"x-request-id" and _CLIENT_REQUEST_ID.fullmatch(v)),
+                (v for k, v in scope["headers"] if k == b"x-request-id" and CLIENT_REQUEST_ID.fullmatch(v)),
                 None,
             )
-            or f"req_{uuid.uuid4().hex}".encode()
+            or new_request_id().encode()
         )
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
@@ -224,6 +222,7 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[
+            Middleware(Unbound),
             Middleware(RequestIdMiddleware),
             Middleware(ExchangeMiddleware, metrics=meter, log_requests=settings.log_format == "json"),
             *cors_middleware(settings.cors),

@@ -23,19 +23,22 @@ closed and the concurrency slot freed by the same exit of ``resources``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .context import use_profile
 from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, RouteNotFoundError, error_response
 from .registry import Selection
+
+logger = logging.getLogger("hermes_api")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -147,7 +150,12 @@ class ProfileEndpoint:
             raise RouteNotFoundError(f"{scope['method']} {scope['path']!r} is not a route of this server.")
         request = Request(scope, receive)
         state = request.state
-        body = await read_json_object(request, state.settings.max_body_bytes) if self.reads_body else {}
+        try:
+            body = await read_json_object(request, state.settings.max_body_bytes) if self.reads_body else {}
+        except ClientDisconnect:
+            # Gone before its request was whole: nobody to answer, and not our failure.
+            logger.info("the client closed the connection during its request body (%s)", state.request_id)
+            return
         selection = state.registry.select(
             request.headers,
             prefix=request.path_params.get("profile"),

@@ -123,7 +123,12 @@ def serve(settings: Settings, environ: Mapping[str, str]) -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        http=bounded_protocol(settings.max_header_bytes),
+        http=bounded_protocol(
+            settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout,
         log_level=settings.log_level,
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=settings.log_format == "text",  # json: the app's own request line replaces it

@@ -2,7 +2,8 @@
 
 ``binding.ProfileEndpoint`` sets it around both the handler and the sending of its
 response, so a streamed body runs under its own profile; ``run_sync`` carries it into
-worker threads. Nothing else in the process reads a "current" profile from anywhere else.
+worker threads; ``Unbound``, the outermost middleware, makes every request start with no
+profile bound. Nothing else in the process reads a "current" profile from anywhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -32,6 +34,23 @@ def use_profile(profile: Profile) -> Iterator[Profile]:
         yield profile
     finally:
         _profile.reset(token)
+
+
+class Unbound:
+    """ASGI middleware: every request starts with no profile bound. An asyncio task
+    starts with a copy of the context it was created in, and uvicorn creates a
+    pipelined request's task inside the previous request's last ``send``
+    (``HttpToolsProtocol.on_response_complete``), where that request's profile is bound."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = _profile.set(None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _profile.reset(token)
 
 
 def current_profile() -> Profile:

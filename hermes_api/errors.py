@@ -16,6 +16,7 @@
     │   └── RouteNotFoundError          404 not_found: no such path
     ├── MethodNotAllowedError           405 method_not_allowed
     ├── RequestTooLargeError            413 request_too_large
+    ├── RequestTimeoutError             408 request_timeout: the headers took over header_timeout
     ├── HeadersTooLargeError            431 request_headers_too_large: over max_header_bytes
     ├── ConcurrencyLimitError           429 rate_limit_error concurrency_limit_exceeded: our own cap
     ├── UpstreamError                   upstream_error: the profile's provider failed us
@@ -26,6 +27,7 @@
     │   ├── UpstreamUnavailableError    502 upstream_unavailable: refused, reset, 5xx
     │   ├── UpstreamBadResponseError    502 upstream_error: not JSON, cut-off stream
     │   └── UpstreamTimeoutError        504 upstream_timeout
+    ├── ConnectionLimitError            503 server_error too_many_connections: max_connections open
     ├── ShuttingDownError               503 server_shutting_down: the shutdown grace period ran out
     └── ServerError                     500 server_error: a bug; details go to the log only
 
@@ -193,6 +195,15 @@ class RequestTooLargeError(HermesAPIError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(HermesAPIError):
+    """The request line and headers did not arrive within ``header_timeout`` seconds:
+    answered by the protocol, which closes the connection (nginx's ``client_header_timeout``)."""
+
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class HeadersTooLargeError(HermesAPIError):
     """The request line and headers are larger than ``max_header_bytes``."""
 
@@ -280,6 +291,18 @@ class UpstreamTimeoutError(UpstreamError):
 
     status_code = 504
     code = "upstream_timeout"
+
+
+class ConnectionLimitError(HermesAPIError):
+    """``max_connections`` client connections are open: a new one is answered by the
+    protocol before it is read, and closed. Transient: ``Retry-After`` 1 s."""
+
+    status_code = 503
+    type = "server_error"
+    code = "too_many_connections"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"retry-after": "1"})
 
 
 class ShuttingDownError(HermesAPIError):

@@ -1,14 +1,19 @@
 """Who is calling: API keys checked in constant time (DESIGN.md §2).
 
 Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``PUBLIC_PATHS`` needs
-a valid ``Authorization: Bearer <key>`` once any key is configured; with none configured
-the server is open (and ``cli`` refuses to bind anything but loopback).
+a valid ``Authorization: Bearer <key>`` once any key is configured. With none configured
+the server is open, to this machine only: ``cli`` refuses to bind anything but loopback,
+and, whatever started the app (``uvicorn --factory --host 0.0.0.0``, another ASGI
+server), a request that arrived on a non-loopback address of this machine (ASGI
+``scope["server"]``, the local end of its connection) gets 401.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,9 +27,12 @@ from starlette.authentication import (
 )
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.types import Scope
 
 from .errors import AuthenticationError, error_response
 from .settings import APIKey
+
+logger = logging.getLogger("hermes_api")
 
 # /metrics checks its own callers (endpoints/metrics.py): loopback, or a metrics key.
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -65,6 +73,7 @@ class KeyRing(AuthenticationBackend):
     def __init__(self, keys: Iterable[APIKey]) -> None:
         self._keys = tuple(keys)
         self._open = Caller(None)
+        self._warned = False
 
     def identify(self, authorization: str | None) -> Caller:
         """The caller for an ``Authorization`` header value. Every configured digest is
@@ -89,11 +98,32 @@ class KeyRing(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, Caller] | None:
         if conn.scope["path"] in PUBLIC_PATHS:  # not conn.url: building it cost ~3 µs a request
             return None
+        if not self._keys and arrived_from_network(conn.scope):
+            if not self._warned:
+                self._warned = True
+                logger.warning("refusing requests from the network: no API key is configured (keys, API_SERVER_KEY)")
+            raise StarletteAuthenticationError(
+                "This server has no API key configured, so it answers only on its loopback address; "
+                "configure keys (or API_SERVER_KEY) to serve the network."
+            )
         try:
             caller = self.identify(conn.headers.get("authorization"))
         except AuthenticationError as exc:
             raise StarletteAuthenticationError(exc.message) from exc
         return AuthCredentials(["authenticated"]), caller
+
+
+def arrived_from_network(scope: Scope) -> bool:
+    """True when the connection came in on a non-loopback IP address of this machine.
+    A Unix socket, or a name instead of an address (an in-process test client), is not."""
+    server = scope.get("server")
+    try:
+        address = ipaddress.ip_address(server[0]) if server else None
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack bind
+    return address is not None and not address.is_loopback
 
 
 def on_auth_error(conn: HTTPConnection, exc: Exception) -> Response:

@@ -127,6 +127,13 @@ class Settings:
     timeouts: Timeouts = Timeouts()
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
+    # Longer than the idle expiry of common clients' pools (httpx and the OpenAI SDK 5 s,
+    # aiohttp 15 s, Node's undici 4 s) and of proxies (nginx upstream keepalive 60 s):
+    # the client must close an idle connection first, or a request it sends just as
+    # the server closes is reset before any answer (nginx's keepalive_timeout is 75 s).
+    keep_alive_timeout: float = 75.0
+    header_timeout: float = 15.0
+    max_connections: int = 2048
     max_concurrent: int = 512
     max_concurrent_per_profile: int = 128
     per_profile: Mapping[str, ProfileLimits] = field(default_factory=dict)

@@ -66,19 +66,18 @@ class SettingsParser:
         if self.problems:
             raise ConfigError(self.problems)
         home = self.path(config.hermes_home or self.environ.get("HERMES_HOME") or "~/.hermes")
-        given = {name: getattr(config, name) for name in ConfigFile.model_fields if name in _SETTINGS_FIELDS}
-        values = {name: v.build() if isinstance(v, Section) else v for name, v in given.items()}
-        values.update(
-            hermes_home=home,
-            state_dir=self.path(config.state_dir) if config.state_dir else home / "hermes-api",
-            expose=expose,
-            default_profile=default,
-            model_aliases=frozenset(config.model_aliases),
-            keys=keys,
-            routes=routes,
-            per_profile=per_profile,
-        )
-        return Settings(**values)
+        converted = {
+            "hermes_home": home,
+            "state_dir": self.path(config.state_dir) if config.state_dir else home / "hermes-api",
+            "expose": expose,
+            "default_profile": default,
+            "model_aliases": frozenset(config.model_aliases),
+            "keys": keys,
+            "routes": routes,
+            "per_profile": per_profile,
+        }
+        rest = (name for name in ConfigFile.model_fields if name in _SETTINGS_FIELDS and name not in converted)
+        return Settings(**converted, **{name: built(getattr(config, name)) for name in rest})
 
     def validate(self) -> tuple[ConfigFile, set[str]]:
         """The file's shape: ``(config, the top-level settings left out for a problem)``."""
@@ -224,6 +223,17 @@ class SettingsParser:
         if key in IDENTITY_FIELDS and PLACEHOLDER.search(value):
             return "holds a {{...}} placeholder (unexpanded identity headers are refused)"
         return None
+
+
+def built(value: Any) -> Any:
+    """``value`` with every ``Section`` in it built (``Section.build``): a list becomes a tuple."""
+    if isinstance(value, Section):
+        return value.build()
+    if isinstance(value, dict):
+        return {k: built(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(built(v) for v in value)
+    return value
 
 
 def problems(errors: list[ErrorDetails], raw: Mapping[str, Any]) -> list[str]:

@@ -19,11 +19,13 @@ Adding a section, e.g. ``metrics: {enabled: true, path: /metrics}``:
    per key, its default taken from the dataclass (``default(Metrics, "enabled")``);
 3. one field on ``ConfigFile``: ``metrics: MetricsSection = MetricsSection()``.
 
-``settings_parser`` builds every section field of ``ConfigFile`` into the ``Settings``
-field of the same name (``Section.build``), so that is all, unless the section refers to
-other settings (profiles, key names): that check goes in ``settings_parser.SettingsParser``.
-A section keyed by profile (``per_profile``) or a list of mappings (``keys``) is a
-``dict[str, X]`` or ``list[X]`` of a section ``X``.
+``settings_parser`` builds every field of ``ConfigFile`` into the ``Settings`` field of
+the same name (``Section.build``), so that is all, unless the section refers to other
+settings (profiles, key names): that check goes in ``settings_parser.SettingsParser``.
+A section keyed by name (``limits: {<key name>: {...}}``) or a list of mappings is a
+``dict[str, X]`` or ``list[X]`` of a section ``X``: built into a dict, or a tuple, of
+``X.target``. A mapping keyed by profile has an entry with a problem left out alone
+(``settings_parser``), so the other entries are still checked.
 """
 
 from __future__ import annotations
@@ -254,6 +256,9 @@ class ConfigFile(Section):
     timeouts: TimeoutsSection = TimeoutsSection()
     max_body_bytes: PositiveInt = default(Settings, "max_body_bytes")
     max_header_bytes: PositiveInt = default(Settings, "max_header_bytes")
+    keep_alive_timeout: PositiveNumber = default(Settings, "keep_alive_timeout")
+    header_timeout: PositiveNumber = default(Settings, "header_timeout")
+    max_connections: PositiveInt = default(Settings, "max_connections")
     max_concurrent: PositiveInt = default(Settings, "max_concurrent")
     max_concurrent_per_profile: PositiveInt = default(Settings, "max_concurrent_per_profile")
     per_profile: dict[str, ProfileLimitsSection] = {}

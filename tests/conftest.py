@@ -35,6 +35,7 @@ from hermes_api.protocol import bounded_protocol
 from hermes_api.settings import Settings
 
 UPSTREAM = "http://upstream.test/v1"
+KEEP_ALIVE = Settings.__dataclass_fields__["keep_alive_timeout"].default
 
 
 class HermesHome:
@@ -177,7 +178,8 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            http=bounded_protocol(64 * 1024),  # as hermes-api serve runs
+            http=bounded_protocol(64 * 1024),  # as hermes-api serve runs, with its default bounds
+            timeout_keep_alive=KEEP_ALIVE,  # as hermes-api serve runs: longer than any client pool here
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

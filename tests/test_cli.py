@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from starlette.testclient import TestClient
 
 from hermes_api import cli, demo
 
@@ -66,6 +68,36 @@ def test_serve_binds_any_host_once_a_key_exists(config: Path, monkeypatch) -> No
     monkeypatch.setattr(cli, "serve", lambda settings, environ: served.append(settings.host))
     assert cli.main(["serve", "--config", str(config), "--host", "0.0.0.0"], {"API_SERVER_KEY": "k" * 32}) == 0
     assert served == ["0.0.0.0"]
+
+
+@pytest.mark.parametrize(
+    ("local", "status"),
+    [
+        pytest.param("192.168.1.10", 401, id="lan"),
+        pytest.param("[2001:db8::1]", 401, id="ipv6"),
+        pytest.param("[::ffff:10.0.0.5]", 401, id="ipv4-mapped"),
+        pytest.param("127.0.0.1", 200, id="loopback"),
+        pytest.param("[::1]", 200, id="loopback-v6"),
+        pytest.param("[::ffff:127.0.0.1]", 200, id="loopback-mapped"),
+    ],
+)
+def test_an_app_without_keys_answers_only_on_loopback(make_app, local: str, status: int) -> None:
+    """``uvicorn --factory hermes_api.app:create_app_from_env --host 0.0.0.0`` never goes
+    through ``serve``'s refusal: the app itself refuses a keyless request that came in
+    on a network address of the machine (the local end of its connection)."""
+    with TestClient(make_app(), base_url=f"http://{local}:8642") as client:
+        r = client.get("/v1/models")
+        assert r.status_code == status, r.text
+        if status == 401:
+            assert r.json()["error"]["code"] == "invalid_api_key"
+            assert "only on its loopback address" in r.json()["error"]["message"]
+        assert client.get("/health").status_code == 200
+
+
+def test_an_app_with_keys_answers_on_any_address(make_app) -> None:
+    app = make_app(keys=[{"name": "k", "key_sha256": hashlib.sha256(b"the-key").hexdigest()}])
+    with TestClient(app, base_url="http://192.168.1.10:8642") as client:
+        assert client.get("/v1/models", headers={"Authorization": "Bearer the-key"}).status_code == 200
 
 
 def test_config_from_environment_variable(config: Path, capsys) -> None:

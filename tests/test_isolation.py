@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,11 +35,17 @@ from hermes_api.context import current_profile
 from hermes_api.profiles import Profile
 from hermes_api.turns import UpstreamTurns
 
-from .conftest import FakeUpstream, HermesHome, digest
+from .conftest import KEEP_ALIVE, FakeUpstream, HermesHome, digest
 from .fakeupstream import fingerprint
 
 PROFILES = [f"p{i}" for i in range(6)]
 REQUESTS = 360
+# The clients here drop an idle pooled connection after this many seconds (httpx's
+# default; aiohttp's is 15 s), well before the servers close it (KEEP_ALIVE, as
+# `hermes-api serve` does): a server closing first would race a request sent on it,
+# which then fails with a reset before any answer (once 1 run in 4, with both at 5 s).
+CLIENT_KEEPALIVE = 5.0
+assert KEEP_ALIVE > 2 * CLIENT_KEEPALIVE
 
 
 def recording_upstream(calls: list[dict]) -> Starlette:
@@ -160,7 +167,7 @@ def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings
         return name, f"tag-{i}", orjson.loads(text)
 
     async def run_all() -> list:
-        limits = httpx.Limits(max_connections=64)
+        limits = httpx.Limits(max_connections=64, keepalive_expiry=CLIENT_KEEPALIVE)
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
             return await asyncio.gather(*(one(client, i) for i in range(REQUESTS)))
 
@@ -185,6 +192,33 @@ def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings
         owner = call["model"].removeprefix("model-")
         assert call["auth"] == f"Bearer sk-secret-{owner}" and call["system"].startswith(f"SOUL-OF-{owner}")
     assert CheckingTurns.mismatches == []
+
+
+def test_a_pipelined_request_starts_with_no_profile_bound(make_app, live) -> None:
+    """HTTP/1.1 pipelining: uvicorn starts the second request from inside the first
+    one's last ``send``, where the first one's profile is bound. The second request
+    must still start unbound: a route that is not routed sees no profile at all."""
+
+    async def bound(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse({"profile": current_profile().name})
+        except LookupError:
+            return JSONResponse({"profile": None})
+
+    app = make_app()
+    app.router.routes.insert(0, Route("/test/bound", bound))
+    server = live(app)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"GET /v1/models/alpha HTTP/1.1\r\nHost: x\r\n\r\n"  # runs bound to alpha
+            b"GET /test/bound HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while data := s.recv(65536):
+            answer += data
+    first, second = answer.split(b"HTTP/1.1 200 OK")[1:]
+    assert b'"id":"alpha"' in first
+    assert orjson.loads(second.partition(b"\r\n\r\n")[2]) == {"profile": None}
 
 
 @pytest.fixture(autouse=True)
@@ -425,7 +459,7 @@ async def cross_reads(url: str, load: Load) -> Counter:
         await asyncio.gather(*tries)
         await attempt(session, "own key and profile", "GET", f"/v1/responses/{rid}", owner)
 
-    connector = aiohttp.TCPConnector(limit=AT_ONCE)
+    connector = aiohttp.TCPConnector(limit=AT_ONCE, keepalive_timeout=CLIENT_KEEPALIVE)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(one(session, i, rid, *owner) for i, (rid, owner) in enumerate(load.stored.items())))
     return seen
@@ -486,7 +520,7 @@ def test_thousands_of_requests_across_profiles_and_keys(
     async def run_all() -> None:
         # AT_ONCE requests in flight: httpx's own pool queue grows costly with thousands waiting.
         gate = asyncio.Semaphore(AT_ONCE)
-        limits = httpx.Limits(max_connections=AT_ONCE)
+        limits = httpx.Limits(max_connections=AT_ONCE, keepalive_expiry=CLIENT_KEEPALIVE)
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
             await asyncio.gather(*(converse(client, gate, load, conv, rng) for conv in conversations))
 

@@ -26,9 +26,12 @@ def from_loopback(request: Request) -> bool:
     if client is None or any(h in request.headers for h in PROXY_HEADERS):
         return False
     try:
-        return ipaddress.ip_address(client.host).is_loopback
+        address = ipaddress.ip_address(client.host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack bind
+    return address.is_loopback
 
 
 async def get_metrics(request: Request) -> Response:
