@@ -179,19 +179,25 @@ def create_app(
     drain = Drain(settings.shutdown_grace) if drain is None else drain
     keyring = KeyRing(settings.keys)
     meter = Metrics.from_environ() if metrics is None else metrics
+    # Requests are observed for the metrics and for the JSON log; with neither, not at all.
+    observed = settings.metrics or settings.log_format == "json"
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         await run_sync(registry.load)  # file I/O: never on the event loop
-        response_store = MeteredStore(await store(settings), meter)
-        upstream = Upstream(settings, transport=StatusTransport(transport or AiohttpTransport()))
+        response_store = await store(settings)
+        upstream_transport = transport or AiohttpTransport()
+        upstream = Upstream(settings, transport=StatusTransport(upstream_transport) if observed else upstream_transport)
+        turns = turn_runner(upstream)
+        if observed:
+            response_store, turns = MeteredStore(response_store, meter), MeteredTurns(turns, meter)
         tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
         try:
             yield {
                 "settings": settings,
                 "registry": registry,
-                "turns": MeteredTurns(turn_runner(upstream), meter),
+                "turns": turns,
                 "store": response_store,
                 "limiter": ConcurrencyLimiter(settings),
                 "drain": drain,
@@ -215,7 +221,7 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
         Route("/ready", health.get_ready, methods=["GET"]),
-        Route("/metrics", get_metrics, methods=["GET"]),
+        *([Route("/metrics", get_metrics, methods=["GET"])] if settings.metrics else []),
         *v1_routes(),
         Mount("/p/{profile}", routes=v1_routes()),
     ]
@@ -224,7 +230,7 @@ def create_app(
         middleware=[
             Middleware(Unbound),
             Middleware(RequestIdMiddleware),
-            Middleware(ExchangeMiddleware, metrics=meter, log_requests=settings.log_format == "json"),
+            *observe(settings, meter if settings.metrics else None, observed),
             *cors_middleware(settings.cors),
             Middleware(AuthenticationMiddleware, backend=keyring, on_error=on_auth_error),
         ],
@@ -235,6 +241,14 @@ def create_app(
         },
         lifespan=lifespan,
     )
+
+
+def observe(settings: Settings, metrics: Metrics | None, observed: bool) -> list[Middleware]:
+    """``ExchangeMiddleware`` when requests are observed: for ``metrics`` (None: not
+    recorded) and for the JSON request log."""
+    if not observed:
+        return []
+    return [Middleware(ExchangeMiddleware, metrics=metrics, log_requests=settings.log_format == "json")]
 
 
 def create_app_from_env() -> Starlette:

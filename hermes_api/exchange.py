@@ -116,9 +116,9 @@ def _error_code(body: bytes) -> str | None:
 class ExchangeMiddleware:
     """Plain ASGI middleware (a streamed body passes through untouched) that observes
     every HTTP request; it sits inside ``RequestIdMiddleware`` and outside
-    authentication, so it also sees the 401s."""
+    authentication, so it also sees the 401s. ``metrics`` None: the JSON log only."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, *, log_requests: bool = False) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, *, log_requests: bool = False) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
@@ -167,7 +167,8 @@ class ExchangeMiddleware:
         user = scope.get("user")
         if isinstance(user, Caller):
             exchange.key = user.key.name if user.key is not None else "anonymous"
-        self.metrics.observe(exchange)
+        if self.metrics is not None:
+            self.metrics.observe(exchange)
         if self.log_requests and access_logger.isEnabledFor(logging.INFO):
             exchange.request_id = scope.get("state", {}).get("request_id", "")
             exchange.method, exchange.path = scope["method"], scope["path"]

@@ -143,6 +143,7 @@ class Settings:
     sse_keepalive: float = 15.0
     log_level: str = "info"
     log_format: str = "text"  # or "json": one JSON object per line (logs.py)
+    metrics: bool = True  # record Prometheus metrics and serve GET /metrics
     retention: Retention = Retention()
 
     def limits_for(self, profile: str) -> ProfileLimits:

@@ -268,6 +268,7 @@ class ConfigFile(Section):
     sse_keepalive: PositiveNumber = default(Settings, "sse_keepalive")
     log_level: LogLevel = default(Settings, "log_level")
     log_format: LogFormat = default(Settings, "log_format")
+    metrics: Boolean = default(Settings, "metrics")
     retention: RetentionSection = RetentionSection()
 
     @model_validator(mode="before")

@@ -195,6 +195,15 @@ def test_store_failures_are_counted(make_settings, upstream) -> None:
                  status="500") == 1  # fmt: skip
 
 
+def test_metrics_can_be_turned_off(make_app, upstream) -> None:
+    upstream.post("/chat/completions").respond(json=completion())
+    with TestClient(make_app(metrics=False, **keyed_config())) as client:
+        body = {"model": "alpha", "messages": [{"role": "user", "content": "x"}]}
+        assert client.post("/v1/chat/completions", json=body, headers=auth(WEBUI_KEY)).status_code == 200
+        r = client.get("/metrics", headers=auth(PROM_KEY))
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+
+
 def test_the_agent_runtime_counts_its_workers(make_settings) -> None:
     metrics = Metrics()
     with TestClient(create_app(make_settings(**keyed_config()), environ={}, metrics=metrics)) as client:
