@@ -12,7 +12,7 @@ import respx
 from starlette.testclient import TestClient
 
 from hermes_api.app import create_app
-from hermes_api.store import SQLiteStore
+from hermes_api.store.sqlite import SQLiteStore
 
 from .conftest import BrokenStream, chunks, completion, digest, sse_body
 
