@@ -179,8 +179,9 @@ def create_app(
     drain = Drain(settings.shutdown_grace) if drain is None else drain
     keyring = KeyRing(settings.keys)
     meter = Metrics.from_environ() if metrics is None else metrics
-    # Requests are observed for the metrics and for the JSON log; with neither, not at all.
-    observed = settings.metrics or settings.log_format == "json"
+    # Requests are observed for the metrics, the JSON log and the figures of rate-limited
+    # keys' turns (quotas.complete_turn); with none of them, not at all.
+    observed = settings.metrics or settings.log_format == "json" or settings.rate_limited
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -19,6 +19,7 @@
     ├── RequestTimeoutError             408 request_timeout: the headers took over header_timeout
     ├── HeadersTooLargeError            431 request_headers_too_large: over max_header_bytes
     ├── ConcurrencyLimitError           429 rate_limit_error concurrency_limit_exceeded: our own cap
+    ├── KeyRateLimitError               429 rate_limit_error key_rate_limit_exceeded: a key's rpm/tpm/tokens_per_day
     ├── UpstreamError                   upstream_error: the profile's provider failed us
     │   ├── UpstreamRejectedError       400/413/422 as the upstream said, its message and code
     │   ├── UpstreamRateLimitError      429 rate_limit_error, Retry-After passed on
@@ -222,6 +223,19 @@ class ConcurrencyLimitError(HermesAPIError):
     code = "concurrency_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
+class KeyRateLimitError(HermesAPIError):
+    """The API key has spent its ``rpm``, ``tpm`` or ``tokens_per_day`` (all its turns, or
+    those on one profile); ``Retry-After`` is the whole seconds until the window's oldest
+    turn leaves it. The code tells it apart from the provider's ``rate_limit_exceeded``."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "key_rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, headers={"retry-after": str(retry_after)})
 
 

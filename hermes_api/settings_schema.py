@@ -39,7 +39,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .settings import ALL, CORS, Retention, Settings, Timeouts
+from .settings import ALL, CORS, RateLimits, Retention, Settings, Timeouts
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
@@ -209,8 +209,18 @@ class ProfileLimitsSection(Section):
     max_concurrent: PositiveInt = default(Settings, "max_concurrent_per_profile")
 
 
+class RateLimitsSection(Section):
+    """A key's limits on one profile (``keys[].per_profile.<name>``)."""
+
+    target = RateLimits
+    rpm: PositiveIntOrNull = None
+    tpm: PositiveIntOrNull = None
+    tokens_per_day: PositiveIntOrNull = None
+
+
 class KeySection(Section):
-    """One of ``keys``; ``profiles`` None = every exposed profile."""
+    """One of ``keys``; ``profiles`` None = every exposed profile; ``rpm``, ``tpm`` and
+    ``tokens_per_day`` bound all its turns, ``per_profile`` its turns on one profile."""
 
     name: Name
     key_env: NameOrAbsent = None
@@ -218,6 +228,10 @@ class KeySection(Section):
     profiles: ProfileNames = None
     trusted_identity: Boolean = False
     metrics: Boolean = False
+    rpm: PositiveIntOrNull = None
+    tpm: PositiveIntOrNull = None
+    tokens_per_day: PositiveIntOrNull = None
+    per_profile: dict[str, RateLimitsSection] = {}
 
     @field_validator("key_env")
     @classmethod
