@@ -193,7 +193,7 @@ def create_app(
         turns = turn_runner(upstream)
         if observed:
             response_store, turns = MeteredStore(response_store, meter), MeteredTurns(turns, meter)
-        tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
+        tasks = [asyncio.create_task(t) for t in (registry.sweep(), drain.watch(), meter.flush_regularly())]
         try:
             yield {
                 "settings": settings,

@@ -4,23 +4,27 @@
 in one call (``observe``). Label values are key *names*, profile names, OpenAI
 operationIds, statuses and error codes: never key material, and a bounded set (a
 profile label is only ever a served profile, read from the answer's
-``X-Hermes-Profile``). Each family's children are looked up once per label tuple and
-kept, so a request costs a few dictionary lookups and increments, no
-``prometheus_client`` label parsing (its ``labels()`` costs microseconds).
+``X-Hermes-Profile``). A request costs a few dictionary updates (``tallies.Tallies``);
+``flush`` adds them to prometheus_client's values before each scrape, each family's
+children looked up once per label tuple and kept (its ``labels()`` costs microseconds).
 
 Several worker processes (prometheus_client's multiprocess mode, "Multiprocess Mode
 (E.g. Gunicorn)" in its README): when ``PROMETHEUS_MULTIPROC_DIR`` is set before
 ``prometheus_client`` is imported, every process writes its values to files there and
 ``render`` sums them. ``worker_directory`` creates that directory for a run of several
-workers and removes it afterwards; a process that stops calls ``release`` so its
-in-flight gauge leaves the sum.
+workers and removes it afterwards. Each worker flushes every second
+(``flush_regularly``, a lifespan task) and when it stops (``release``, after which its
+in-flight gauge leaves the sum).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import struct
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from .tallies import Tallies
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -41,6 +47,8 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 # Our own 429s (errors.py): counted as refusals; the provider's 429 is an upstream error.
 REFUSAL_CODES = frozenset({"concurrency_limit_exceeded", "key_rate_limit_exceeded"})
 WorkerEvent = Literal["start", "restart", "crash"]
+READ_ATTEMPTS = 5  # reads of the workers' files per scrape (see render)
+FLUSH_INTERVAL = 1.0  # seconds: how stale another worker's counts can be in a scrape
 
 
 class Metrics:
@@ -117,6 +125,7 @@ class Metrics:
             registry=registry,
         )
         self._children: dict[tuple[object, ...], Any] = {}
+        self.tallies = Tallies(LATENCY_BUCKETS)
 
     def _child(self, family: Counter | Gauge | Histogram, *values: str) -> Any:
         key = (family, *values)
@@ -129,26 +138,41 @@ class Metrics:
 
     def observe(self, exchange: Exchange) -> None:
         """Record one finished request: its count, latencies, tokens, upstream error and
-        refusal. Called once per request by ``exchange.ExchangeMiddleware``."""
-        e = exchange
-        self._child(self.requests, e.endpoint, e.profile, e.key, e.status).inc()
-        self._child(self.duration, e.endpoint, e.profile).observe(e.duration)
-        if e.first_byte is not None:
-            self._child(self.first_byte, e.endpoint, e.profile).observe(e.first_byte - e.started)
-        if e.input_tokens:
-            self._child(self.tokens, e.profile, e.key, "input").inc(e.input_tokens)
-        if e.output_tokens:
-            self._child(self.tokens, e.profile, e.key, "output").inc(e.output_tokens)
-        if e.upstream_error is not None:
-            self._child(self.upstream_errors, e.profile, e.upstream_error).inc()
-        if e.error_code in REFUSAL_CODES:
-            self._child(self.refusals, e.profile, e.key, e.error_code).inc()
+        refusal. Called once per request by ``exchange.ExchangeMiddleware``; kept in
+        ``tallies`` until the next ``flush``."""
+        self.tallies.add(exchange, exchange.error_code in REFUSAL_CODES)
 
     def turn_started(self, profile: str) -> None:
-        self._child(self.in_flight, profile).inc()
+        self.tallies.turn(profile, 1)
 
     def turn_ended(self, profile: str) -> None:
-        self._child(self.in_flight, profile).dec()
+        self.tallies.turn(profile, -1)
+
+    def flush(self) -> None:
+        """Move what ``tallies`` holds into prometheus_client's values (with several
+        workers, this process's files)."""
+        t = self.tallies
+        for family, table in (
+            (self.requests, t.requests),
+            (self.tokens, t.tokens),
+            (self.upstream_errors, t.upstream_errors),
+            (self.refusals, t.refusals),
+        ):
+            for labels, amount in table.items():
+                self._child(family, *labels).inc(amount)
+            table.clear()
+        for family, latencies in ((self.duration, t.duration), (self.first_byte, t.first_byte)):
+            for labels, seen in latencies.items():
+                child = self._child(family, *labels)
+                # prometheus_client has no call to add many observations at once: its
+                # Histogram keeps a value per bucket (not cumulative) and one for the sum.
+                child._sum.inc(seen.sum)
+                for value, count in zip(child._buckets, seen.counts, strict=True):
+                    if count:
+                        value.inc(count)
+            latencies.clear()
+        for profile, turns in t.in_flight.items():
+            self._child(self.in_flight, profile).set(turns)
 
     def store_write(self, operation: str, *, failed: bool) -> None:
         """One write to the store (``operation``: the store method), and whether it failed."""
@@ -165,15 +189,35 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition format (0.0.4) of every metric; with several workers,
-        the sum over all of them (live gauges over the living ones only)."""
+        the sum over all of them (live gauges over the living ones only), each other
+        worker's as of its last ``flush`` (``FLUSH_INTERVAL``)."""
+        self.flush()
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return generate_latest(registry)
+            except struct.error:
+                # Another worker is creating its file at this instant: for a moment it
+                # is empty, and prometheus_client's reader fails on it. Read again.
+                time.sleep(0.005)
         return generate_latest(registry)
 
+    async def flush_regularly(self) -> None:
+        """With several workers (a lifespan task): ``flush`` every ``FLUSH_INTERVAL``
+        seconds, so a scrape answered by any worker has every other's counts too."""
+        if self.multiprocess_dir is None:
+            return
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.flush()
+
     def release(self) -> None:
-        """This process stops: its live gauges leave the multiprocess sum."""
+        """This process stops: what it counted is flushed, then its live gauges leave
+        the multiprocess sum."""
+        self.flush()
         if self.multiprocess_dir is not None:
             mark_process_dead(os.getpid(), self.multiprocess_dir)
 

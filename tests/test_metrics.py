@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from hermes_api.app import create_app
+from hermes_api.exchange import Exchange
 from hermes_api.metrics import MULTIPROC_ENV, Metrics, worker_directory
 from hermes_api.store import open_store
 
@@ -204,6 +205,21 @@ def test_metrics_can_be_turned_off(make_app, upstream) -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
 
 
+def test_latency_buckets_are_prometheus_buckets() -> None:
+    """A value on a bound counts in that bucket (``le``), buckets are cumulative, the
+    sum is the seconds observed, as prometheus_client's own observe() would have it."""
+    metrics = Metrics()
+    for seconds in (0.5, 0.6, 700.0):
+        metrics.observe(Exchange(started=0.0, finished=seconds, endpoint="create_response", profile="p", status=200))
+    samples = parse(metrics.render().decode())
+    where = {"endpoint": "create_response", "profile": "p"}
+    buckets = {le: value(samples, "hermes_api_request_duration_seconds_bucket", **where, le=le)
+               for le in ("0.25", "0.5", "1.0", "600.0", "+Inf")}  # fmt: skip
+    assert buckets == {"0.25": 0, "0.5": 1, "1.0": 2, "600.0": 2, "+Inf": 3}
+    assert value(samples, "hermes_api_request_duration_seconds_sum", **where) == pytest.approx(701.1)
+    assert value(samples, "hermes_api_time_to_first_byte_seconds_count", **where) == 0  # no body byte seen
+
+
 def test_the_agent_runtime_counts_its_workers(make_settings) -> None:
     metrics = Metrics()
     with TestClient(create_app(make_settings(**keyed_config()), environ={}, metrics=metrics)) as client:
@@ -254,8 +270,9 @@ def test_two_processes_sharing_a_directory_are_summed(
     fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process
 ) -> None:
     """Two ``hermes-api serve`` processes with one ``PROMETHEUS_MULTIPROC_DIR`` (as
-    uvicorn's workers have): either one's /metrics counts the requests of both, and a
-    process that stopped leaves the in-flight gauge but not the counters."""
+    uvicorn's workers have): either one's /metrics counts the requests of both (the
+    other's within a second), and a process that stopped leaves the in-flight gauge but
+    not the counters."""
     home.add("ok", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("ok")})
     config = tmp_path / "hermes-api.yaml"
     config.write_text(yaml.safe_dump({"hermes_home": str(home.root), "expose": ["default", "ok"]}))
@@ -270,7 +287,11 @@ def test_two_processes_sharing_a_directory_are_summed(
             assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
     labels = {"endpoint": "create_chat_completion", "profile": "ok", "key": "anonymous", "status": "200"}
     for server in (a, b):
-        samples = parse(httpx.get(server.url + "/metrics").text)
+        for _ in range(50):  # each worker adds its counts to the files every second (FLUSH_INTERVAL)
+            samples = parse(httpx.get(server.url + "/metrics").text)
+            if value(samples, "hermes_api_requests_total", **labels) == 5:
+                break
+            time.sleep(0.1)
         assert value(samples, "hermes_api_requests_total", **labels) == 5
         assert value(samples, "hermes_api_tokens_total", profile="ok", key="anonymous", type="output") == 5
         assert value(samples, "hermes_api_request_duration_seconds_count", endpoint="create_chat_completion",
