@@ -2,7 +2,8 @@
 
 Shapes follow OpenAI's wire format as real providers send it today (ids, fingerprints,
 ``usage`` with token details). The upstream bodies are served by nginx ``return 200``
-(``nginx_conf``), so they must hold no ``$`` (nginx variables), no ``'`` and no ``\\``.
+(``nginx_conf``, which escapes ``\\`` and ``'`` for nginx), so they must hold no ``$``
+(nginx variables).
 """
 
 from __future__ import annotations
@@ -47,6 +48,41 @@ STREAM_WORDS = (
     " Done",
 )
 FINGERPRINT = "fp_6f2eabb9a5"
+# The function-call scenario: an agent's first turn with two function tools, answered
+# by a call of one of them.
+TOOLS = [
+    {
+        "type": "function",
+        "name": "get_service_status",
+        "description": "The health of one of our services: error rate, p99 latency and open incidents.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "service": {"type": "string", "description": "The service name, e.g. checkout-api."},
+                "window": {"type": "string", "enum": ["5m", "1h", "24h"]},
+            },
+            "required": ["service", "window"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+    {
+        "type": "function",
+        "name": "page_on_call",
+        "description": "Page the engineer on call for a service, with a short reason.",
+        "parameters": {
+            "type": "object",
+            "properties": {"service": {"type": "string"}, "reason": {"type": "string"}},
+            "required": ["service", "reason"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+]
+TOOL_QUESTION = "Checkout feels slow since the last deploy. How is checkout-api doing over the last hour?"
+TOOL_CALL_ID = "call_Xk2bV9mQ4rT7wY1zN8pL3sD6"
+TOOL_NAME = "get_service_status"
+TOOL_ARGUMENTS = '{"service":"checkout-api","window":"1h"}'
 
 
 def chat_request(model: str, *, stream: bool = False) -> dict[str, Any]:
@@ -65,6 +101,20 @@ def chat_request(model: str, *, stream: bool = False) -> dict[str, Any]:
 def responses_request(model: str, *, stream: bool = False) -> dict[str, Any]:
     """The same question as a Responses API request (``instructions`` + ``input``)."""
     body: dict[str, Any] = {"model": model, "instructions": SYSTEM, "input": USER, "max_output_tokens": 256}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def responses_tools_request(model: str, *, stream: bool = False) -> dict[str, Any]:
+    """A Responses request with two function tools, as an agent framework sends it."""
+    body: dict[str, Any] = {
+        "model": model,
+        "instructions": SYSTEM,
+        "input": [{"role": "user", "content": TOOL_QUESTION}],
+        "tools": TOOLS,
+        "max_output_tokens": 256,
+    }
     if stream:
         body["stream"] = True
     return body
@@ -108,6 +158,15 @@ def completion_body() -> bytes:
     )
 
 
+def tool_completion_body() -> bytes:
+    """A ``chat.completion`` whose answer is one call of ``TOOL_NAME``, with usage."""
+    call = {"id": TOOL_CALL_ID, "type": "function", "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}
+    answer = orjson.loads(completion_body())
+    answer["choices"][0]["message"] |= {"content": None, "tool_calls": [call]}
+    answer["choices"][0]["finish_reason"] = "tool_calls"
+    return orjson.dumps(answer)
+
+
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {
         "id": "chatcmpl-CqbR7x2m9kDq4oVfJ1sT8uY3wZ5aN",
@@ -136,10 +195,28 @@ def stream_body() -> bytes:
     return b"".join(stream_events())
 
 
+def tool_stream_events() -> list[bytes]:
+    """The SSE events of a streamed call, as OpenAI sends one: the role chunk, the
+    call's id and name, its arguments in fragments of 2 characters (21, about as many
+    as the text stream's words), a finish chunk (``tool_calls``), a usage chunk, then
+    ``[DONE]``."""
+    pieces = [TOOL_ARGUMENTS[i : i + 2] for i in range(0, len(TOOL_ARGUMENTS), 2)]
+    first = {"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": {"name": TOOL_NAME, "arguments": ""}}
+    chunks = [_chunk({"role": "assistant", "content": None, "refusal": None}), _chunk({"tool_calls": [first]})]
+    chunks += [_chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}) for piece in pieces]
+    chunks.append(_chunk({}, "tool_calls"))
+    chunks.append({**_chunk({}), "choices": [], "usage": _usage()})
+    return [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+def tool_stream_body() -> bytes:
+    return b"".join(tool_stream_events())
+
+
 def _nginx_string(body: bytes) -> str:
     text = body.decode()
-    assert not set(text) & set("$'\\"), "nginx return strings cannot hold $ ' or \\"
-    return "'" + text.replace("\n", "\\n") + "'"
+    assert "$" not in text, "nginx return strings cannot hold $ (a variable)"
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
 def _nginx_return(body: bytes, limit: int = 3000) -> str:
@@ -162,7 +239,8 @@ def _nginx_return(body: bytes, limit: int = 3000) -> str:
 def nginx_conf(prefix: Path, port: int) -> str:
     """An nginx config serving the fixed answers on 127.0.0.1:``port``:
     ``/v1/chat/completions`` the JSON completion, ``/stream/v1/chat/completions`` the
-    SSE body. One worker, no logs, keep-alive connections that are never recycled."""
+    SSE body, ``/tools/v1/…`` and ``/tools-stream/v1/…`` the same with a function call
+    instead of text. One worker, no logs, keep-alive connections that are never recycled."""
     return f"""
 daemon off;
 master_process off;
@@ -189,6 +267,14 @@ http {{
         location = /stream/v1/chat/completions {{
             default_type text/event-stream;
             {_nginx_return(stream_body())}
+        }}
+        location = /tools/v1/chat/completions {{
+            default_type application/json;
+            {_nginx_return(tool_completion_body())}
+        }}
+        location = /tools-stream/v1/chat/completions {{
+            default_type text/event-stream;
+            {_nginx_return(tool_stream_body())}
         }}
         location / {{ return 404; }}
     }}

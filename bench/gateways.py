@@ -27,7 +27,8 @@ from .wrk import run_wrk
 
 @dataclass(frozen=True)
 class Scenario:
-    """``kind`` "chat" or "responses"; ``connections`` kept open by wrk."""
+    """``kind`` "chat", "responses" or "tools" (Responses with function tools, answered
+    by a function call); ``connections`` kept open by wrk."""
 
     name: str
     kind: str
@@ -41,6 +42,8 @@ SCENARIOS = (
     Scenario("chat stream c=32", "chat", True, 32),
     Scenario("responses c=32", "responses", False, 32),
     Scenario("responses stream c=32", "responses", True, 32),
+    Scenario("responses tools c=32", "tools", False, 32),
+    Scenario("responses tools stream c=32", "tools", True, 32),
 )
 
 
@@ -52,14 +55,17 @@ def request_body(target: Target, scenario: Scenario) -> dict[str, Any]:
     model = target.model(scenario.kind, scenario.stream)
     if scenario.kind == "responses":
         return fixtures.responses_request(model, stream=scenario.stream)
+    if scenario.kind == "tools":
+        return fixtures.responses_tools_request(model, stream=scenario.stream)
     return fixtures.chat_request(model, stream=scenario.stream)
 
 
 def preflight(target: Target, scenario: Scenario) -> None:
     """One request, checked: a 200 with the fixture's answer (non-stream) or every
-    streamed word and the closing event (stream). Raises ``Skip`` when the target has
-    no such route (hermes-api without ``/v1/responses`` yet), ``RuntimeError`` when the
-    answer is wrong."""
+    streamed word and the closing event (stream); for "tools", the fixture's call with
+    its arguments. Raises ``Skip`` when the target has no such route (hermes-api without
+    ``/v1/responses`` yet) or answers no function call (before issue 10),
+    ``RuntimeError`` when the answer is wrong."""
     if (scenario.kind, scenario.stream) not in target.routes:
         raise Skip(f"{target.name} does not offer {scenario.kind}")
     headers = {"authorization": f"Bearer {target.auth}"} if target.auth else {}
@@ -70,7 +76,12 @@ def preflight(target: Target, scenario: Scenario) -> None:
     if answer.status_code != 200:
         raise RuntimeError(f"{target.name} {scenario.name}: HTTP {answer.status_code}: {answer.text[:300]}")
     text = answer.text
-    if scenario.stream:
+    if scenario.kind == "tools":
+        if '"function_call"' not in text:  # a checkout from before issue 10 answers with text
+            raise Skip(f"{target.name} answers no function_call item")
+        done = "response.function_call_arguments.done" in text if scenario.stream else True
+        ok = done and '"arguments":' + orjson.dumps(fixtures.TOOL_ARGUMENTS).decode() in text
+    elif scenario.stream:
         words = "".join(fixtures.STREAM_WORDS)
         ok = "[DONE]" in text if scenario.kind == "chat" else "response.completed" in text
         ok = ok and all(w.strip(" ,.") in text for w in words.split())

@@ -233,6 +233,7 @@ def gateways_md(data: dict[str, Any], targets_check: Callable[..., list[list[str
             )
             + "\n"
         )
+    parts += tools_md(agg, targets)
     skipped = {k: v for k, v in data.get("skipped", {}).items() if "does not offer" not in v}
     if skipped:
         parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + "\n")
@@ -240,6 +241,23 @@ def gateways_md(data: dict[str, Any], targets_check: Callable[..., list[list[str
         parts.append("### Targets of issue 6 (hermes-api)\n")
         parts.append(table(["target", "wanted", "measured", "met"], targets_check(data)) + "\n")
     return "\n".join(parts)
+
+
+TEXT_VS_TOOLS = ("responses c=32", "responses tools c=32", "responses stream c=32", "responses tools stream c=32")
+
+
+def tools_md(agg: dict[tuple[str, str], dict[str, Any]], targets: list[str]) -> list[str]:
+    """CPU per request of the Responses scenarios, text answer beside function call
+    (issue 10), for each target that ran a function-call scenario."""
+    rows = [
+        [target, *(_f((agg.get((s, target)) or {}).get("cpu_ms_per_req"), "{:.3f}") for s in TEXT_VS_TOOLS)]
+        for target in targets
+        if any((s, target) in agg for s in TEXT_VS_TOOLS[1::2])
+    ]
+    if not rows:
+        return []
+    header = ["target", "text", "function call", "text, stream", "function call, stream"]
+    return ["### Responses: CPU ms per request, text answer beside function call\n", table(header, rows) + "\n"]
 
 
 def gateway_targets(data: dict[str, Any], name: str = "hermes-api") -> list[list[str]]:

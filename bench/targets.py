@@ -2,8 +2,9 @@
 
 - ``direct``: wrk straight to the fake upstream (nginx): the limit;
 - ``floor``: ``passthrough.py``, the minimal passthrough on our stack;
-- ``hermes-api``: ``hermes-api serve``, one uvicorn worker, an API key, two profiles
-  with a persona (``bench`` on the JSON location, ``bench-stream`` on the SSE one);
+- ``hermes-api``: ``hermes-api serve``, one uvicorn worker, an API key, profiles with
+  a persona (``bench`` on the JSON location, ``bench-stream`` on the SSE one,
+  ``bench-tools`` and ``bench-tools-stream`` on the function-call ones);
 - ``litellm``: LiteLLM proxy 1.106.2, one worker, its own venv, no database;
 - ``hermes-api[NAME]``: another checkout of hermes-api (``--compare NAME=DIR``), run
   from the same venv with ``PYTHONPATH=DIR``, for before/after figures in one run.
@@ -46,7 +47,7 @@ class Target:
     port: int
     auth: str = ""
     proc: Proc | None = None
-    # kind ("chat" | "responses", stream) -> (path, model)
+    # kind ("chat" | "responses" | "tools", stream) -> (path, model)
     routes: dict[tuple[str, bool], tuple[str, str]] = field(default_factory=dict)
     startup_s: float = 0.0
 
@@ -87,10 +88,15 @@ def start_floor(work: Path, upstream: Target) -> Target:
     return t
 
 
+PROFILES = {"bench": "/v1", "bench-stream": "/stream/v1", "bench-tools": "/tools/v1",
+            "bench-tools-stream": "/tools-stream/v1"}  # fmt: skip
+
+
 def write_hermes_home(home: Path, upstream_port: int) -> None:
-    """Profiles ``bench`` (JSON answers) and ``bench-stream`` (SSE answers), each with a
-    SOUL.md and memories, so the persona is injected as in real use."""
-    for name, base in (("bench", "/v1"), ("bench-stream", "/stream/v1")):
+    """Profiles ``bench`` (JSON answers), ``bench-stream`` (SSE answers) and their
+    function-call twins ``bench-tools`` and ``bench-tools-stream``, each with a SOUL.md
+    and memories, so the persona is injected as in real use."""
+    for name, base in PROFILES.items():
         d = home / "profiles" / name
         (d / "memories").mkdir(parents=True, exist_ok=True)
         model = {
@@ -135,13 +141,15 @@ def start_hermes(work: Path, upstream: Target, *, name: str = "hermes-api", src:
     home = work / "hermes-home"
     if not home.exists():
         write_hermes_home(home, upstream.port)
-    config = hermes_config(work, home, port, ["bench", "bench-stream"])
+    config = hermes_config(work, home, port, list(PROFILES))
     argv = [sys.executable, "-m", "hermes_api", "serve", "--config", str(config)]
     proc = start(name, pinned(GATEWAY_CPU, argv), log=work / f"{name}.log", env=hermes_env(src), cwd=work)
     t = Target(name, port, auth=HERMES_KEY, proc=proc)
     for kind, path in (("chat", "/v1/chat/completions"), ("responses", "/v1/responses")):
         t.routes[(kind, False)] = (path, "bench")
         t.routes[(kind, True)] = (path, "bench-stream")
+    t.routes[("tools", False)] = ("/v1/responses", "bench-tools")
+    t.routes[("tools", True)] = ("/v1/responses", "bench-tools-stream")
     t.startup_s = wait_listening(proc, port)
     return t
 

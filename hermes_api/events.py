@@ -1,21 +1,30 @@
-"""The Responses API stream: chat-completion chunks in, the nine Responses events out.
+"""The Responses API stream: chat-completion chunks in, Responses events out.
 
-Order and framing as openai-wire.md lists them (and the SDK's ``responses.stream()``
-helper needs): ``event: <type>`` plus a JSON ``data:`` with the same ``type`` and an
-increasing ``sequence_number``; no ``[DONE]``.
+Framing as openai-wire.md lists it (and the SDK's ``responses.stream()`` helper
+needs: openai-python ``lib/streaming/responses/_responses.py``): ``event: <type>`` plus a
+JSON ``data:`` with the same ``type`` and an increasing ``sequence_number``; no
+``[DONE]``. ``response.created`` and ``response.in_progress`` open the stream; then the
+response's ``output`` list (``Output``) grows an item each time a new one first appears
+upstream, each item with its own ``output_index`` in that order:
 
-    1 response.created         2 response.in_progress       3 response.output_item.added
-    4 response.content_part.added                           5 response.output_text.delta × N
-    6 response.output_text.done                             7 response.content_part.done
-    8 response.output_item.done                             9 response.completed
+    a message       response.output_item.added, response.content_part.added,
+                    response.output_text.delta × N, ...
+    a function call response.output_item.added, response.function_call_arguments.delta × N, ...
+
+When the provider's stream ends, every item is closed in ``output_index`` order
+(``response.output_text.done``, ``response.content_part.done`` /
+``response.function_call_arguments.done``; then ``response.output_item.done``), and
+``response.completed`` carries the full output. Deltas of two calls interleave when the
+provider interleaves them: no item is closed before the provider's stream has ended,
+since a chat stream never says that one call is complete. An answer with no text and no
+call is one empty message, as before.
 
 A response cut at the token limit also ends with ``response.completed``, its response
 ``status: "incomplete"`` with ``incomplete_details`` (OpenAI sends ``response.incomplete``
-there, which the SDK's ``get_final_response()`` rejects; small local models hit
-``max_output_tokens`` often, and the contract lists nine events). A failure after the
-first byte ends the stream with ``response.failed`` carrying ``error{code, message}``
-(STYLE.md 7). ``finish`` (the store write) runs before the last event, so a client that
-saw the final event can retrieve the response.
+there, which the SDK's ``get_final_response()`` rejects). A failure after the first byte
+ends the stream with ``response.failed`` carrying ``error{code, message}`` (STYLE.md 7).
+``finish`` (the store write) runs before the last event, so a client that saw the final
+event can retrieve the response.
 """
 
 from __future__ import annotations
@@ -23,16 +32,18 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from . import response_objects
 from .errors import HermesAPIError, ServerError, stream_failure
+from .response_objects import new_id
 
 logger = logging.getLogger("hermes_api")
 
 Finish = Callable[[dict[str, Any]], Awaitable[None]]
+Item = dict[str, Any]
 
 
 class EventWriter:
@@ -46,58 +57,179 @@ class EventWriter:
         return b"event: " + type_.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _text_deltas(chunk: dict[str, Any], state: dict[str, Any]) -> list[str]:
-    """The content deltas of choice 0 in ``chunk``; notes finish_reason and usage."""
-    if isinstance(chunk.get("usage"), dict):
-        state["usage"] = chunk["usage"]
-    deltas = []
-    for choice in chunk.get("choices") or ():
-        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-            continue
-        state["finish_reason"] = choice.get("finish_reason") or state.get("finish_reason")
-        delta = choice.get("delta")
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str) and content:
-            deltas.append(content)
-    return deltas
+class StreamedMessage:
+    """The assistant's text as one ``message`` item with one ``output_text`` part."""
+
+    __slots__ = ("id", "index", "parts", "where")
+
+    def __init__(self, index: int) -> None:
+        self.id, self.index, self.parts = new_id("msg"), index, []
+        self.where = {"item_id": self.id, "output_index": index, "content_index": 0}
+
+    def opened(self, event: EventWriter) -> bytes:
+        item = {"id": self.id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return event("response.output_item.added", output_index=self.index, item=item) + event(
+            "response.content_part.added", **self.where, part=part
+        )
+
+    def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]:
+        item = response_objects.output_message(self.id, "".join(self.parts), status)
+        part = item["content"][0]
+        return event("response.output_text.done", **self.where, text=part["text"], logprobs=[]) + event(
+            "response.content_part.done", **self.where, part=part
+        ) + event("response.output_item.done", output_index=self.index, item=item), item
+
+
+class StreamedCall:
+    """One of the provider's ``tool_calls`` as a ``function_call`` item. Its call id
+    and name are the first non-empty ones the provider sent (some repeat them in
+    every fragment); its arguments are every fragment's, joined."""
+
+    __slots__ = ("id", "index", "call_id", "name", "arguments")
+
+    def __init__(self, index: int, fragment: dict[str, Any]) -> None:
+        self.id, self.index, self.arguments = new_id("fc"), index, []
+        call_id = fragment.get("id")
+        self.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call")
+        function = fragment.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        self.name = name if isinstance(name, str) else ""
+
+    def opened(self, event: EventWriter) -> bytes:
+        item = response_objects.function_call(self.id, self.call_id, self.name, "", "in_progress")
+        return event("response.output_item.added", output_index=self.index, item=item)
+
+    def delta(self, event: EventWriter, fragment: dict[str, Any]) -> bytes:
+        function = fragment.get("function")
+        if not isinstance(function, dict):
+            return b""
+        name, arguments = function.get("name"), function.get("arguments")
+        if not self.name and isinstance(name, str):
+            self.name = name
+        if not isinstance(arguments, str) or not arguments:
+            return b""
+        self.arguments.append(arguments)
+        return event("response.function_call_arguments.delta", item_id=self.id, output_index=self.index,
+                     delta=arguments)  # fmt: skip
+
+    def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]:
+        arguments = "".join(self.arguments)
+        item = response_objects.function_call(self.id, self.call_id, self.name, arguments, status)
+        return event("response.function_call_arguments.done", item_id=self.id, output_index=self.index,
+                     arguments=arguments, name=self.name) + event(
+            "response.output_item.done", output_index=self.index, item=item
+        ), item  # fmt: skip
+
+
+class StreamedItem(Protocol):
+    """An entry of ``response.output`` while it streams: its events when it is added
+    and when it is done (with the final item). Another kind of item (a tool the server
+    ran, say) is another class with these two methods."""
+
+    index: int
+
+    def opened(self, event: EventWriter) -> bytes: ...
+
+    def closed(self, event: EventWriter, status: str) -> tuple[bytes, Item]: ...
+
+
+class Output:
+    """``response.output`` while it streams: items in the order they first appear,
+    ``output_index`` = position. The provider's text goes to one message item, each of
+    its ``tool_calls`` indexes to one function-call item."""
+
+    def __init__(self, event: EventWriter) -> None:
+        self.event = event
+        self.items: list[StreamedItem] = []
+        self.message: StreamedMessage | None = None
+        self.calls: dict[Any, StreamedCall] = {}
+
+    def _open(self, item: StreamedItem) -> bytes:
+        self.items.append(item)
+        return item.opened(self.event)
+
+    def text(self, delta: str) -> bytes:
+        message = self.message
+        opened = b""
+        if message is None:
+            message = self.message = StreamedMessage(len(self.items))
+            opened = self._open(message)
+        message.parts.append(delta)
+        return opened + self.event("response.output_text.delta", **message.where, delta=delta, logprobs=[])
+
+    def feed(self, chunks: list[dict[str, Any]], state: dict[str, Any]) -> bytes:
+        """The events for a batch of chat chunks (their choice 0); notes the last
+        ``finish_reason`` and ``usage`` in ``state``. The text-only answer's hot path."""
+        out = []
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if usage and isinstance(usage, dict):
+                state["usage"] = usage
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                reason = choice.get("finish_reason")
+                if reason:
+                    state["finish_reason"] = reason
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    continue
+                content = delta.get("content")
+                if content and isinstance(content, str):
+                    out.append(self.text(content))
+                calls = delta.get("tool_calls")
+                if calls and isinstance(calls, list):
+                    out.append(self.tool_calls(calls))
+        return b"".join(out)
+
+    def tool_calls(self, fragments: list[Any]) -> bytes:
+        out = b""
+        for position, fragment in enumerate(fragments):
+            if not isinstance(fragment, dict):
+                continue
+            key = fragment.get("index", position)
+            call = self.calls.get(key)
+            if call is None:
+                call = self.calls[key] = StreamedCall(len(self.items), fragment)
+                out += self._open(call)
+            out += call.delta(self.event, fragment)
+        return out
+
+    def close(self, status: str) -> tuple[bytes, list[Item]]:
+        """The closing events of every item, in order, and the final items."""
+        opening = b""
+        if not self.items:  # no text and no call: one empty message, as before
+            self.message = StreamedMessage(0)
+            opening = self._open(self.message)
+        closed = [item.closed(self.event, status) for item in self.items]
+        return opening + b"".join(events for events, _ in closed), [item for _, item in closed]
 
 
 async def response_events(
     batches: AsyncIterator[list[dict[str, Any]]], draft: dict[str, Any], finish: Finish
 ) -> AsyncIterator[bytes]:
     """The SSE body for one streamed response, from batches of chat chunks
-    (``turns.batches``: each batch's deltas go out in one write). ``draft`` is the
+    (``turns.batches``: each batch's events go out in one write). ``draft`` is the
     in-progress response object; ``finish`` receives the final (or failed) response
     before it is sent."""
     event = EventWriter()
-    message_id = response_objects.new_id("msg")
-    where = {"item_id": message_id, "output_index": 0, "content_index": 0}
-    yield event("response.created", response=draft)
-    yield event("response.in_progress", response=draft)
-    item = {"id": message_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}
-    yield event("response.output_item.added", output_index=0, item=item)
-    empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-    yield event("response.content_part.added", **where, part=empty)
-    parts: list[str] = []
+    yield event("response.created", response=draft) + event("response.in_progress", response=draft)
+    output = Output(event)
     state: dict[str, Any] = {}
     try:
         async for batch in batches:
-            out = []
-            for chunk in batch:
-                for delta in _text_deltas(chunk, state):
-                    parts.append(delta)
-                    out.append(event("response.output_text.delta", **where, delta=delta, logprobs=[]))
+            out = output.feed(batch, state)
             if out:
-                yield b"".join(out)
+                yield out
     except Exception as exc:  # after the first byte: a response.failed, which ends it
         yield await _failed(event, draft, stream_failure(exc, "responses stream"), finish)
         return
-    text, reason, usage = "".join(parts), state.get("finish_reason"), state.get("usage")
-    final = response_objects.finished(draft, message_id=message_id, text=text, finish_reason=reason, chat_usage=usage)
-    message = final["output"][0]
-    yield event("response.output_text.done", **where, text=message["content"][0]["text"], logprobs=[])
-    yield event("response.content_part.done", **where, part=message["content"][0])
-    yield event("response.output_item.done", output_index=0, item=message)
+    status, details = response_objects.final_status(state.get("finish_reason"))
+    closing, items = output.close(status)
+    final = response_objects.finished(draft, output=items, status=status, details=details,
+                                      chat_usage=state.get("usage"))  # fmt: skip
+    yield closing
     try:
         await finish(final)
     except Exception:

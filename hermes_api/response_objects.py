@@ -1,10 +1,13 @@
 """Chat answer → Responses API ``response`` object (DESIGN.md §4).
 
-The assistant message becomes one ``message`` output item with one ``output_text``
-part; usage is renamed (``prompt_tokens`` → ``input_tokens`` …); ``finish_reason:
-length`` makes the response ``incomplete`` with ``incomplete_details.reason:
-max_output_tokens``. Shapes: OpenAI's spec (``Response``, ``ResponseUsage``) as
-summarised in openai-wire.md; the request side is ``translation``.
+The assistant's text becomes a ``message`` output item with one ``output_text`` part,
+and each of its ``tool_calls`` a ``function_call`` item (``id`` "fc_…", ``call_id`` the
+provider's call id, ``name``, ``arguments``, ``status``), text first, calls in the
+provider's order; an answer with neither is one empty message. Usage is renamed
+(``prompt_tokens`` → ``input_tokens`` …); ``finish_reason: length`` makes the response
+``incomplete`` with ``incomplete_details.reason: max_output_tokens``. Shapes: OpenAI's
+spec (``Response``, ``ResponseUsage``; openai-python ``types/responses/response.py``,
+``response_function_tool_call.py``); the request side is ``translation``.
 """
 
 from __future__ import annotations
@@ -43,13 +46,13 @@ def new_response(request: ResponseRequest, *, model: str) -> dict[str, Any]:
         "metadata": request.metadata,
         "model": model,
         "output": [],
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": request.tools.parallel_tool_calls,
         "previous_response_id": request.previous_response_id,
         "store": request.store,
         "temperature": request.temperature,
         "text": request.text,
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": request.tools.tool_choice,
+        "tools": request.tools.tools,
         "top_p": request.top_p,
         "truncation": "disabled",
         "usage": None,
@@ -62,19 +65,29 @@ def output_message(message_id: str, text: str, status: str) -> Item:
     return {"id": message_id, "type": "message", "role": "assistant", "status": status, "content": [part]}
 
 
-def finished(
-    draft: dict[str, Any], *, message_id: str, text: str, finish_reason: Any, chat_usage: Any
-) -> dict[str, Any]:
-    """The final response: ``completed``, or ``incomplete`` when the provider stopped at
-    the token limit (``length``) or its content filter."""
+def function_call(item_id: str, call_id: str, name: str, arguments: str, status: str) -> Item:
+    """A ``function_call`` output item: the model asks the client to run ``name``."""
+    return {"id": item_id, "type": "function_call", "status": status, "arguments": arguments, "call_id": call_id,
+            "name": name}  # fmt: skip
+
+
+def final_status(finish_reason: Any) -> tuple[str, dict[str, str] | None]:
+    """``(status, incomplete_details)``: ``incomplete`` when the provider stopped at the
+    token limit (``length``) or its content filter."""
     reason = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(finish_reason)
-    status = "incomplete" if reason else "completed"
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def finished(
+    draft: dict[str, Any], *, output: list[Item], status: str, details: Any, chat_usage: Any
+) -> dict[str, Any]:
+    """The final response with its ``output`` items."""
     return {
         **draft,
         "status": status,
         "completed_at": int(time.time()) if status == "completed" else None,
-        "incomplete_details": {"reason": reason} if reason else None,
-        "output": [output_message(message_id, text, status)],
+        "incomplete_details": details,
+        "output": output,
         "usage": usage(chat_usage),
     }
 
@@ -84,19 +97,32 @@ def failed(draft: dict[str, Any], error: HermesAPIError) -> dict[str, Any]:
     return {**draft, "status": "failed", "error": {"code": error.code or error.type, "message": error.message}}
 
 
+def _calls(message: dict[str, Any], status: str) -> list[Item]:
+    """The ``function_call`` items of a chat message's ``tool_calls`` (a call without a
+    provider id gets one: the client answers it by ``call_id``)."""
+    out = []
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else new_id("call")
+        name, arguments = function.get("name"), function.get("arguments")
+        out.append(function_call(new_id("fc"), call_id, name if isinstance(name, str) else "",
+                                 arguments if isinstance(arguments, str) else "", status))  # fmt: skip
+    return out
+
+
 def from_completion(draft: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
     """The final response for a non-streamed ``chat.completion``."""
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content = message.get("content")
-    return finished(
-        draft,
-        message_id=new_id("msg"),
-        text=content if isinstance(content, str) else "",
-        finish_reason=choice.get("finish_reason"),
-        chat_usage=completion.get("usage"),
-    )
+    text = content if isinstance(content, str) else ""
+    status, details = final_status(choice.get("finish_reason"))
+    calls = _calls(message, status)
+    output = [output_message(new_id("msg"), text, status)] if text or not calls else []
+    return finished(draft, output=[*output, *calls], status=status, details=details, chat_usage=completion.get("usage"))
 
 
 def _count(value: Any) -> int:
@@ -128,9 +154,20 @@ def usage(chat_usage: Any) -> dict[str, Any] | None:
 
 
 def answer_message(response: dict[str, Any]) -> list[Message]:
-    """The assistant message a finished response adds to its conversation ([] when it
-    failed before any output)."""
-    return [
-        {"role": "assistant", "content": "\n".join(part["text"] for part in item["content"])}
-        for item in response["output"]
-    ]
+    """The assistant message a finished response adds to its conversation: its text,
+    and its function calls as ``tool_calls`` ([] when it failed before any output)."""
+    output = response["output"]
+    if len(output) == 1 and output[0]["type"] == "message":  # a text answer
+        return [{"role": "assistant", "content": "".join(part["text"] for part in output[0]["content"])}]
+    if not output:
+        return []
+    texts, calls = [], []
+    for item in output:
+        if item["type"] == "message":
+            texts.append("".join(part["text"] for part in item["content"]))
+        elif item["type"] == "function_call":
+            calls.append({"id": item["call_id"], "type": "function",
+                          "function": {"name": item["name"], "arguments": item["arguments"]}})  # fmt: skip
+    if not calls:
+        return [{"role": "assistant", "content": "\n".join(texts)}]
+    return [{"role": "assistant", "content": "\n".join(texts) or None, "tool_calls": calls}]

@@ -3,9 +3,10 @@
 Every Responses turn runs through ``turns.TurnRunner`` as a chat completion, so it works
 with any chat-only provider (llama.cpp, Ollama…): ``instructions`` become a system
 message that ``persona.with_persona`` merges right after the persona; then the turns
-rebuilt from ``previous_response_id``; then this ``input``. The way back (chat answer →
-``response`` object) is ``response_objects``. Shapes: OpenAI's spec
-(``CreateResponse``, ``EasyInputMessage``) as summarised in openai-wire.md.
+rebuilt from ``previous_response_id``; then this ``input`` (its items: ``items``); the
+function tools and the tool choice as chat ``tools`` (``tools``). The way back (chat
+answer → ``response`` object) is ``response_objects``. Shapes: OpenAI's spec
+(``CreateResponse``; openai-python ``types/responses/response_create_params.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from typing import Any
 import orjson
 
 from .errors import InvalidJSONError, InvalidValueError
-from .response_objects import new_id
+from .items import input_items
+from .tools import NO_TOOLS, ToolSettings, tool_settings
 
 Item = dict[str, Any]
 Message = dict[str, Any]
 
-ROLES = ("user", "assistant", "system", "developer")
-TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 FORMATS = ("text", "json_object", "json_schema")
 # Fields of the Responses request with no chat-completions twin: read here or dropped,
 # never forwarded (a chat provider would reject them). Other fields pass through.
@@ -44,8 +44,9 @@ METADATA_LIMITS = (16, 64, 512)  # pairs, key characters, value characters (Open
 
 @dataclass(frozen=True, slots=True)
 class ResponseRequest:
-    """A validated ``POST /v1/responses`` body. ``items``: the input as message items
-    with ids; ``forwarded``: fields passed to the provider unchanged."""
+    """A validated ``POST /v1/responses`` body. ``items``: the input as items with ids
+    (``items.input_items``); ``tools``: the tool fields, echoed and sent upstream;
+    ``forwarded``: fields passed to the provider unchanged."""
 
     items: list[Item]
     instructions: str | None = None
@@ -57,6 +58,7 @@ class ResponseRequest:
     top_p: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=lambda: {"format": {"type": "text"}})
+    tools: ToolSettings = NO_TOOLS
     forwarded: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,7 +84,7 @@ def _optional(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
 
 def parse_request(body: dict[str, Any]) -> ResponseRequest:
     """Validate every field the server reads. Raises ``InvalidValueError`` with ``param``
-    naming the field (``input[2]``, ``input[0].content[1]`` for items), and
+    naming the field (``input[2]``, ``input[0].content[1]`` for items, ``tools[1]``), and
     ``InvalidJSONError`` for a ``text`` nested too deeply to echo back."""
     for name, message in UNSUPPORTED.items():
         _check(body.get(name) in (None, False), message, name)
@@ -100,6 +102,7 @@ def parse_request(body: dict[str, Any]) -> ResponseRequest:
         top_p=_number(body, "top_p", 0, 1),
         metadata=_metadata(body.get("metadata")),
         text=_text(body.get("text")),
+        tools=tool_settings(body),
         forwarded={k: v for k, v in body.items() if k not in RESPONSES_FIELDS},
     )
 
@@ -141,81 +144,17 @@ def _text(value: Any) -> dict[str, Any]:
     return text
 
 
-def input_items(value: Any) -> list[Item]:
-    """``input`` as message items: a string is one user message; each list entry must be
-    a message (``type`` "message" or absent) with a role of ``ROLES`` and string or
-    text-part content. Anything else is a 400 naming the entry."""
-    if isinstance(value, str):
-        return [_message_item(new_id("msg"), "user", value)]
-    _check(
-        isinstance(value, list) and bool(value),
-        "'input' must be a string or a non-empty array of input items.",
-        "input",
-    )
-    return [_item(raw, f"input[{i}]") for i, raw in enumerate(value)]
-
-
-def _item(raw: Any, where: str) -> Item:
-    _check(isinstance(raw, dict), f"{where} must be an input item object.", where)
-    kind = raw.get("type", "message")
-    _check(
-        kind == "message",
-        f"{where} has type {str(kind)[:40]!r}; hermes-api supports only message items "
-        "(roles user, assistant, system, developer) with text content.",
-        where,
-    )
-    role = raw.get("role")
-    _check(role in ROLES, f"{where}.role must be one of {', '.join(ROLES)}.", f"{where}.role")
-    content = raw.get("content")
-    if isinstance(content, str):
-        text = content
-    else:
-        _check(
-            isinstance(content, list),
-            f"{where}.content must be a string or an array of text parts.",
-            f"{where}.content",
-        )
-        text = "\n".join(_part_text(part, f"{where}.content[{j}]") for j, part in enumerate(content))
-    item_id = raw.get("id")
-    return _message_item(item_id if isinstance(item_id, str) and item_id else new_id("msg"), role, text)
-
-
-def _part_text(part: Any, where: str) -> str:
-    kind = part.get("type") if isinstance(part, dict) else None
-    _check(
-        kind in TEXT_PARTS and isinstance(part.get("text"), str),
-        f"{where} must be a text part (input_text or output_text with a string 'text'); "
-        f"{str(kind)[:40]!r} parts are not supported by hermes-api.",
-        where,
-    )
-    return part["text"]
-
-
-def _message_item(item_id: str, role: str, text: str) -> Item:
-    part = {"type": "input_text", "text": text}
-    if role == "assistant":
-        part = {"type": "output_text", "text": text, "annotations": []}
-    return {"id": item_id, "type": "message", "role": role, "status": "completed", "content": [part]}
-
-
-def item_text(item: Item) -> str:
-    return "\n".join(part["text"] for part in item["content"])
-
-
-def turn_messages(items: list[Item]) -> list[Message]:
-    """The chat messages for ``items``, in order."""
-    return [{"role": item["role"], "content": item_text(item)} for item in items]
-
-
-def chat_request(request: ResponseRequest, history: list[Message]) -> dict[str, Any]:
+def chat_request(request: ResponseRequest, history: list[Message], turn: list[Message]) -> dict[str, Any]:
     """The chat-completions request for a Responses turn: ``instructions`` (as a system
-    message, merged after the persona), the earlier turns, this input; the sampling
-    fields renamed; usage asked for when streaming."""
+    message, merged after the persona), the earlier turns, this input's messages
+    (``turn``: ``items.turn_messages``); the tools; the sampling fields renamed; usage
+    asked for when streaming."""
     messages = [{"role": "system", "content": request.instructions}] if request.instructions else []
     chat: dict[str, Any] = {
         **request.forwarded,
-        "messages": [*messages, *history, *turn_messages(request.items)],
+        "messages": [*messages, *history, *turn],
         "stream": request.stream,
+        **request.tools.upstream,
     }
     if request.stream:
         chat["stream_options"] = {"include_usage": True}

@@ -8,6 +8,7 @@ speaks httpx2, so it cannot use Starlette's TestClient transport).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -146,6 +147,45 @@ def chunks(text: str = "Hello there", model: str = "upstream-model", usage: bool
     if usage:
         events.append({**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
     return events
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def tool_completion(*calls: tuple[str, str, str], content: str | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` whose message calls ``calls`` ((call id, name, arguments)
+    each), with ``finish_reason: tool_calls``."""
+    answer = completion()
+    answer["choices"][0]["message"] = {"role": "assistant", "content": content,
+                                       "tool_calls": [tool_call(*call) for call in calls]}  # fmt: skip
+    answer["choices"][0]["finish_reason"] = "tool_calls"
+    return answer
+
+
+def tool_chunks(*calls: tuple[str, str, str], size: int = 3, text: str = "", interleave: bool = False) -> list[dict]:
+    """Stream chunks calling ``calls``: ``text`` first (if any), then each call's id and
+    name in its first fragment and its arguments in pieces of ``size`` characters; with
+    ``interleave`` the calls' pieces alternate, as some providers send them."""
+    base = {"id": "chatcmpl-up3", "object": "chat.completion.chunk", "created": 1700000002, "model": "upstream-model"}
+
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    out = [chunk({"role": "assistant", "content": text or None})]
+    streams = []
+    for index, (call_id, name, arguments) in enumerate(calls):
+        first = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        pieces = [{"index": index, "function": {"arguments": arguments[i : i + size]}}
+                  for i in range(0, len(arguments), size)]  # fmt: skip
+        streams.append([first, *pieces])
+    if interleave:
+        fragments = [f for group in itertools.zip_longest(*streams) for f in group if f is not None]
+    else:
+        fragments = [f for group in streams for f in group]
+    out += [chunk({"tool_calls": [fragment]}) for fragment in fragments]
+    out.append(chunk({}, "tool_calls"))
+    return out
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ test that started it). Raw asyncio streams, not a framework, so every byte, stal
 cut is exactly what the test asked for. The first path segment picks the behaviour
 (``http://127.0.0.1:<port>/<behaviour>/v1/chat/completions``):
 
-    ok            a chat.completion, or a stream of chunks and [DONE]
+    ok            a chat.completion, or a stream of chunks and [DONE]; given ``tools``
+                  (and a ``tool_choice`` other than "none"), a call of the chosen or
+                  first tool with arguments ``{}`` instead of text
     status-<n>    HTTP <n> with an OpenAI error body (429 adds Retry-After: 7)
     notjson       200 with an HTML body
     cut           the body ends cleanly too early (truncated JSON; a stream without [DONE])
@@ -22,8 +24,11 @@ cut is exactly what the test asked for. The first path segment picks the behavio
     leak-<n>      HTTP <n> with such a message, streamed or not
     echo          after 0-20 ms, an answer whose text is what the call carried: its
                   Authorization, model, system message, last message and the messages
-                  between them (``history``: role and ``fingerprint`` of each), as JSON;
-                  streamed in two chunks 0-10 ms apart
+                  between them (``history``: role and ``fingerprint`` of each, and the
+                  ids of its ``tool_calls`` or its ``tool_call_id``), as JSON; streamed
+                  in two chunks 0-10 ms apart. Given ``tools`` and a last message that is
+                  not a tool result, that JSON is instead the ``arguments`` of a call of
+                  the first tool, id ``call-<last message>`` (streamed: two fragments)
 
 Two more ports: ``refused`` (bound, never listening: connections are refused) and
 ``blackhole`` (listening with a full backlog: connections hang, so they time out).
@@ -51,6 +56,16 @@ def fingerprint(content: object) -> str:
     """A message's content as ``echo`` reports it: itself when short, else a digest."""
     text = content if isinstance(content, str) else json.dumps(content)
     return text if len(text) <= 64 else "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def history_entry(message: dict[str, Any]) -> list[Any]:
+    """A message as ``echo`` reports it in ``history``."""
+    entry = [message.get("role"), fingerprint(message.get("content"))]
+    if message.get("tool_calls"):
+        entry.append([call.get("id") for call in message["tool_calls"]])
+    if message.get("role") == "tool":
+        entry.append(message.get("tool_call_id"))
+    return entry
 
 
 def chunk(content: str, tag: str, model: str) -> bytes:
@@ -81,6 +96,36 @@ def completion(tag: str, model: str, content: str | None = None) -> bytes:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
     ).encode()
+
+
+def tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call ``ok`` answers a request with tools by, or None (no tools, or "none")."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not tools or not isinstance(tools, list) or choice == "none":
+        return None
+    spec = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(spec, dict):
+        spec = tools[0].get("function") if isinstance(tools[0], dict) else None
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return {"id": "call_fake", "type": "function", "function": {"name": str(name or "f"), "arguments": "{}"}}
+
+
+def tool_completion(model: str, call: dict[str, Any]) -> bytes:
+    answer = json.loads(completion("", model))
+    answer["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answer["choices"][0]["finish_reason"] = "tool_calls"
+    return json.dumps(answer).encode()
+
+
+def tool_chunk(call: dict[str, Any], model: str) -> bytes:
+    event = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}, "finish_reason": "tool_calls"}],
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 def head(status: int, content_type: str, length: int | None, extra: str = "") -> bytes:
@@ -142,6 +187,12 @@ class Connection:
                 w.write(head(status, "application/json", len(data)) + data)
             await w.drain()
             return True
+        call = tool_call(body) if behaviour == "ok" else None
+        if call is not None:
+            data = tool_chunk(call, model) + b"data: [DONE]\n\n" if body.get("stream") else tool_completion(model, call)
+            w.write(head(200, "text/event-stream" if body.get("stream") else "application/json", len(data)) + data)
+            await w.drain()
+            return True
         if body.get("stream"):
             return await self.stream(behaviour, tag, model)
         if behaviour.startswith("status-"):
@@ -183,19 +234,30 @@ class Connection:
             "model": model,
             "system": messages[0].get("content"),
             "tag": tag,
-            "history": [[m.get("role"), fingerprint(m.get("content"))] for m in messages[1:-1]],
+            "history": [history_entry(m) for m in messages[1:-1]],
         }
         text = json.dumps(seen)
+        call = None
+        if body.get("tools") and messages[-1].get("role") != "tool":
+            call = {"id": f"call-{tag}", "type": "function", "function": {"name": body["tools"][0]["function"]["name"]}}
         await asyncio.sleep(random.uniform(0, 0.02))
         w = self.writer
         if not body.get("stream"):
-            data = completion(tag, model, text)
+            if call is not None:
+                data = tool_completion(model, {**call, "function": {**call["function"], "arguments": text}})
+            else:
+                data = completion(tag, model, text)
             w.write(head(200, "application/json", len(data)) + data)
             await w.drain()
             return True
         w.write(head(200, "text/event-stream", None))
-        for part in (text[: len(text) // 2], text[len(text) // 2 :]):
-            w.write(frame(chunk(part, tag, model)))
+        for i, part in enumerate((text[: len(text) // 2], text[len(text) // 2 :])):
+            if call is None:
+                w.write(frame(chunk(part, tag, model)))
+            else:
+                fragment = {**call, "function": {**call["function"], "arguments": part}} if i == 0 else {
+                    "function": {"arguments": part}}  # fmt: skip
+                w.write(frame(tool_chunk(fragment, model)))
             await w.drain()
             await asyncio.sleep(random.uniform(0, 0.01))
         w.write(frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")

@@ -390,6 +390,38 @@ RESPONSES_WRONG_TYPES = [
     ("background", True, "background"),
     ("conversation", "conv_1", "conversation"),
     ("prompt", {"id": "pmpt_1"}, "prompt"),
+    ("input", [{"type": "function_call", "call_id": 5, "name": "f", "arguments": "{}"}], "input[0]"),
+    ("input", [{"type": "function_call", "call_id": "c", "name": None, "arguments": "{}"}], "input[0]"),
+    ("input", [{"type": "function_call", "call_id": "c", "name": "f", "arguments": None}], "input[0]"),
+    ("input", [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}], "input[0]"),
+    ("input", [{"type": "function_call_output", "call_id": "c", "output": "x"}], "input[0]"),
+    ("input", [{"type": "function_call_output", "output": "x"}], "input[0]"),
+    ("input", [{"type": "function_call_output", "call_id": "c", "output": None}], "input[0]"),
+    ("input", [{"type": "function_call_output", "call_id": "c", "output": ["x"]}], "input[0]"),
+    ("input", [{"type": "item_reference"}], "input[0]"),
+    ("input", [{"type": "item_reference", "id": 5}], "input[0]"),
+    ("input", [{"type": "item_reference", "id": "msg_unknown"}], "input[0]"),
+    ("tools", "lookup", "tools"),
+    ("tools", {"type": "function", "name": "f"}, "tools"),
+    ("tools", [5], "tools[0]"),
+    ("tools", [{"name": "f"}], "tools[0]"),
+    ("tools", [{"type": 5, "name": "f"}], "tools[0]"),
+    ("tools", [{"type": "function"}], "tools[0].name"),
+    ("tools", [{"type": "function", "name": 5}], "tools[0].name"),
+    ("tools", [{"type": "function", "name": "a" * 65}], "tools[0].name"),
+    ("tools", [{"type": "function", "name": "f\n"}], "tools[0].name"),
+    ("tools", [{"type": "function", "name": "f", "description": 5}], "tools[0]"),
+    ("tools", [{"type": "function", "name": "f", "parameters": []}], "tools[0]"),
+    ("tools", [{"type": "function", "name": "f", "strict": "yes"}], "tools[0]"),
+    ("tool_choice", 5, "tool_choice"),
+    ("tool_choice", "any", "tool_choice"),
+    ("tool_choice", "required", "tool_choice"),
+    ("tool_choice", {"type": "function"}, "tool_choice"),
+    ("tool_choice", {"type": "function", "name": "f"}, "tool_choice"),
+    ("tool_choice", {"type": "allowed_tools", "mode": "maybe", "tools": []}, "tool_choice"),
+    ("tool_choice", {"name": "f"}, "tool_choice"),
+    ("parallel_tool_calls", "true", "parallel_tool_calls"),
+    ("parallel_tool_calls", 1, "parallel_tool_calls"),
 ]  # fmt: skip
 
 
@@ -409,19 +441,25 @@ def test_responses_wrong_types_for_every_field_read(
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-@pytest.mark.parametrize("where", ["text", "text.format", "forwarded"])
+@pytest.mark.parametrize("where", ["text", "text.format", "forwarded", "tools", "reasoning", "tool-output"])
 def test_responses_nesting_orjson_cannot_write_is_400(
     client: TestClient, upstream: respx.MockRouter, stream: bool, where: str
 ) -> None:
-    """A structure 300 levels deep in a field echoed in the response object (``text``)
-    or forwarded to the provider: a 400 before anything is sent upstream or stored,
-    never a 500 or a stream cut after its first byte."""
+    """A structure 300 levels deep in a field echoed in the response object (``text``,
+    a tool's ``parameters``), stored as sent (input items) or forwarded to the provider:
+    a 400 before anything is sent upstream or stored, never a 500 or a stream cut after
+    its first byte."""
     route = upstream.post("/chat/completions").respond(json=completion())
     deep = b"[" * 300 + b"]" * 300
     extra = {
         "text": b'"text": {"format": {"type": "text"}, "x": ' + deep + b"}",
         "text.format": b'"text": {"format": {"type": "json_object", "x": ' + deep + b"}}",
         "forwarded": b'"extra": ' + deep,
+        "tools": b'"tools": [{"type": "function", "name": "f", "parameters": {"x": ' + deep + b"}}]",
+        "reasoning": b'"input": [{"type": "reasoning", "summary": ' + deep + b'}, "hi"]',
+        "tool-output": b'"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},'
+        b' {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "x", "y": '
+        + deep + b"}]}]",
     }[where]
     body = b'{"model": "alpha", "input": "hi", "stream": ' + (b"true" if stream else b"false") + b", " + extra + b"}"
     expect(client.post("/v1/responses", content=body), 400, "invalid_json")

@@ -35,8 +35,14 @@ def test_fixtures_are_realistic_and_servable_by_nginx(tmp_path: Path) -> None:
         fixtures.STREAM_WORDS
     )
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]
+    call = orjson.loads(fixtures.tool_completion_body())["choices"][0]["message"]["tool_calls"][0]
+    assert (call["id"], call["function"]["arguments"]) == (fixtures.TOOL_CALL_ID, fixtures.TOOL_ARGUMENTS)
+    tool_events = [orjson.loads(e) for e in EventDecoder().feed(fixtures.tool_stream_body())[:-1]]
+    fragments = [f for c in tool_events if c["choices"] for f in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert "".join(f["function"]["arguments"] for f in fragments) == fixtures.TOOL_ARGUMENTS
+    assert fragments[0]["function"]["name"] == fixtures.TOOL_NAME and len(fragments) > 20
     conf = fixtures.nginx_conf(tmp_path, 8080)
-    assert "$" not in fixtures.stream_body().decode() and conf.count("return 200") == 2
+    assert "$" not in fixtures.stream_body().decode() and conf.count("return 200") == 4
     assert all(len(line) < 4000 for line in conf.splitlines())  # nginx's limit per parameter
 
 
@@ -65,10 +71,16 @@ def test_report_renders_and_checks_targets() -> None:
     assert rows["chat c=32: req/s vs LiteLLM"][3] == "yes"
     assert rows["chat c=1: added p50 over direct (ms)"][2] == "0.400"
     assert rows["chat stream c=32: CPU ms/request"][3] == "–"  # not measured: no verdict
+    assert "text answer beside function call" not in text  # no function-call scenario ran
+    runs += [{**runs[1], "scenario": s, "cpu_ms_per_req": cpu} for s, cpu in
+             (("responses c=32", 0.6), ("responses tools c=32", 0.7))]  # fmt: skip
+    text = report.gateways_md({**data, "runs": runs})
+    assert "| hermes-api | 0.600 | 0.700 | – | – |" in text
 
 
 def test_cli_knows_every_scenario() -> None:
-    assert {s.name for s in gateways.SCENARIOS} >= {"chat c=1", "chat c=32", "chat stream c=32", "responses c=32"}
+    assert {s.name for s in gateways.SCENARIOS} >= {"chat c=1", "chat c=32", "chat stream c=32", "responses c=32",
+                                                     "responses tools c=32", "responses tools stream c=32"}
     with pytest.raises(SystemExit) as exc:
         bench_main(["--help"])
     assert exc.value.code == 0

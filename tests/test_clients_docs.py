@@ -33,7 +33,7 @@ from hermes_api.app import create_app
 from hermes_api.headers import IDENTITY_HEADERS
 from hermes_api.settings import Settings
 
-from .conftest import HermesHome, LiveServer, chunks, completion, sse_body
+from .conftest import HermesHome, LiveServer, chunks, completion, sse_body, tool_completion
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "clients.md").read_text()
@@ -65,6 +65,8 @@ def test_the_tested_blocks_are_all_there() -> None:
         "sdk-model",
         "sdk-headers",
         "sdk-async",
+        "sdk-function-calling",
+        "agents-sdk",
         "curl-models",
         "curl-chat",
         "curl-stream-header",
@@ -82,9 +84,16 @@ def docs_settings(home: HermesHome, tmp_path: Path) -> Settings:
 
 
 def answer(request: httpx.Request) -> httpx.Response:
-    """The provider: ``I am <upstream model>``, streamed when asked."""
+    """The provider: ``I am <upstream model>``, streamed when asked. Given tools, it
+    first calls the first one for Paris, then says what the tool said."""
     body = orjson.loads(request.content)
     text, model = f"I am {body['model']}", body["model"]
+    last = body["messages"][-1]
+    if body.get("tools") and last["role"] != "tool":
+        name = body["tools"][0]["function"]["name"]
+        return httpx.Response(200, json=tool_completion(("call_1", name, '{"city": "Paris"}')))
+    if last["role"] == "tool":
+        text = f"{text}; the tool said: {last['content']}"
     if body.get("stream"):
         return httpx.Response(
             200, content=sse_body(*chunks(text, model=model)), headers={"content-type": "text/event-stream"}
@@ -117,6 +126,8 @@ def test_hermes_config_block_is_valid(home: HermesHome, tmp_path: Path) -> None:
         pytest.param("sdk-model", f"{ALL_PROFILES}\nresearcher I am model-researcher\n", id="model"),
         pytest.param("sdk-headers", "coder\nresearcher\n", id="default-and-extra-headers"),
         pytest.param("sdk-async", "I am model-family \n", id="async-stream"),
+        pytest.param("sdk-function-calling", "I am model-researcher; the tool said: Sunny in Paris\n", id="tools"),
+        pytest.param("agents-sdk", "I am model-researcher; the tool said: Sunny in Paris\n", id="agents-sdk"),
     ],
 )
 def test_sdk_snippets_run(server: LiveServer, monkeypatch, capsys, name: str, expected: str) -> None:

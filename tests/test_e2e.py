@@ -9,6 +9,7 @@ Every process started here is stopped by PID at teardown.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -180,6 +181,46 @@ def test_responses_stream_helper_with_a_real_model(hermes: str) -> None:
     print(f"\nfamily (responses stream, {final.status}): {final.output_text!r}")
     assert final.status in ("completed", "incomplete") and final.output_text == "".join(deltas)
     assert final.output_text.strip() and final.model == "family"
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather now in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_responses_forced_function_call_with_a_real_model(hermes: str, stream: bool) -> None:
+    """A named ``tool_choice`` reaches llama.cpp as the chat one, which constrains the
+    model to the tool's JSON schema (a grammar): even SmolLM2-135M answers with a call
+    whose arguments parse. Its city need not be right."""
+    client = OpenAI(base_url=hermes + "/v1", api_key="unused")
+    request = {
+        "model": "default",
+        "input": "What is the weather in Paris?",
+        "tools": [WEATHER, {"type": "web_search"}],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "max_output_tokens": 64,
+        "temperature": 0,
+    }
+    if stream:
+        with client.responses.stream(**request) as events:
+            deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+            final = events.get_final_response()
+    else:
+        final = client.responses.create(**request)
+    calls = [item for item in final.output if item.type == "function_call"]
+    print(f"\ndefault (forced call, {'stream' if stream else 'create'}): {[c.model_dump() for c in calls]}")
+    assert final.status == "completed" and len(calls) == 1
+    call = calls[0]
+    assert call.name == "get_weather" and call.call_id and call.status == "completed"
+    assert isinstance(json.loads(call.arguments).get("city"), str)
+    if stream:
+        assert "".join(deltas) == call.arguments
+    assert [t.name for t in final.tools] == ["get_weather"] and final.tool_choice.name == "get_weather"
+    assert client.responses.retrieve(final.id).output[0].arguments == call.arguments
 
 
 def test_demo_command_serves_and_stops_its_model_server(tmp_path: Path) -> None:

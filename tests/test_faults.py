@@ -188,8 +188,8 @@ def test_responses_fault_gives_the_error_of_the_table_or_response_failed(
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         got = events(r)
         types = [e["type"] for e in got]
-        assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                             "response.content_part.added"]  # fmt: skip
+        # Output items appear with the provider's first words, if any came.
+        assert types[:2] == ["response.created", "response.in_progress"]
         assert types[-1] == "response.failed" and types.count("response.failed") == 1, types
         failed = got[-1]["response"]
         assert failed["status"] == "failed" and failed["error"]["code"] == code and failed["error"]["message"]

@@ -4,8 +4,8 @@ hermes-api runs under uvicorn with its real aiohttp pool; the upstream is a real
 server on loopback that answers with what each call carried, after a random delay so
 requests for different profiles overlap. Zero answers or upstream calls may carry
 another profile's persona, memory, secret or model, or another conversation's stored
-history (chat sessions, previous_response_id chains); the profile bound in the
-ContextVar must be the request's own, inside streamed bodies too; and no stored
+history (chat sessions, previous_response_id chains, function calls and their
+outputs); the profile bound in the ContextVar must be the request's own, inside streamed bodies too; and no stored
 response may be read with another key or through another profile.
 """
 
@@ -232,8 +232,9 @@ LOAD_REQUESTS = int(os.environ.get("HERMES_API_ISOLATION_REQUESTS", "3000"))
 AT_ONCE = 64
 # What a conversation is: one chat request, a chat session (X-Hermes-Session-Id) of
 # several turns, one Responses request, a previous_response_id chain, a response with
-# store: false, or a request for a profile the key may not use. Weights per kind.
-KINDS = {"chat": 2, "session": 4, "response": 2, "chain": 4, "unstored": 1, "forbidden": 2}
+# store: false, a request for a profile the key may not use, or a function-call loop
+# (a call, then its output; stored or with the history resent). Weights per kind.
+KINDS = {"chat": 2, "session": 4, "response": 2, "chain": 4, "unstored": 1, "forbidden": 2, "tools": 2}
 SESSION_IDS = 12  # few, so the same session id is used under many keys and profiles
 
 
@@ -250,6 +251,7 @@ class Conversation:
     session: str | None = None
     said: list[tuple[str, str]] = field(default_factory=list)  # (tag, answer) of each turn so far
     last_id: str | None = None
+    stored: bool = True  # a function-call loop: stored (previous_response_id), or store: false
 
 
 @dataclass
@@ -277,6 +279,9 @@ def plan(keys: dict[str, str], allowed: dict[str, set[str]], rng: random.Random)
         conv = Conversation(len(out), key, rng.choice(pool), kind, 1, how=len(out) % 4)
         if kind in ("session", "chain"):
             conv.turns = rng.randint(2, 5)
+        if kind == "tools":
+            conv.turns = 2
+            conv.stored = rng.random() < 0.5
         if kind == "session":
             # Mostly an id this key uses with another profile, or another key with this
             # one: a store that mixed them up would replay the other session's turns.
@@ -341,6 +346,8 @@ def expected_history(conv: Conversation) -> list[list[str]]:
 
 async def turn(client: httpx.AsyncClient, load: Load, conv: Conversation, n: int, rng: random.Random) -> None:
     """Send turn ``n`` of ``conv`` and check every part of its answer."""
+    if conv.kind == "tools":
+        return await tool_turn(client, load, conv, n, rng)
     tag, stream = f"t{conv.index}-{n}", rng.random() < 0.5
     responses = conv.kind in ("response", "chain", "unstored") or (conv.kind == "forbidden" and conv.index % 2 == 0)
     body: dict = {"stream": stream}
@@ -371,8 +378,22 @@ async def turn(client: httpx.AsyncClient, load: Load, conv: Conversation, n: int
     load.counts["answered"] += 1
     text, models, complete, response_id = read_answer(r, responses, stream)
     seen = orjson.loads(text)
+    wrong = problems(load, conv, r, seen, tag, models, complete, expected_history(conv), instructions)
+    if wrong:
+        load.wrong.append(f"{conv} turn {n}: {wrong}; it saw {seen}")
+    conv.said.append((tag, text))
+    conv.last_id = response_id
+    if responses and conv.kind != "unstored":
+        load.stored[response_id] = (conv.key, conv.profile)
+
+
+def problems(
+    load: Load, conv: Conversation, r: httpx.Response, seen: dict, tag: str, models: set[str], complete: bool,
+    history: list[list], instructions: str | None = None,
+) -> list[str]:  # fmt: skip
+    """What is wrong with an answer, given what the provider said it saw (``seen``)."""
     name, system = conv.profile, seen["system"]
-    problems = {
+    checks = {
         "incomplete": not complete,
         "model in the answer": models != {name} or r.headers["x-hermes-profile"] != name,
         "tag": seen["tag"] != tag,
@@ -382,16 +403,72 @@ async def turn(client: httpx.AsyncClient, load: Load, conv: Conversation, n: int
         "another profile's persona": any(f"-OF-{o}" in system for o in LOAD_PROFILES if o != name),
         "instructions": system.count("INSTR-") != (instructions is not None)
         or (instructions is not None and instructions not in system),
-        "history": seen["history"] != expected_history(conv),
-        "a client key": any(v in text for v in load.keys.values()),
+        "history": seen["history"] != history,
+        "a client key": any(v in r.text for v in load.keys.values()),
         "session header": conv.session is not None and r.headers.get("x-hermes-session-id") != conv.session,
     }
-    if any(problems.values()):
-        load.wrong.append(f"{conv} turn {n}: {[k for k, v in problems.items() if v]}; it saw {seen}")
-    conv.said.append((tag, text))
+    return [k for k, v in checks.items() if v]
+
+
+TOOL = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+
+
+def read_call(r: httpx.Response, stream: bool) -> tuple[dict | None, set[str], bool, str]:
+    """(the one function_call item, the models the answer names, whether it ended
+    well and the streamed arguments add up to it, response id)."""
+    if not stream:
+        final = r.json()
+        calls = [i for i in final["output"] if i["type"] == "function_call"]
+        return (calls[0] if len(calls) == 1 else None), {final["model"]}, final["status"] == "completed", final["id"]
+    events = sse_data(r.text)
+    final = events[-1]["response"]
+    calls = [i for i in final["output"] if i["type"] == "function_call"]
+    streamed = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    ok = events[-1]["type"] == "response.completed" and len(calls) == 1 and calls[0]["arguments"] == streamed
+    return (calls[0] if calls else None), {events[0]["response"]["model"], final["model"]}, ok, final["id"]
+
+
+async def tool_turn(client: httpx.AsyncClient, load: Load, conv: Conversation, n: int, rng: random.Random) -> None:
+    """The function-call loop, in two turns. Turn 0 asks with a function tool, stored or
+    not: the provider calls it, the echo of what it saw as the call's arguments. Turn 1
+    sends the call's output through ``previous_response_id``, or with the whole history
+    resent (``store: false``): the provider must get this conversation's question and
+    call before the output, and nothing of any other."""
+    body: dict = {"stream": rng.random() < 0.5, "tools": [TOOL]}
+    first = f"t{conv.index}-0"
+    if n == 0:
+        tag, body["input"], history = first, first, []
+        if not conv.stored:
+            body["store"] = False
+    else:
+        call = conv.said[0][1]
+        output = {"type": "function_call_output", "call_id": call["call_id"], "output": f"out-{first}"}
+        tag, history = output["output"], [["user", first], ["assistant", "null", [f"call-{first}"]]]
+        if not conv.stored:
+            body |= {"store": False, "input": [{"role": "user", "content": first}, call, output]}
+        else:
+            body |= {"previous_response_id": conv.last_id, "input": [output]}
+    path, headers = routed(conv, "/v1/responses", load.keys, body)
+    r = await client.post(path, json=body, headers=headers)
+    load.counts["tools", "stream" if body["stream"] else "plain"] += 1
+    if r.status_code != 200:
+        load.wrong.append(f"{conv} turn {n}: {r.status_code} {r.text[:200]}")
+        return
+    load.counts["answered"] += 1
+    if n == 0:
+        call, models, complete, response_id = read_call(r, body["stream"])
+        ok = call is not None and call["call_id"] == f"call-{first}" and call["name"] == "lookup"
+        seen = orjson.loads(call["arguments"]) if ok else {}
+        conv.said.append((tag, call))
+    else:
+        text, models, complete, response_id = read_answer(r, True, body["stream"])
+        ok, seen = True, orjson.loads(text)
+    wrong = problems(load, conv, r, seen, tag, models, complete, history) if ok else ["the call"]
+    if wrong:
+        load.wrong.append(f"{conv} turn {n}: {wrong}; it saw {seen}")
     conv.last_id = response_id
-    if responses and conv.kind != "unstored":
-        load.stored[response_id] = (conv.key, name)
+    if conv.stored:
+        load.stored[response_id] = (conv.key, conv.profile)
 
 
 async def hijack(client: httpx.AsyncClient, load: Load, conv: Conversation, rng: random.Random) -> None:
@@ -473,7 +550,9 @@ def test_thousands_of_requests_across_profiles_and_keys(
     and not, the profile chosen by model, header, prefix and route; chat sessions
     (whose ids collide across keys and profiles) and previous_response_id chains of up
     to 5 turns, tries to continue another key's or profile's response, ``store: false``
-    answers, and requests for a profile the key may not use. Every answer and every
+    answers, function-call loops (the provider calls a tool; its output goes back through
+    the chain or with the history resent), and requests for a profile the key may not
+    use. Every answer and every
     upstream call carries its own profile's secret, model and persona and exactly its
     own conversation's earlier turns; the refused requests never reach the provider.
     Then every stored response is asked for with every other key and through every

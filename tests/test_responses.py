@@ -276,7 +276,7 @@ def test_failure_after_the_first_byte_is_response_failed(client, upstream, respo
     r = client.post("/v1/responses", json={"model": "alpha", "input": "x", "stream": True})
     assert r.status_code == 200
     events = stream_events(r.text)
-    assert [e["type"] for e in events[:4]] == NINE[:4]
+    assert [e["type"] for e in events[:2]] == NINE[:2]  # items appear with the provider's first words
     last = events[-1]
     assert last["type"] == "response.failed" and last["sequence_number"] == len(events) - 1
     assert last["response"]["status"] == "failed" and last["response"]["error"]["code"] == code
@@ -307,9 +307,9 @@ def test_failure_before_the_first_byte_is_plain_json(client, upstream, stream) -
         pytest.param(
             {"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f", "arguments": "{}"}]},
             "input[1]",
-            id="function-call-item",
+            id="function-call-without-call-id",
         ),
-        pytest.param({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", id="item-reference"),
+        pytest.param({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", id="unknown-item-reference"),
         pytest.param({"input": [{"role": "tool", "content": "a"}]}, "input[0].role", id="bad-role"),
         pytest.param({"input": [{"role": "user", "content": 3}]}, "input[0].content", id="content-number"),
         pytest.param(
@@ -352,9 +352,9 @@ def test_bad_fields_are_400_naming_the_field(client, upstream, body, param) -> N
 
 
 def test_unsupported_item_message_names_the_item_type(client, upstream) -> None:
-    items = [{"type": "function_call_output", "call_id": "c", "output": "42"}]
+    items = [{"type": "computer_call_output", "call_id": "c", "output": {"type": "computer_screenshot"}}]
     error = client.post("/v1/responses", json={"model": "alpha", "input": items}).json()["error"]
-    assert "input[0]" in error["message"] and "function_call_output" in error["message"]
+    assert "input[0]" in error["message"] and "computer_call_output" in error["message"]
 
 
 def test_malformed_json_and_unknown_profile(client) -> None:

@@ -12,7 +12,7 @@ import pytest
 import respx
 from starlette.testclient import TestClient
 
-from .conftest import chunks, completion, digest, sse_body
+from .conftest import chunks, completion, digest, sse_body, tool_call, tool_chunks, tool_completion
 
 KEYS = [{"name": "one", "key_sha256": digest("key-one")}, {"name": "two", "key_sha256": digest("key-two")}]
 SESSION = {"X-Hermes-Session-Id": "chat-42"}
@@ -129,3 +129,26 @@ def test_a_non_ascii_session_id_is_echoed_byte_for_byte(make_app, live, upstream
     assert response.status == 200
     # http.client decodes header bytes as Latin-1: re-encode to see the bytes sent.
     assert response.getheader("x-hermes-session-id").encode("latin-1") == sid
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_session_turn_keeps_its_tool_calls(client: TestClient, upstream, stream: bool) -> None:
+    """The next turn replays the assistant's calls before the tool results that answer
+    them (an assistant message without them would make the provider refuse the turn)."""
+    route = upstream.post("/chat/completions")
+    calls = [("call_a", "lookup", '{"q": 1}'), ("call_b", "lookup", '{"q": 2}')]
+    first = sse_body(*tool_chunks(*calls, size=3, interleave=True)) if stream else None
+    route.side_effect = [
+        httpx.Response(200, content=first) if stream else httpx.Response(200, json=tool_completion(*calls)),
+        httpx.Response(200, json=completion("both found")),
+    ]
+    headers = {"X-Hermes-Session-Id": "tools-1"}
+    question = {"role": "user", "content": "look up 1 and 2"}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    body = {"model": "alpha", "messages": [question], "tools": tools, "stream": stream}
+    assert client.post("/v1/chat/completions", headers=headers, json=body).status_code == 200
+    results = [{"role": "tool", "tool_call_id": c[0], "content": f"result {c[0]}"} for c in calls]
+    r = client.post("/v1/chat/completions", headers=headers, json={"model": "alpha", "messages": results,
+                                                                     "tools": tools})  # fmt: skip
+    assert r.status_code == 200
+    assert sent(route)[1:] == [question, {"role": "assistant", "tool_calls": [tool_call(*c) for c in calls]}, *results]

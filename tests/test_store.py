@@ -8,6 +8,7 @@ backend through the ``backend`` fixture, on one event loop per test (anyio's plu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -393,3 +394,25 @@ async def test_usage_summary_by_key_profile_and_day(open_store) -> None:
         ("2023-11-14", 2),
         ("2023-11-15", 1),
     ]
+
+
+async def test_find_items_by_id_within_owner_profile_and_retention(open_store) -> None:
+    clock = Clock()
+    store = await open_store(Retention(max_age_days=1), clock)
+
+    async def put(rid: str, owner: str = "k1", profile: str = "alpha", at: float = clock.now) -> None:
+        item = {"id": f"fc_{rid}", "type": "function_call", "call_id": f"call_{rid}", "name": "f", "arguments": "{}"}
+        stored = record(rid, owner=owner, profile=profile, at=at)
+        await store.put_response(dataclasses.replace(stored, body={"id": rid, "output": [item]}))
+
+    for n in range(450):  # more ids than one statement could take as variables
+        await put(f"r{n}")
+    await put("other-key", owner="k2")
+    await put("other-profile", profile="beta")
+    await put("old", at=clock.now - 2 * DAY)
+    ids = [f"fc_r{n}" for n in range(450)] + ["msg_in_r7", "fc_r7", "fc_other-key", "fc_other-profile", "fc_old"]
+    mine = await store.find_items("k1", "alpha", ids)
+    theirs = await store.find_items("k2", "alpha", ["fc_r1", "fc_other-key"])
+    assert set(mine) == {f"fc_r{n}" for n in range(450)} | {"msg_in_r7"}
+    assert mine["fc_r3"]["call_id"] == "call_r3" and mine["msg_in_r7"]["type"] == "message"
+    assert set(theirs) == {"fc_other-key"}

@@ -96,11 +96,11 @@ async def chat_events(
     in one last ``choices: []`` chunk (when the provider sent one). A failure after the
     first byte becomes ``data: {"error": ...}``; ``[DONE]`` always ends the stream.
     Each batch of upstream chunks (``turns.batches``) becomes one piece of the body.
-    ``on_answer`` gets the assistant message (its text) after a stream that ended well,
-    before ``[DONE]``."""
+    ``on_answer`` gets the assistant message (its text and tool calls) after a stream
+    that ended well, before ``[DONE]``."""
     ident = f"chatcmpl-{uuid.uuid4().hex}"
     created, model, usage, first = int(time.time()), None, None, True
-    text: list[str] = []
+    answer = StreamedAnswer() if on_answer is not None else None
     try:
         async for batch in batches:
             out = []
@@ -122,7 +122,8 @@ async def chat_events(
                     chunk["usage"] = None
                 else:
                     chunk.pop("usage", None)
-                text.extend(_content(choices))
+                if answer is not None:
+                    answer.add(choices)
                 out.append(sse(chunk))
             if out:
                 yield b"".join(out)
@@ -141,25 +142,58 @@ async def chat_events(
         yield sse(stream_failure(exc, "chat stream").to_dict())
         yield DONE
         return
-    if on_answer is not None:
+    if on_answer is not None and answer is not None:
         try:
-            await on_answer({"role": "assistant", "content": "".join(text)})
+            await on_answer(answer.message())
         except Exception:
             logger.exception("could not store the session turn")
             yield sse(ServerError("The answer could not be stored in the session; see the server log.").to_dict())
     yield DONE
 
 
-def _content(choices: list[Any]) -> list[str]:
-    """The content deltas of choice 0."""
-    return [
-        choice["delta"]["content"]
-        for choice in choices
-        if isinstance(choice, dict)
-        and choice.get("index", 0) == 0
-        and isinstance(choice.get("delta"), dict)
-        and isinstance(choice["delta"].get("content"), str)
-    ]
+class StreamedAnswer:
+    """The assistant message of a streamed answer (choice 0), from its deltas: the text,
+    and the ``tool_calls`` fragments merged by their ``index`` (the first non-empty
+    ``id`` and ``name``, every ``arguments`` piece joined), so a session's next turn
+    replays the calls its ``tool`` messages answer."""
+
+    __slots__ = ("text", "calls")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: dict[Any, dict[str, Any]] = {}
+
+    def add(self, choices: list[Any]) -> None:
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) and choice.get("index", 0) == 0 else None
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("content"), str):
+                self.text.append(delta["content"])
+            for position, fragment in enumerate(delta.get("tool_calls") or ()):
+                if isinstance(fragment, dict):
+                    self._merge(fragment.get("index", position), fragment)
+
+    def _merge(self, key: Any, fragment: dict[str, Any]) -> None:
+        call = self.calls.setdefault(key, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+        if not call["id"] and isinstance(fragment.get("id"), str):
+            call["id"] = fragment["id"]
+        if not call["function"]["name"] and isinstance(function.get("name"), str):
+            call["function"]["name"] = function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"] += function["arguments"]
+
+    def message(self) -> dict[str, Any]:
+        """``{"role": "assistant", "content"}``, plus ``tool_calls`` when there were any
+        (then ``content`` is left out when empty, as in a non-streamed answer)."""
+        text = "".join(self.text)
+        if not self.calls:
+            return {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "tool_calls": list(self.calls.values())}
+        if text:
+            message["content"] = text
+        return message
 
 
 async def create_chat_completion(request: Request, body: dict[str, Any]) -> Response:

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import response_objects, translation
+from .. import items, response_objects, translation
 from ..context import current_profile
 from ..errors import InvalidValueError, ResponseNotFoundError, ServerError
 from ..events import response_events
 from ..shutdown import Drain
 from ..sse import EventStreamResponse
-from ..store import StoredResponse
+from ..store import ResponseStore, StoredResponse
 from ..translation import ResponseRequest
 from ..turns import batches
 from . import JSONResponse
@@ -57,26 +58,37 @@ async def _owned(request: Request) -> StoredResponse:
     return record
 
 
+async def _conversation(
+    parsed: ResponseRequest, store: ResponseStore, owner: str, profile: str
+) -> tuple[ResponseRequest, list[dict[str, Any]]]:
+    """The request with its ``item_reference`` items resolved, and the chat messages of
+    its ``previous_response_id`` chain ([] without one)."""
+    resolved = await items.resolve(parsed.items, lambda ids: store.find_items(owner, profile, ids))
+    if resolved is not parsed.items:
+        parsed = replace(parsed, items=resolved)
+    if not parsed.previous_response_id:
+        return parsed, []
+    history = await store.conversation(owner, profile, parsed.previous_response_id)
+    if history is None:
+        raise _not_found(parsed.previous_response_id, "previous_response_id")
+    return parsed, history
+
+
 async def create_response(request: Request, body: dict[str, Any]) -> Response:
     """Run one turn under the bound profile and answer with a ``response`` object, or
     its event stream. An unknown ``previous_response_id`` (or another key's, another
     profile's, a deleted one) is 404 ``response_not_found``. Errors before the first
     byte are JSON (§5); after it, ``response.failed``. A response that cannot be
     stored is never acknowledged: a 500 ``ServerError`` (the cause in the log)."""
-    parsed = translation.parse_request(body)
     profile, owner, store = current_profile(), request.user.owner, request.state.store
-    history: list[dict[str, Any]] = []
-    if parsed.previous_response_id:
-        found = await store.conversation(owner, profile.name, parsed.previous_response_id)
-        if found is None:
-            raise _not_found(parsed.previous_response_id, "previous_response_id")
-        history = found
-    chat = translation.chat_request(parsed, history)
+    parsed, history = await _conversation(translation.parse_request(body), store, owner, profile.name)
+    turn = items.turn_messages(parsed.items, history)
+    chat = translation.chat_request(parsed, history, turn)
     draft = response_objects.new_response(parsed, model=profile.name)
 
     async def finish(response: dict[str, Any]) -> None:
         if parsed.store:
-            await store.put_response(_record(parsed, response, owner, profile.name))
+            await store.put_response(_record(parsed, turn, response, owner, profile.name))
 
     state = request.state
     drain: Drain = state.drain  # waits on the provider end at the shutdown deadline
@@ -95,7 +107,9 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     return JSONResponse(response)
 
 
-def _record(parsed: ResponseRequest, response: dict[str, Any], owner: str, profile: str) -> StoredResponse:
+def _record(
+    parsed: ResponseRequest, turn: list[dict[str, Any]], response: dict[str, Any], owner: str, profile: str
+) -> StoredResponse:
     return StoredResponse(
         id=response["id"],
         owner=owner,
@@ -103,7 +117,7 @@ def _record(parsed: ResponseRequest, response: dict[str, Any], owner: str, profi
         created_at=response["created_at"],
         previous_response_id=parsed.previous_response_id,
         input_items=parsed.items,
-        messages=[*translation.turn_messages(parsed.items), *response_objects.answer_message(response)],
+        messages=[*turn, *response_objects.answer_message(response)],
         body=response,
     )
 

@@ -154,6 +154,11 @@ class ResponseStore(Protocol):
         or expired starts after the gap."""
         ...
 
+    async def find_items(self, owner: str, profile: str, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The input and output items with these ids among the stored responses, by id
+        (``item_reference`` input items name them); ids not found are left out."""
+        ...
+
     async def session_messages(self, owner: str, profile: str, session_id: str) -> list[Message]:
         """Every stored message of a chat session, oldest first ([] for a new one)."""
         ...

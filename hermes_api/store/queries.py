@@ -36,6 +36,10 @@ CONVERSATION = """
     )
     SELECT messages FROM chain ORDER BY depth DESC
 """
+# The items of this key's and profile's responses, for item references: a scan
+# (retention bounds it), as references are rare and an index of every item would cost
+# every write; matched in Python, so every backend runs the same query.
+ITEM_ROWS = "SELECT input_items, body FROM responses WHERE owner = ? AND profile = ? AND created_at >= ?"
 SESSION_MESSAGES = (
     "SELECT messages FROM session_turns WHERE owner = ? AND profile = ? AND session_id = ?"
     " AND created_at >= ? ORDER BY seq"
@@ -103,3 +107,13 @@ def stored_response(row: tuple[Any, ...]) -> StoredResponse:
 def messages(rows: list[tuple[Any, ...]]) -> list[Message]:
     """The messages of rows of one JSON list each, in row order."""
     return [message for (encoded,) in rows for message in orjson.loads(encoded)]
+
+
+def items_by_id(rows: list[tuple[Any, ...]], item_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The input and output items of ``ITEM_ROWS`` rows whose id is one of ``item_ids``."""
+    wanted, found = set(item_ids), {}
+    for input_items, body in rows:
+        for item in [*orjson.loads(input_items), *(orjson.loads(body).get("output") or ())]:
+            if isinstance(item, dict) and item.get("id") in wanted:
+                found[item["id"]] = item
+    return found

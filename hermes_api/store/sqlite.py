@@ -200,6 +200,10 @@ class SQLiteStore:
         rows = await self._run(self._read, q.CONVERSATION, (response_id, *scope, *scope))
         return q.messages(rows) if rows else None
 
+    async def find_items(self, owner: str, profile: str, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        rows = await self._run(self._read, q.ITEM_ROWS, (owner, profile, self._cutoff()))
+        return q.items_by_id(rows, item_ids)
+
     # -- chat sessions --------------------------------------------------------------
 
     async def session_messages(self, owner: str, profile: str, session_id: str) -> list[Message]:
