@@ -30,15 +30,20 @@ from .agent.pool import WorkerPool
 from .binding import Handler, ProfileEndpoint, model_in_path
 from .context import Unbound, run_sync
 from .endpoints import chat, health, models, responses
+from .endpoints.metrics import get_metrics
 from .errors import HermesAPIError, handle_error
+from .exchange import ExchangeMiddleware
 from .headers import ROUTING_HEADERS
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
+from .meters import MeteredStore, MeteredTurns, StatusTransport
+from .metrics import Metrics
 from .registry import ProfileRegistry
 from .request_ids import CLIENT_REQUEST_ID, new_request_id
 from .settings import CORS, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
+from .transport import AiohttpTransport
 from .turns import TurnRunner, Turns
 from .turns.agent import AgentTurns
 from .turns.direct import DirectTurns
@@ -162,6 +167,7 @@ def create_app(
     turn_runner: Callable[[Upstream, ResponseStore], TurnRunner] = DirectTurns,
     store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
     drain: Drain | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
@@ -170,29 +176,46 @@ def create_app(
     per turn; the profiles of ``agent.profiles`` get the Hermes agent); ``store``
     opens the response store (default: SQLite in ``state_dir``); ``drain`` is told when
     shutdown begins (``serve`` passes the one its signal handler calls; default: a new
-    one, which watches uvicorn's server)."""
+    one, which watches uvicorn's server); ``metrics`` records what the server does
+    (default: ``Metrics.from_environ()``, multiprocess when ``PROMETHEUS_MULTIPROC_DIR``
+    is set): pass one to share it, e.g. with a turn runner that reports its worker
+    processes (``Metrics.agent_worker``). The turn runner, the store and the transport
+    are wrapped in ``meters`` for it."""
     environ = os.environ if environ is None else environ
     drain = Drain(settings.shutdown_grace) if drain is None else drain
+    keyring = KeyRing(settings.keys)
+    meter = Metrics.from_environ() if metrics is None else metrics
+    # Requests are observed for the metrics, the JSON log and the figures of rate-limited
+    # keys' turns (quotas.complete_turn); with none of them, not at all.
+    observed = settings.metrics or settings.log_format == "json" or settings.rate_limited
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         await run_sync(registry.load)  # file I/O: never on the event loop
         response_store = await store(settings)
-        upstream = Upstream(settings, transport=transport)
-        tasks = [asyncio.create_task(registry.sweep()), asyncio.create_task(drain.watch())]
-        pool = WorkerPool(settings, environ) if settings.agent.profiles != frozenset() else None
-        if pool is not None:
+        upstream_transport = transport or AiohttpTransport()
+        upstream = Upstream(settings, transport=StatusTransport(upstream_transport) if observed else upstream_transport)
+        if observed:
+            response_store = MeteredStore(response_store, meter)
+        tasks = [asyncio.create_task(t) for t in (registry.sweep(), drain.watch(), meter.flush_regularly())]
+        pool = None
+        if settings.agent.profiles != frozenset():
+            pool = WorkerPool(settings, environ, on_event=meter.agent_worker)
             tasks.append(asyncio.create_task(pool.sweep()))
-        agent = AgentTurns(pool, settings) if pool is not None else None
+        turns: TurnRunner = Turns(turn_runner(upstream, response_store), AgentTurns(pool, settings) if pool else None)
+        if observed:
+            turns = MeteredTurns(turns, meter)
         try:
             yield {
                 "settings": settings,
                 "registry": registry,
-                "turns": Turns(turn_runner(upstream, response_store), agent),
+                "turns": turns,
                 "store": response_store,
                 "limiter": ConcurrencyLimiter(settings),
                 "drain": drain,
+                "keyring": keyring,
+                "metrics": meter,
             }
         finally:
             # uvicorn runs this only once no request is left (streams included), so
@@ -208,10 +231,13 @@ def create_app(
                 await pool.aclose()
             await upstream.aclose()
             await response_store.aclose()
+            meter.release()
             logger.info("stopped")
 
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
+        Route("/ready", health.get_ready, methods=["GET"]),
+        *([Route("/metrics", get_metrics, methods=["GET"])] if settings.metrics else []),
         *v1_routes(),
         Mount("/p/{profile}", routes=v1_routes()),
     ]
@@ -220,8 +246,9 @@ def create_app(
         middleware=[
             Middleware(Unbound),
             Middleware(RequestIdMiddleware),
+            *observe(settings, meter if settings.metrics else None, observed),
             *cors_middleware(settings.cors),
-            Middleware(AuthenticationMiddleware, backend=KeyRing(settings.keys), on_error=on_auth_error),
+            Middleware(AuthenticationMiddleware, backend=keyring, on_error=on_auth_error),
         ],
         exception_handlers={
             HermesAPIError: handle_error,
@@ -230,6 +257,14 @@ def create_app(
         },
         lifespan=lifespan,
     )
+
+
+def observe(settings: Settings, metrics: Metrics | None, observed: bool) -> list[Middleware]:
+    """``ExchangeMiddleware`` when requests are observed: for ``metrics`` (None: not
+    recorded) and for the JSON request log."""
+    if not observed:
+        return []
+    return [Middleware(ExchangeMiddleware, metrics=metrics, log_requests=settings.log_format == "json")]
 
 
 def create_app_from_env() -> Starlette:

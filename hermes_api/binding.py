@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from . import quotas
 from .context import use_profile
 from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, RouteNotFoundError, error_response
 from .registry import Selection
@@ -124,7 +125,8 @@ class ProfileEndpoint:
     profile of the object the path names, used when nothing explicit names one (it
     raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
     the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
-    response has been sent or abandoned, and the handler is cancelled when the client
+    response has been sent or abandoned, is admitted under its key's rate limits
+    (``quotas``, which record the turn), and the handler is cancelled when the client
     goes away (``until_disconnect``).
     """
 
@@ -178,6 +180,9 @@ class ProfileEndpoint:
                 try:
                     if self.runs_turns:
                         resources.enter_context(state.limiter.slot(profile.name))
+                        turn = await quotas.admit_turn(request, profile, self.handler.__name__, body)
+                        if turn is not None:  # completed after the answer, before the slot is freed
+                            resources.push_async_callback(quotas.complete_turn, state.store, turn)
                         response = await until_disconnect(self.handler(request, body), receive)
                         if response is None:
                             return  # the client has gone: nothing to send; the exit frees the slot

@@ -8,7 +8,6 @@ the demo's model server failed; 2 the configuration or the command line is inval
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import logging
 import os
@@ -17,12 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
 from .agent.installation import probe
 from .app import create_app
+from .logs import log_config
+from .metrics import worker_directory
 from .protocol import bounded_protocol
 from .registry import ProfileRegistry
 from .settings import ConfigError, Settings
@@ -102,13 +102,6 @@ def open_bind_problem(settings: Settings) -> str | None:
     )
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging config, with the ``hermes_api`` logger on its default handler."""
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["loggers"]["hermes_api"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
-
-
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, telling the app's ``Drain`` the moment a signal asks it to
     stop, so in-flight turns get ``shutdown_grace`` seconds from then."""
@@ -138,12 +131,14 @@ def serve(settings: Settings, environ: Mapping[str, str]) -> None:
         ),
         timeout_keep_alive=settings.keep_alive_timeout,
         log_level=settings.log_level,
-        log_config=log_config(settings.log_level),
+        log_config=log_config(settings.log_level, settings.log_format),
+        access_log=settings.log_format == "text",  # json: the app's own request line replaces it
         server_header=False,
         # A backstop only: Drain ends every turn at the grace period.
         timeout_graceful_shutdown=int(settings.shutdown_grace + FORCE_MARGIN),
     )
-    DrainingServer(config, drain).run()
+    with worker_directory(config.workers):  # several workers: one metrics directory for all
+        DrainingServer(config, drain).run()
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:

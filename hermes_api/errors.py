@@ -9,6 +9,7 @@
     │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
     ├── AuthenticationError             401 invalid_api_key
     ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
+    ├── ForbiddenError                  403 forbidden: /metrics for this caller (no metrics key, not loopback)
     ├── NotFoundError                   404
     │   ├── ModelNotFoundError          404 model_not_found: unknown or not exposed (identical)
     │   ├── ResponseNotFoundError       404 response_not_found
@@ -18,6 +19,7 @@
     ├── RequestTimeoutError             408 request_timeout: the headers took over header_timeout
     ├── HeadersTooLargeError            431 request_headers_too_large: over max_header_bytes
     ├── ConcurrencyLimitError           429 rate_limit_error concurrency_limit_exceeded: our own cap
+    ├── KeyRateLimitError               429 rate_limit_error key_rate_limit_exceeded: a key's rpm/tpm/tokens_per_day
     ├── UpstreamError                   upstream_error: the profile's provider failed us
     │   ├── UpstreamRejectedError       400/413/422 as the upstream said, its message and code
     │   ├── UpstreamRateLimitError      429 rate_limit_error, Retry-After passed on
@@ -146,6 +148,15 @@ class PermissionDeniedError(HermesAPIError):
     default_param = "model"
 
 
+class ForbiddenError(HermesAPIError):
+    """The caller may not use this server route (``/metrics`` without a key that has
+    ``metrics: true``, or from off this machine when no key has it)."""
+
+    status_code = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class NotFoundError(HermesAPIError):
     """Something the request names does not exist (for this caller)."""
 
@@ -215,6 +226,19 @@ class ConcurrencyLimitError(HermesAPIError):
     code = "concurrency_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
+class KeyRateLimitError(HermesAPIError):
+    """The API key has spent its ``rpm``, ``tpm`` or ``tokens_per_day`` (all its turns, or
+    those on one profile); ``Retry-After`` is the whole seconds until the window's oldest
+    turn leaves it. The code tells it apart from the provider's ``rate_limit_exceeded``."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "key_rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, headers={"retry-after": str(retry_after)})
 
 

@@ -1,6 +1,6 @@
 """Who is calling: API keys checked in constant time (DESIGN.md §2).
 
-Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``/health`` needs
+Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``PUBLIC_PATHS`` needs
 a valid ``Authorization: Bearer <key>`` once any key is configured. With none configured
 the server is open, to this machine only: ``cli`` refuses to bind anything but loopback,
 and, whatever started the app (``uvicorn --factory --host 0.0.0.0``, another ASGI
@@ -34,7 +34,8 @@ from .settings import APIKey
 
 logger = logging.getLogger("hermes_api")
 
-PUBLIC_PATHS = frozenset({"/health"})
+# /metrics checks its own callers (endpoints/metrics.py): loopback, or a metrics key.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 @dataclass(frozen=True, slots=True)

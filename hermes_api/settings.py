@@ -52,14 +52,33 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What a key may spend (None: no such bound), in sliding windows ending now:
+    ``rpm`` turns in 60 seconds, ``tpm`` input plus output tokens in 60 seconds,
+    ``tokens_per_day`` the same in 24 hours (``quotas.py``)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    tokens_per_day: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.tokens_per_day is not None
+
+
+@dataclass(frozen=True, slots=True)
 class APIKey:
     """A client API key. Only its SHA-256 ``digest`` is kept; ``profiles`` None = every
-    exposed profile. ``trusted_identity`` lets identity headers feed ``routes``."""
+    exposed profile. ``trusted_identity`` lets identity headers feed ``routes``;
+    ``metrics`` lets the key read ``GET /metrics``; ``limits`` bound all its turns,
+    ``profile_limits`` its turns on one profile (``(profile, limits)`` pairs)."""
 
     name: str
     digest: bytes = field(repr=False)
     profiles: frozenset[str] | None = None
     trusted_identity: bool = False
+    metrics: bool = False
+    limits: RateLimits = RateLimits()
+    profile_limits: tuple[tuple[str, RateLimits], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +201,8 @@ class Settings:
     reload_interval: float = 1.0
     sse_keepalive: float = 15.0
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line (logs.py)
+    metrics: bool = True  # record Prometheus metrics and serve GET /metrics
     retention: Retention = Retention()
     agent: AgentRuntime = AgentRuntime()
 
@@ -191,6 +212,17 @@ class Settings:
         if found is None:
             return ProfileLimits(self.timeouts, self.max_concurrent_per_profile)
         return found
+
+    @property
+    def metrics_keys(self) -> bool:
+        """True when some key has ``metrics: true``: then ``/metrics`` needs one of them,
+        else it answers loopback clients only."""
+        return any(key.metrics for key in self.keys)
+
+    @property
+    def rate_limited(self) -> bool:
+        """True when some key has ``rpm``, ``tpm`` or ``tokens_per_day`` (``quotas.py``)."""
+        return any(key.limits or key.profile_limits for key in self.keys)
 
     @property
     def is_loopback(self) -> bool:

@@ -35,6 +35,7 @@ from .settings import (
     APIKey,
     ConfigError,
     ProfileLimits,
+    RateLimits,
     RouteRule,
     Settings,
     Timeouts,
@@ -151,7 +152,12 @@ class SettingsParser:
                 digest = hashlib.sha256(self.environ[item.key_env].encode()).digest()
             else:
                 digest = bytes.fromhex(str(item.key_sha256))
-            keys.append(APIKey(item.name, digest, profiles, item.trusted_identity))
+            limits = RateLimits(item.rpm, item.tpm, item.tokens_per_day)
+            by_profile = self.key_profile_limits(item, where, profiles, expose)
+            keys.append(APIKey(item.name, digest, profiles, item.trusted_identity, item.metrics, limits, by_profile))
+        names = [k.name for k in keys]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            self.fail(f"keys: two keys are named {name!r} (names identify keys in metrics, logs, usage and limits)")
         server_key = self.environ.get("API_SERVER_KEY")
         if server_key:
             keys.append(APIKey("API_SERVER_KEY", hashlib.sha256(server_key.encode()).digest()))
@@ -159,6 +165,20 @@ class SettingsParser:
         if len(set(digests)) != len(digests):
             self.fail("keys: two keys have the same value")
         return tuple(keys)
+
+    def key_profile_limits(
+        self, item: KeySection, where: str, profiles: frozenset[str] | None, expose: frozenset[str] | None
+    ) -> tuple[tuple[str, RateLimits], ...]:
+        """A key's ``per_profile`` limits, for profiles it may use."""
+        found = []
+        for name, section in item.per_profile.items():
+            if not is_profile_name(name):
+                self.fail(f"{where} per_profile: {name!r} is not a valid profile name")
+            elif (profiles is not None and name not in profiles) or (expose is not None and name not in expose):
+                self.fail(f"{where} per_profile: the key may not use profile {name!r}")
+            else:
+                found.append((name, section.build()))
+        return tuple(found)
 
     def per_profile(self, config: ConfigFile, expose: frozenset[str] | None) -> dict[str, ProfileLimits]:
         """``per_profile``: each entry over the server-wide timeouts and cap."""

@@ -39,9 +39,10 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .settings import ALL, CORS, AgentProfile, AgentRuntime, Retention, Settings, Timeouts
+from .settings import ALL, CORS, AgentProfile, AgentRuntime, RateLimits, Retention, Settings, Timeouts
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _ORIGIN = re.compile(r"https?://[^/\s]+")
 
@@ -104,6 +105,12 @@ def _log_level(value: Any) -> str:
     return value.lower()
 
 
+def _log_format(value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise problem(f"{{where}} must be one of {', '.join(LOG_FORMATS)}")
+    return str(value)
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise problem("{where} must be a list of strings")
@@ -151,6 +158,7 @@ PositiveIntOrNull = Annotated[int | None, _number(int, nullable=True)]
 Port = Annotated[int, PlainValidator(_port)]
 Boolean = Annotated[bool, PlainValidator(_boolean)]
 LogLevel = Annotated[str, PlainValidator(_log_level)]
+LogFormat = Annotated[str, PlainValidator(_log_format)]
 Strings = Annotated[tuple[str, ...], PlainValidator(_strings)]
 ProfileNames = Annotated[tuple[str, ...] | None, PlainValidator(_profile_names)]
 OptionalName = Annotated[str | None, PlainValidator(_optional_name)]
@@ -201,14 +209,29 @@ class ProfileLimitsSection(Section):
     max_concurrent: PositiveInt = default(Settings, "max_concurrent_per_profile")
 
 
+class RateLimitsSection(Section):
+    """A key's limits on one profile (``keys[].per_profile.<name>``)."""
+
+    target = RateLimits
+    rpm: PositiveIntOrNull = None
+    tpm: PositiveIntOrNull = None
+    tokens_per_day: PositiveIntOrNull = None
+
+
 class KeySection(Section):
-    """One of ``keys``; ``profiles`` None = every exposed profile."""
+    """One of ``keys``; ``profiles`` None = every exposed profile; ``rpm``, ``tpm`` and
+    ``tokens_per_day`` bound all its turns, ``per_profile`` its turns on one profile."""
 
     name: Name
     key_env: NameOrAbsent = None
     key_sha256: NameOrAbsent = None
     profiles: ProfileNames = None
     trusted_identity: Boolean = False
+    metrics: Boolean = False
+    rpm: PositiveIntOrNull = None
+    tpm: PositiveIntOrNull = None
+    tokens_per_day: PositiveIntOrNull = None
+    per_profile: dict[str, RateLimitsSection] = {}
 
     @field_validator("key_env")
     @classmethod
@@ -292,6 +315,8 @@ class ConfigFile(Section):
     reload_interval: PositiveNumber = default(Settings, "reload_interval")
     sse_keepalive: PositiveNumber = default(Settings, "sse_keepalive")
     log_level: LogLevel = default(Settings, "log_level")
+    log_format: LogFormat = default(Settings, "log_format")
+    metrics: Boolean = default(Settings, "metrics")
     retention: RetentionSection = RetentionSection()
     agent: AgentSection = AgentSection()
 

@@ -1,10 +1,12 @@
 """No secret in any log line or response: sentinel values as every provider key, every
 API key and every ``.env`` value, every error path driven through a real
 ``hermes-api serve`` at log level debug, then its whole log and every response
-(status line, headers, body) searched for each sentinel."""
+(status line, headers, body) searched for each sentinel. Each test runs with the text
+log and with ``log_format: json`` (whose request lines name keys, profiles, statuses)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from pathlib import Path
@@ -41,8 +43,8 @@ def sentinel(kind: str) -> str:
     return f"SENTINEL{kind}{secrets.token_hex(12)}"
 
 
-@pytest.fixture
-def secret_world(fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process):
+@pytest.fixture(params=["text", "json"])
+def secret_world(request, fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process):
     upstream_keys = {name: sentinel("UPSTREAM") for name in FAULTS}
     dotenv_values = {name: sentinel("DOTENV") for name in FAULTS}
     for name in FAULTS:
@@ -77,6 +79,7 @@ def secret_world(fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, 
                 "max_header_bytes": 8192,
                 "max_body_bytes": 50_000,
                 "log_level": "debug",
+                "log_format": request.param,
             }
         )
     )
@@ -84,6 +87,24 @@ def secret_world(fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, 
     server = serve_process(config, tmp_path / "serve.log", environ)
     everything = [*upstream_keys.values(), *dotenv_values.values(), *api_keys.values(), server_key]
     return server, api_keys, everything
+
+
+def readable_log(server) -> str:
+    """The server's log as text lines; a JSON log (every line must be one object) as
+    uvicorn's text would show its messages, with each request line's fields after it."""
+    raw = server.log()
+    if not raw.lstrip().startswith("{"):
+        return raw
+    lines = []
+    for line in raw.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict) and {"time", "level", "logger", "message"} <= set(record), line
+        level = record["level"].upper()
+        lines.append(f"{level}:{' ' * (8 - len(level))} {record['message']} {record.get('exception', '')}")
+        if record["logger"] == "hermes_api.access":
+            assert record["request_id"].startswith("req_") and record["endpoint"], record
+            lines.append(json.dumps({k: record[k] for k in ("key", "profile", "endpoint", "status", "error")}))
+    return "\n".join(lines)
 
 
 def transcript(r: httpx.Response) -> str:
@@ -127,7 +148,8 @@ def test_no_secret_in_logs_or_responses(secret_world, fake_upstream: FakeUpstrea
 
     server.terminate()
     server.process.wait(timeout=15)
-    log = server.log()
+    log = readable_log(server)
+    raw = server.log()
     for line in (
         "DEBUG:    profile leak: upstream answered HTTP 400",  # passed on to the client: its business
         # A 5xx from us says why at warning, the provider's words (echoing our key) included.
@@ -135,11 +157,16 @@ def test_no_secret_in_logs_or_responses(secret_world, fake_upstream: FakeUpstrea
         "WARNING:  profile status-404: upstream answered HTTP 404: {",
         "WARNING:  profile refused: upstream transport failure ClientConnectorError",
         "WARNING:  profile notjson: upstream answered HTTP 200, not a chat.completion object: <html>",
-        "429 Too Many",
     ):
         assert line in log, line
+    assert log != raw or "429 Too Many" in log  # uvicorn's access line (text only)
     assert "stream failed after the first byte" in log and "Application shutdown complete" in log
-    found = {s for s in everything for text in (log, *seen) if s in text}
+    if log != raw:  # the JSON log: one line per request, keys by name
+        assert '"endpoint": "create_chat_completion", "status": 429, "error": "concurrency_limit_exceeded"' in log
+        assert '"key": "full", "profile": "leak", "endpoint": "create_chat_completion", "status": 400' in log
+        assert '"key": "narrow", "profile": "", "endpoint": "create_chat_completion", "status": 403' in log
+        assert '"key": "", "profile": "", "endpoint": "none", "status": 401, "error": "invalid_api_key"' in log
+    found = {s for s in everything for text in (raw, *seen) if s in text}
     assert found == set(), f"secrets found: {found}"
     assert len(seen) > 40
 
@@ -222,7 +249,8 @@ def test_no_secret_in_responses_api_paths(secret_world, home: HermesHome) -> Non
 
     server.terminate()
     server.process.wait(timeout=15)
-    log = server.log()
+    log = readable_log(server)
+    raw = server.log()
     for line in (
         "responses stream failed after the first byte",
         "could not store response",
@@ -233,7 +261,7 @@ def test_no_secret_in_responses_api_paths(secret_world, home: HermesHome) -> Non
         assert line in log, line
     stored = b"".join(p.read_bytes() for p in state.iterdir() if p.is_file())
     assert b"remember this" in stored or b"and this" in stored, "the store's files are read"
-    found = {s for s in everything for text in (log, *seen) if s in text}
+    found = {s for s in everything for text in (raw, *seen) if s in text}
     found |= {s for s in everything if s.encode() in stored}
     assert found == set(), f"secrets found: {found}"
     assert len(seen) > 40

@@ -49,8 +49,9 @@ class _Slot:
 
 
 class WorkerPool:
-    """The agent workers of a server. ``on_event(kind, profile)`` hears ``start``,
-    ``crash`` and ``stop`` (for metrics)."""
+    """The agent workers of a server. ``on_event(profile, event)`` hears each ``start``
+    (``restart`` when it replaces a worker that failed), ``crash`` and ``stop``
+    (``metrics.Metrics.agent_worker``)."""
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class WorkerPool:
         self._settings = settings
         self._environ = environ
         self._slots: dict[str, _Slot] = {}
-        self._on_event = on_event or (lambda kind, profile: None)
+        self._on_event = on_event or (lambda profile, event: None)
         self._closed = False
 
     def spec(self, profile: Profile) -> WorkerSpec:
@@ -107,7 +108,7 @@ class WorkerPool:
         finally:
             slot.starting = None
         slot.worker, slot.profile = worker, profile
-        self._on_event("start", profile.name)
+        self._on_event(profile.name, "restart" if slot.failures else "start")
         asyncio.get_running_loop().create_task(self._watch(slot, worker))
         return worker
 
@@ -116,7 +117,7 @@ class WorkerPool:
         await asyncio.shield(worker.exited)
         if not worker.stopping:
             slot.failures += 1
-            self._on_event("crash", worker.spec.profile)
+            self._on_event(worker.spec.profile, "crash")
         if slot.worker is worker:
             slot.worker = None
 
@@ -158,7 +159,7 @@ class WorkerPool:
                 slot.retired.remove(old)
                 stopping.append(old)
         for worker in stopping:
-            self._on_event("stop", worker.spec.profile)
+            self._on_event(worker.spec.profile, "stop")
         await asyncio.gather(*(w.stop() for w in stopping), return_exceptions=True)
 
     @staticmethod

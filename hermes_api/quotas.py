@@ -1,0 +1,140 @@
+"""Per-key rate limits: ``rpm``, ``tpm`` and ``tokens_per_day``, from the usage records.
+
+A key's limits (``keys[].rpm`` …, and ``keys[].per_profile.<name>`` for its turns on
+one profile) are sliding windows that end now: at most ``rpm`` turns and ``tpm``
+input plus output tokens in the last 60 seconds, ``tokens_per_day`` tokens in the last
+24 hours. They are counted over the key's usage rows in the store, the rows of every
+worker and replica that shares it, so they hold across all of them, not per process.
+
+A turn of a key with limits is admitted by ``ResponseStore.start_usage``: the check and
+the insert of the turn's row (in flight, no tokens yet) are one transaction,
+serialised per key, so concurrent turns cannot overshoot a request bound. Tokens are
+known only once a turn ends: a turn admitted under a token bound may end above it,
+and the next one is refused. A refused turn gets 429 ``key_rate_limit_exceeded`` with
+``Retry-After``: the whole seconds until the oldest turn counted leaves the window
+(the earliest a retry can pass; a token bound may need more turns to leave).
+
+The rows of limited keys' turns are written here (``admit_turn``, ``complete_turn``,
+their figures from ``exchange.Exchange``): the usage recording of every turn, which
+will write each turn's row itself, is to pass its row to ``admit`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from starlette.requests import Request
+
+from .errors import KeyRateLimitError
+from .exchange import current_exchange
+from .profiles import Profile
+from .settings import APIKey, RateLimits
+from .store import Quota, ResponseStore, UsageRecord, UsageTotals
+
+logger = logging.getLogger("hermes_api")
+
+MINUTE = 60.0  # seconds: the window of rpm and tpm
+DAY = 86400.0  # seconds: the window of tokens_per_day
+
+
+def limits_for(key: APIKey, profile: str) -> tuple[tuple[RateLimits, str | None], ...]:
+    """The limits that bound ``key``'s turns on ``profile``: ``(limits, None)`` for all its
+    turns, ``(limits, profile)`` for those on that profile; empty when none."""
+    found: tuple[tuple[RateLimits, str | None], ...] = ((key.limits, None),) if key.limits else ()
+    for name, limits in key.profile_limits:
+        if name == profile:
+            found += ((limits, profile),)
+    return found
+
+
+def quotas(key: APIKey, profile: str, now: float) -> list[Quota]:
+    """The store's ``Quota`` windows for a turn of ``key`` on ``profile`` at ``now`` (Unix s)."""
+    found = []
+    for limits, scope in limits_for(key, profile):
+        if limits.rpm is not None or limits.tpm is not None:
+            found.append(Quota(now - MINUTE, limits.rpm, limits.tpm, scope))
+        if limits.tokens_per_day is not None:
+            found.append(Quota(now - DAY, None, limits.tokens_per_day, scope))
+    return found
+
+
+def refusal(key: APIKey, quota: Quota, totals: UsageTotals, window: float) -> KeyRateLimitError:
+    """The 429 for ``quota`` (``window`` seconds long) spent by ``totals``; ``Retry-After``
+    is when its oldest turn leaves the window (``first_at + window - now``), at least 1 s."""
+    now = time.time()
+    if quota.max_requests is not None and totals.requests >= quota.max_requests:
+        what = f"{quota.max_requests} requests per minute"
+    else:
+        what = f"{quota.max_tokens} tokens per {'minute' if window <= MINUTE else 'day'}"
+    where = f" on model `{quota.profile}`" if quota.profile else ""
+    oldest = totals.first_at if totals.first_at is not None else now
+    retry_after = max(1, math.ceil(oldest + window - time.time()))
+    return KeyRateLimitError(
+        f"The API key '{key.name}' has reached its limit of {what}{where}; retry in {retry_after} s.",
+        retry_after=retry_after,
+    )
+
+
+async def admit(store: ResponseStore, key: APIKey | None, record: UsageRecord) -> bool:
+    """Start ``record`` (the turn's usage row) when ``key``'s limits allow it. True: the
+    row is in the store, in flight, and the turn must complete it (``record_usage``);
+    False: the key has no limits for this profile, nothing was written. Raises
+    ``KeyRateLimitError`` (429) when a limit is spent."""
+    if key is None:
+        return False
+    found = quotas(key, record.profile, record.created_at)
+    if not found:
+        return False
+    spent = await store.start_usage(record, found)
+    if spent is None:
+        return True
+    totals = await store.usage_since(key.name, spent.since, spent.profile)
+    raise refusal(key, spent, totals, record.created_at - spent.since)
+
+
+async def admit_turn(request: Request, profile: Profile, operation: str, body: dict[str, Any]) -> UsageRecord | None:
+    """Admit a turn (``binding.ProfileEndpoint``, once its profile is known and its
+    concurrency slot taken) under its key's limits: its usage row, in flight, when the
+    key has limits here (the caller completes it with ``complete_turn`` once the answer is
+    over), None when it has none. Raises ``KeyRateLimitError`` (429)."""
+    key = request.user.key
+    if key is None or not limits_for(key, profile.name):
+        return None
+    record = UsageRecord(
+        id=uuid.uuid4().hex,
+        created_at=time.time(),
+        key_name=key.name,
+        profile=profile.name,
+        model=profile.model,
+        operation=operation,
+        stream=body.get("stream") is True,
+        request_id=request.state.request_id,
+    )
+    await admit(request.state.store, key, record)
+    return record
+
+
+async def complete_turn(store: ResponseStore, record: UsageRecord) -> None:
+    """Complete an admitted turn's row with what the request's exchange saw: the status
+    sent, the error code, the provider's token figures, the duration. A failure is
+    logged, never raised (the answer has been sent); shielded, so a request cancelled
+    meanwhile still gets its row completed."""
+    exchange = current_exchange()
+    figures: dict[str, Any] = {"duration": time.time() - record.created_at}
+    if exchange is not None:
+        figures.update(
+            status=exchange.status or None,
+            error=exchange.error_code or exchange.upstream_error,
+            input_tokens=exchange.input_tokens,
+            output_tokens=exchange.output_tokens,
+        )
+    try:
+        await asyncio.shield(store.record_usage(replace(record, **figures)))
+    except Exception:
+        logger.exception("could not complete the usage row of request %s", record.request_id)
