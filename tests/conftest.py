@@ -27,6 +27,7 @@ import pytest
 import respx
 import uvicorn
 import yaml
+from hypothesis.configuration import set_hypothesis_home_dir
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -35,6 +36,22 @@ from hermes_api.protocol import bounded_protocol
 from hermes_api.settings import Settings
 
 UPSTREAM = "http://upstream.test/v1"
+# Downloads and caches the tests keep between runs, outside the work tree.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hermes-api-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis (schemathesis's engine, tests/test_fuzz.py) writes its caches to
+    # ./.hypothesis from collection on, unless told otherwise: keep them out of the tree.
+    set_hypothesis_home_dir(CACHE / "hypothesis")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that starts ``hermes-api serve`` as a process (``serve_process``) is
+    ``slow``: a few seconds each, so not part of the everyday loop."""
+    for item in items:
+        if "serve_process" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 class HermesHome:
@@ -258,6 +275,17 @@ def fake_upstream() -> Iterator[FakeUpstream]:
         yield fake
     finally:
         fake.stop()
+
+
+def wait_until(condition: Callable[[], Any], what: str, seconds: float = 10) -> Any:
+    """``condition()``'s first truthy value, looked at every 20 ms; fails the test,
+    naming ``what``, when none comes within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds} s")
+        time.sleep(0.02)
+    return value
 
 
 def free_port() -> int:

@@ -2,8 +2,8 @@
 
 LibreChat validates ``librechat.yaml`` at start with the zod ``configSchema`` that its npm
 package ``librechat-data-provider`` exports, and refuses a file that fails it. The
-package is installed once with npm into a cache directory (``$HERMES_API_NPM_CACHE``,
-default ``~/.cache/hermes-api-tests/npm``) and run with node (``librechat_schema.js``).
+package is installed once with npm into the tests' cache directory (``conftest.CACHE``,
+``~/.cache/hermes-api-tests/npm``) and run with node (``librechat_schema.js``).
 
 Without node or npm the tests that need it skip, saying why, unless
 ``HERMES_API_NODE=required`` (``.ci/run`` sets it): then they fail.
@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from .conftest import CACHE
 
 PACKAGE = "librechat-data-provider"
 VERSION = "0.8.524"
@@ -34,8 +36,7 @@ def unavailable(reason: str) -> None:
 def install() -> Path:
     """The prefix ``librechat-data-provider`` is installed under, installing it first if
     it is not there yet. Skips or fails (``unavailable``) without npm, or when npm fails."""
-    cache = Path(os.environ.get("HERMES_API_NPM_CACHE") or Path.home() / ".cache" / "hermes-api-tests" / "npm")
-    prefix = cache / f"{PACKAGE}-{VERSION}"
+    prefix = CACHE / "npm" / f"{PACKAGE}-{VERSION}"
     installed = prefix / "node_modules" / PACKAGE / "package.json"
     if installed.is_file() and json.loads(installed.read_text())["version"] == VERSION:
         return prefix

@@ -120,6 +120,7 @@ class CheckingTurns(UpstreamTurns):
         return Checked()
 
 
+@pytest.mark.slow
 def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings, home: HermesHome) -> None:
     calls: list[dict] = []
     up = live(recording_upstream(calls))
@@ -431,6 +432,7 @@ async def cross_reads(url: str, load: Load) -> Counter:
     return seen
 
 
+@pytest.mark.slow
 def test_thousands_of_requests_across_profiles_and_keys(
     fake_upstream: FakeUpstream, home: HermesHome, tmp_path, serve_process
 ) -> None:

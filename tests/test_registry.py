@@ -233,9 +233,11 @@ def test_background_sweep_refreshes_unused_profiles(make_settings, home: HermesH
         reg.load()
         (home.dir("gamma") / "SOUL.md").write_text("swept")
         task = asyncio.create_task(reg.sweep())
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while reg.get("gamma").persona != "swept" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         task.cancel()
-        return reg._entries["gamma"].profile.persona
+        return reg.get("gamma").persona
 
     assert asyncio.run(scenario()) == "swept"
 
