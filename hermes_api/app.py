@@ -35,7 +35,7 @@ from .headers import ROUTING_HEADERS
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
 from .registry import ProfileRegistry
-from .settings import CORS, Settings
+from .settings import CORS, ConfigError, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
 from .turns import TurnRunner, UpstreamTurns
@@ -222,5 +222,9 @@ def create_app(
 
 def create_app_from_env() -> Starlette:
     """``uvicorn --factory hermes_api.app:create_app_from_env``: settings from
-    ``HERMES_API_CONFIG`` and the process environment."""
-    return create_app(Settings.from_env(os.environ))
+    ``HERMES_API_CONFIG`` and the process environment. Raises ``ConfigError`` for an
+    invalid config and for a Hermes home that does not exist (nothing is created there)."""
+    settings = Settings.from_env(os.environ)
+    if problem := settings.home_problem():
+        raise ConfigError([problem])
+    return create_app(settings)
