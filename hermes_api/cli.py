@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check)
     _serving(check)
     demo = commands.add_parser("demo", help="serve the example profiles on a local SmolLM2 (needs the [demo] extra)")
-    demo.add_argument("--config", type=Path, help="default: profiles.example/hermes-api.yaml")
+    demo.add_argument("--config", type=Path, help="default: hermes_api/example_home/hermes-api.yaml (package data)")
     _serving(demo)
     demo.add_argument("--llama-port", type=int, default=0, help="port for llama.cpp (default: a free one)")
     return parser
