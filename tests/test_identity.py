@@ -181,3 +181,23 @@ def test_stream_is_routed_by_identity(make_app, upstream) -> None:
             body = r.read().decode()
     assert r.headers["x-hermes-profile"] == "alpha" and '"model":"alpha"' in body.replace(" ", "")
     assert upstream_model(upstream) == "model-alpha"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # FORWARD_USER_INFO_HEADER_JWT_SECRET set: one signed token instead of the user headers.
+        pytest.param({"X-OpenWebUI-User-Jwt": "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}, id="signed-mode"),
+        # FORWARD_USER_INFO_HEADER_USER_EMAIL=X-User-Email: a name hermes-api does not read.
+        pytest.param({"X-User-Email": "alice@example.com"}, id="renamed-header"),
+    ],
+)
+def test_identity_open_webui_sends_in_other_modes_is_not_read(make_app, upstream, headers) -> None:
+    """docs/clients.md, "What hermes-api does not read": no route matches, no error,
+    the chat goes to ``default_profile``."""
+    upstream.post("/chat/completions").respond(json=completion())
+    keys = [{"name": "webui", "key_sha256": digest("trusted-key"), "trusted_identity": True}]
+    with TestClient(make_app(keys=keys, routes=ROUTES)) as client:
+        assert chat(client, "trusted-key", {"X-OpenWebUI-User-Email": "alice@example.com"}).json()["model"] == "alpha"
+        r = chat(client, "trusted-key", headers)
+    assert r.status_code == 200 and r.json()["model"] == "default"
