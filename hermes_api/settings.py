@@ -213,6 +213,18 @@ class Settings:
             return ProfileLimits(self.timeouts, self.max_concurrent_per_profile)
         return found
 
+    def home_problem(self) -> str | None:
+        """Why there is nothing to serve from: ``hermes_home`` does not exist or is not a
+        directory (with how to point at one); None when it is a directory."""
+        if self.hermes_home.is_dir():
+            return None
+        what = "it is not a directory" if self.hermes_home.exists() else "it does not exist"
+        return (
+            f"no Hermes home at {self.hermes_home}: {what}. Point at one with --hermes-home DIR, "
+            "hermes_home: in the config file, or HERMES_HOME (Hermes's own CLI creates ~/.hermes; "
+            "`hermes-api demo` serves an example home)"
+        )
+
     @property
     def metrics_keys(self) -> bool:
         """True when some key has ``metrics: true``: then ``/metrics`` needs one of them,

@@ -28,6 +28,7 @@ import pytest
 import respx
 import uvicorn
 import yaml
+from hypothesis.configuration import set_hypothesis_home_dir
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -37,6 +38,22 @@ from hermes_api.settings import Settings
 
 UPSTREAM = "http://upstream.test/v1"
 KEEP_ALIVE = Settings.__dataclass_fields__["keep_alive_timeout"].default
+# Downloads and caches the tests keep between runs, outside the work tree.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hermes-api-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis (schemathesis's engine, tests/test_fuzz.py) writes its caches to
+    # ./.hypothesis from collection on, unless told otherwise: keep them out of the tree.
+    set_hypothesis_home_dir(CACHE / "hypothesis")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that starts ``hermes-api serve`` as a process (``serve_process``) is
+    ``slow``: a few seconds each, so not part of the everyday loop."""
+    for item in items:
+        if "serve_process" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 class HermesHome:
@@ -302,6 +319,17 @@ def fake_upstream() -> Iterator[FakeUpstream]:
         fake.stop()
 
 
+def wait_until(condition: Callable[[], Any], what: str, seconds: float = 10) -> Any:
+    """``condition()``'s first truthy value, looked at every 20 ms; fails the test,
+    naming ``what``, when none comes within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds} s")
+        time.sleep(0.02)
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -478,15 +506,14 @@ def worker_environ(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 AGENTS_SDK = "openai-agents==0.24.0"  # the OpenAI Agents SDK the tests drive hermes-api with
-CLIENT_VENVS = Path(os.environ.get("HERMES_API_TEST_CACHE", Path.home() / ".cache" / "hermes-api-tests"))
 
 
 def client_venv(requirement: str) -> Path:
     """The interpreter of a venv holding ``requirement`` (e.g. ``openai-agents==0.24.0``)
     and what it needs, for a client that cannot share the server's environment; made once
-    under ``$HERMES_API_TEST_CACHE`` (default ``~/.cache/hermes-api-tests``), marked done
+    under ``CACHE`` (``~/.cache/hermes-api-tests``), marked done
     only after its install succeeded. Fails the test when it cannot be made (no index)."""
-    venv = CLIENT_VENVS / requirement.replace("==", "-")
+    venv = CACHE / requirement.replace("==", "-")
     python = venv / "bin" / "python"
     if not (venv / ".done").exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)

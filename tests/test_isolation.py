@@ -129,6 +129,7 @@ class CheckingTurns(DirectTurns):
         return Checked()
 
 
+@pytest.mark.slow
 def test_interleaved_requests_never_cross_profiles(tmp_path, live, make_settings, home: HermesHome) -> None:
     calls: list[dict] = []
     up = live(recording_upstream(calls))
@@ -544,6 +545,7 @@ async def cross_reads(url: str, load: Load) -> Counter:
     return seen
 
 
+@pytest.mark.slow
 def test_thousands_of_requests_across_profiles_and_keys(
     fake_upstream: FakeUpstream, home: HermesHome, tmp_path, serve_process
 ) -> None:
