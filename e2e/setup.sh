@@ -74,6 +74,7 @@ done
 
 if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
     say "installing the e2e extra (playwright) into .venv"
-    .venv/bin/pip install -q -e '.[test,demo,e2e]'
+    # llama.cpp for any CPU of this kind, as the README's commands build it (README, "Why CMAKE_ARGS").
+    CMAKE_ARGS=-DGGML_NATIVE=OFF .venv/bin/pip install -q -e '.[test,demo,e2e]'
 fi
 say "ready (cache: $CACHE)"

@@ -53,9 +53,21 @@ def test_readme_says_which_python_and_announces_the_llama_cpp_build() -> None:
     assert f"Python >= {version}" in intro and f"Python {version} or newer" in intro
     assert "C/C++ compiler" in intro and "build-essential" in intro
     run, _ = first_commands()
-    announced = re.search(r"echo '([^']*)' && \.venv/bin/pip install", run)
+    announced = re.search(r"echo '([^']*)' && (CMAKE_ARGS=\S+ )?\.venv/bin/pip install", run)
     assert announced and "compiles llama.cpp" in announced.group(1) and "4 minutes" in announced.group(1)
     assert run.index("echo ") < run.index("pip install")
+
+
+def test_both_readme_commands_build_llama_cpp_for_any_cpu() -> None:
+    """llama-cpp-python builds for the build machine's CPU by default, and that build
+    crashes on CPUs with AMX on the first multi-token decode: both commands (and so CI,
+    which runs the test command verbatim, and e2e/setup.sh) build the portable one, and
+    the README says why."""
+    for command in first_commands():
+        assert "CMAKE_ARGS=-DGGML_NATIVE=OFF .venv/bin/pip install -e '.[" in command
+    assert "CMAKE_ARGS=-DGGML_NATIVE=OFF" in (ROOT / "e2e" / "setup.sh").read_text()
+    why = README.split("**Why `CMAKE_ARGS=-DGGML_NATIVE=OFF`.**", 1)[1].split("\n\n", 1)[0]
+    assert "AMX" in why and "pip cache remove llama_cpp_python" in why
 
 
 def test_readme_never_suggests_an_install_from_pypi() -> None:
