@@ -11,6 +11,7 @@ a test needs no control channel (a 135M model cannot drive tools; this can):
                            is a tool result: "done: <its first 200 characters>"
     [[status:CODE]]        HTTP CODE with an OpenAI error body, every time
     [[sleep:SECONDS]]      wait that long before answering
+    [[no-usage]]           no usage in the answer, even when asked (as llama.cpp's streams)
     otherwise              "echo: <the user text, markers removed>"
 
 Chat completions only, streamed (``data:`` chunks, tool-call arguments in two pieces,
@@ -52,6 +53,7 @@ def plan(body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"sleep": 0.0}
     if found := re.search(r"\[\[sleep:([0-9.]+)\]\]", text):
         out["sleep"] = float(found.group(1))
+    out["usage"] = "[[no-usage]]" not in text
     if found := re.search(r"\[\[status:(\d{3})\]\]", text):
         return {**out, "status": int(found.group(1))}
     last = messages[-1] if messages else {}
@@ -119,8 +121,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             message, finish = {"role": "assistant", "content": script["text"]}, "stop"
         choice = {"index": 0, "message": message, "finish_reason": finish}
-        self.answer(200, {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
-                          "choices": [choice], "usage": usage})  # fmt: skip
+        answer = {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
+                  "choices": [choice]}  # fmt: skip
+        self.answer(200, {**answer, "usage": usage} if script["usage"] else answer)
 
     def stream(self, ident: str, script: dict[str, Any], usage: dict[str, int], body: dict[str, Any]) -> None:
         self.send_response(200)
@@ -150,7 +153,7 @@ class Handler(BaseHTTPRequestHandler):
                     chunk({"content": word})
             finish = "stop"
         chunk({}, finish)
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and script["usage"]:
             send({**base, "choices": [], "usage": usage})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
