@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -70,17 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by the flags."""
+def load_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by ``extra``
+    (top-level config keys: the demo's additions) and the flags."""
     config = args.config or (Path(environ["HERMES_API_CONFIG"]) if environ.get("HERMES_API_CONFIG") else None)
-    overrides = {
-        "hermes_home": getattr(args, "hermes_home", None),
-        "expose": getattr(args, "expose", None),
-        "default_profile": getattr(args, "default_profile", None),
-        "host": getattr(args, "host", None),
-        "port": getattr(args, "port", None),
-        "log_level": getattr(args, "log_level", None),
-    }
+    flags = ("hermes_home", "expose", "default_profile", "host", "port", "log_level")
+    overrides = {**(extra or {}), **{k: v for k in flags if (v := getattr(args, k, None)) is not None}}
     return Settings.load(config, environ, overrides)
 
 
@@ -89,9 +87,11 @@ def report(problems: Iterable[str], label: str = "error") -> None:
         print(f"{label}: {problem}", file=sys.stderr)
 
 
-def serving_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def serving_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> Settings:
     """Settings fit to serve: ``ConfigError`` also for an open non-loopback bind (§2)."""
-    settings = load_settings(args, environ)
+    settings = load_settings(args, environ, extra)
     if problem := open_bind_problem(settings):
         raise ConfigError([problem])
     return settings

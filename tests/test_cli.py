@@ -262,13 +262,14 @@ def test_the_example_home_checks_without_any_environment(capsys) -> None:
     """``HERMES_EXAMPLE_BASE_URL`` defaults to llama.cpp's ``llama-server`` address."""
     example = str(demo.EXAMPLE_HOME / "hermes-api.yaml")
     assert cli.main(["check", "--config", example], {}) == 0
-    assert capsys.readouterr().out == "ok: 4 profile(s) served: coder, default, family, researcher\n"
+    assert capsys.readouterr().out == "ok: 5 profile(s) served: agent, coder, default, family, researcher\n"
     assert cli.main(["profiles", "--config", example], {}) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
-    assert {row[0]: row[2] for row in rows} == dict.fromkeys(["coder", "default", "family", "researcher"], "yes")
-    assert {row[5] for row in rows} == {"http://127.0.0.1:8080/v1"}
+    served = dict.fromkeys(["agent", "coder", "default", "family", "researcher"], "yes")
+    assert {row[0]: row[2] for row in rows} == served
+    assert {row[7] for row in rows} == {"http://127.0.0.1:8080/v1"}
     assert cli.main(["profiles", "--config", example], {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}) == 0
-    assert {line.split()[5] for line in capsys.readouterr().out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
+    assert {line.split()[7] for line in capsys.readouterr().out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
 
 
 def test_the_uvicorn_factory_refuses_a_missing_home_too(tmp_path: Path, monkeypatch) -> None:
