@@ -101,3 +101,11 @@ def wait_for_reply(page: Page, timeout: float = 180.0) -> tuple[str, float]:
     finished = time.monotonic()
     reply = page.locator("#response-content-container").last
     return reply.inner_text(), finished
+
+
+def open_tool_row(page: Page, tool: str) -> str:
+    """Click open the last "View Result from <tool>" row (how Open WebUI shows a tool that
+    ran, with its INPUT and OUTPUT); the answer's visible text once the row is open."""
+    page.get_by_text(f"View Result from {tool}").last.click()
+    page.get_by_text("Output", exact=True).last.wait_for(state="visible")  # shown upper-case by CSS
+    return page.locator("#response-content-container").last.inner_text()
