@@ -13,6 +13,10 @@ default profile), and is still checked against the caller's key.
 Handlers get ``(request, body)``, read the profile with ``context.current_profile()``,
 and may put upstream streams in ``request.state.resources`` (an ``AsyncExitStack``)
 which is closed after the response is sent, or when the client goes away.
+
+Every turn (``runs_turns``) passes here once its profile is known, so this is where
+its usage row is made (``usage.TurnMeter``) and saved, after the response is over and
+its concurrency slot released, so recording delays neither.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .context import use_profile
 from .errors import HermesAPIError, InvalidJSONError, RequestTooLargeError, RouteNotFoundError, error_response
+from .profiles import Profile
 from .registry import Selection
+from .usage import TurnMeter, error_code, save
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -83,7 +89,7 @@ class ProfileEndpoint:
     profile of the object the path names, used when nothing explicit names one (it
     raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
     the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
-    response has been sent or abandoned.
+    response has been sent or abandoned, and gets a usage row (``usage``).
     """
 
     def __init__(
@@ -119,19 +125,48 @@ class ProfileEndpoint:
             selection = Selection((("stored", await self.implied(request)),))
         profile = state.registry.resolve(selection, request.user)
         header = (b"x-hermes-profile", profile.name.encode())
+        meter = self._meter(request, body, profile) if self.runs_turns else None
 
         async def send_with_profile(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), header]}
+            if meter is not None:
+                meter.sent(message)
             await send(message)
 
-        async with AsyncExitStack() as resources:
-            state.resources = resources
-            with use_profile(profile):
-                try:
-                    if self.runs_turns:
-                        resources.enter_context(state.limiter.slot(profile.name))
-                    response = await self.handler(request, body)
-                except HermesAPIError as exc:  # routed: the answer names its profile
-                    response = error_response(exc)
-                await response(scope, receive, send_with_profile)
+        try:
+            async with AsyncExitStack() as resources:
+                state.resources = resources
+                with use_profile(profile):
+                    try:
+                        if self.runs_turns:
+                            resources.enter_context(state.limiter.slot(profile.name))
+                        response = await self.handler(request, body)
+                    except HermesAPIError as exc:  # routed: the answer names its profile
+                        if meter is not None:
+                            meter.error = meter.error or error_code(exc)
+                        response = error_response(exc)
+                    await response(scope, meter.watch(receive) if meter else receive, send_with_profile)
+        except Exception as exc:
+            if meter is not None:  # a bug: Starlette's handler answers 500
+                meter.status, meter.error = meter.status or 500, meter.error or error_code(exc)
+            raise
+        finally:
+            if meter is not None:  # after the answer and the slot: recording never delays either
+                await save(state.store, meter.finish(draining=state.drain.draining))
+
+    def _meter(self, request: Request, body: Body, profile: Profile) -> TurnMeter | None:
+        """The turn's meter, also ``request.state.turn_meter``; the handler's turns go
+        through it (``request.state.turns``). None when usage is not recorded."""
+        state = request.state
+        if not state.settings.record_usage:
+            return None
+        meter = TurnMeter(
+            key_name=request.user.display_name,
+            profile=profile,
+            operation=self.handler.__name__,
+            stream=body.get("stream") is True,
+            request_id=state.request_id,
+        )
+        state.turn_meter, state.turns = meter, meter.runner(state.turns)
+        return meter

@@ -2,18 +2,22 @@
 
 Exit codes: 0 success; 1 ``check`` found problems or the demo's model server failed;
 2 the configuration or the command line is invalid (including a non-loopback bind
-without any API key, DESIGN.md §2).
+without any API key, DESIGN.md §2), or the store cannot be opened (``usage``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import functools
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,6 +29,7 @@ from .protocol import bounded_protocol
 from .registry import ProfileRegistry
 from .settings import ConfigError, Settings
 from .shutdown import FORCE_MARGIN, Drain
+from .store import UsageGrouping, UsageSummary, open_store
 
 EXIT_PROBLEMS = 1
 EXIT_CONFIG = 2
@@ -56,11 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config and the profiles")
     _common(check)
     _serving(check)
+    usage = commands.add_parser("usage", help="what each key, profile or day used: turns, failures, tokens")
+    _common(usage)
+    usage.add_argument("--since", type=since, default=0.0, help="24h, 7d, 90m, or a date (UTC): 2025-06-01")
+    usage.add_argument("--by", choices=["key", "profile", "day"], default="key", help="one line per (default key)")
     demo = commands.add_parser("demo", help="serve the example profiles on a local SmolLM2 (needs the [demo] extra)")
     demo.add_argument("--config", type=Path, help="default: profiles.example/hermes-api.yaml")
     _serving(demo)
     demo.add_argument("--llama-port", type=int, default=0, help="port for llama.cpp (default: a free one)")
     return parser
+
+
+_AGO = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: str, now: float | None = None) -> float:
+    """``--since``: ``<n>s|m|h|d`` ago, or an ISO date or date-time (UTC unless it says
+    otherwise), as Unix seconds. Raises ``argparse.ArgumentTypeError``."""
+    if found := _AGO.fullmatch(value):
+        return (time.time() if now is None else now) - float(found[1]) * _UNIT[found[2]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not like 24h, 7d or 2025-06-01") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -194,6 +219,37 @@ def cmd_check(settings: Settings, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def usage_table(summary: Sequence[UsageSummary], by: UsageGrouping) -> str:
+    """``hermes-api usage``'s table, a TOTAL line last when there is more than one line."""
+    head = (by.upper(), "TURNS", "FAILED", "INPUT TOKENS", "OUTPUT TOKENS", "NO USAGE", "SECONDS")
+    rows: list[tuple[str, ...]] = [head]
+    lines = list(summary)
+    if len(lines) > 1:
+        total = [sum(getattr(s, f) for s in lines) for f in ("requests", "failed", "input_tokens", "output_tokens")]
+        lines.append(UsageSummary("TOTAL", *total, sum(s.without_usage for s in lines), sum(s.seconds for s in lines)))
+    for s in lines:
+        figures = (s.requests, s.failed, s.input_tokens, s.output_tokens, s.without_usage)
+        rows.append((s.group, *(str(n) for n in figures), f"{s.seconds:.1f}"))
+    return format_table(rows)
+
+
+def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
+    async def summary() -> list[UsageSummary]:
+        store = await open_store(settings)
+        try:
+            return await store.usage_summary(args.since, args.by)
+        finally:
+            await store.aclose()
+
+    try:
+        lines = asyncio.run(summary())
+    except Exception as exc:  # a message, not a traceback, at a terminal
+        report([f"cannot read the usage records: {exc.__class__.__name__}: {exc}"])
+        return EXIT_CONFIG
+    print(usage_table(lines, args.by))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = dict(os.environ) if environ is None else environ
     args = build_parser().parse_args(argv)
@@ -211,6 +267,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return cmd_profiles(settings, environ)
     if args.command == "check":
         return cmd_check(settings, environ)
+    if args.command == "usage":
+        return cmd_usage(settings, args)
     serve(settings, environ)
     return 0
 

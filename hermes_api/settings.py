@@ -134,6 +134,7 @@ class Settings:
     sse_keepalive: float = 15.0
     log_level: str = "info"
     retention: Retention = Retention()
+    record_usage: bool = True
 
     def limits_for(self, profile: str) -> ProfileLimits:
         """The timeouts and concurrency cap of ``profile`` (its override, else the defaults)."""

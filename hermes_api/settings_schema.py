@@ -254,6 +254,7 @@ class ConfigFile(Section):
     sse_keepalive: PositiveNumber = default(Settings, "sse_keepalive")
     log_level: LogLevel = default(Settings, "log_level")
     retention: RetentionSection = RetentionSection()
+    record_usage: Boolean = default(Settings, "record_usage")
 
     @model_validator(mode="before")
     @classmethod
