@@ -32,7 +32,7 @@ from typing import Any
 
 from starlette.types import Message, Receive
 
-from .errors import HermesAPIError
+from .errors import HermesAPIError, StoreUnavailableError
 from .profiles import Profile
 from .store import ResponseStore, UsageRecord
 from .turns import ChatRequest, Chunk, TurnRunner, batches
@@ -128,6 +128,8 @@ async def save(store: ResponseStore, record: UsageRecord) -> None:
     Shielded, so a request cancelled meanwhile still gets its row written."""
     try:
         await asyncio.shield(store.record_usage(record))
+    except StoreUnavailableError:  # the store logged the outage once
+        logger.warning("could not record the usage of request %s: the store is unavailable", record.request_id)
     except Exception:
         logger.exception("could not record the usage of request %s", record.request_id)
 

@@ -365,3 +365,118 @@ def integrity(db: Path) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         conn.close()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+POSTGRES_REQUIRED = os.environ.get("HERMES_API_POSTGRES") == "required"
+
+
+def postgres_bin() -> Path | None:
+    """The directory of ``initdb`` and ``pg_ctl``: on PATH, else Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (newest first), else None."""
+    import shutil
+
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]), reverse=True)
+    return versions[0].parent if versions else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a temporary directory, the server on
+    a free loopback port (its socket in that directory too), user ``hermes`` with a
+    password. initdb refuses to run as root, so under root the cluster belongs to
+    Debian's ``postgres`` user, in a directory of its own outside pytest's (which only
+    root may enter). ``stop()`` ends it by its postmaster's PID (``pg_ctl``);
+    ``remove()`` deletes the directory."""
+
+    PASSWORD = "pg-secret-0f3a9c"
+
+    def __init__(self) -> None:
+        import pwd
+        import tempfile
+
+        found = postgres_bin()
+        if found is None:
+            message = "PostgreSQL's initdb/pg_ctl not found (Debian: apt-get install postgresql)"
+            if POSTGRES_REQUIRED:
+                pytest.fail(message + " and HERMES_API_POSTGRES=required", pytrace=False)
+            pytest.skip(message)
+        self.bin = found
+        self.root = root = Path(tempfile.mkdtemp(prefix="hermes-api-pg-"))
+        self.data = root / "data"
+        self.port = free_port()
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = "postgres"
+            owner = pwd.getpwnam(self.user)
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+        (root / "pwfile").write_text(self.PASSWORD)
+        os.chmod(root / "pwfile", 0o644)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "hermes",
+            "--pwfile",
+            str(root / "pwfile"),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        self.start()
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(self.bin / tool), *args], user=self.user, capture_output=True, text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://hermes:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def remove(self) -> None:
+        import shutil
+
+        self.stop("immediate")  # no shutdown checkpoint: the files go anyway
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One cluster for the session (skipped, or failed under HERMES_API_POSTGRES=required,
+    when PostgreSQL is not installed)."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh database on the session's cluster, for this test alone."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + "_" + os.urandom(4).hex()
+    return postgres.create_database(name)

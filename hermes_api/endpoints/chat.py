@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..context import current_profile
-from ..errors import InvalidValueError, ServerError, UpstreamBadResponseError, stream_failure
+from ..errors import InvalidValueError, UpstreamBadResponseError, store_failure, stream_failure
 from ..headers import header_value
 from ..persona import SYSTEM_ROLES
 from ..shutdown import Drain
@@ -35,6 +35,7 @@ logger = logging.getLogger("hermes_api")
 DONE = b"data: [DONE]\n\n"
 SESSION_HEADER = "x-hermes-session-id"
 TOO_DEEP = "The upstream provider's answer is nested too deeply to pass on."
+NOT_STORED = "The answer could not be stored in the session; see the server log."
 
 AnswerHook = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -144,9 +145,8 @@ async def chat_events(
     if on_answer is not None:
         try:
             await on_answer({"role": "assistant", "content": "".join(text)})
-        except Exception:
-            logger.exception("could not store the session turn")
-            yield sse(ServerError("The answer could not be stored in the session; see the server log.").to_dict())
+        except Exception as exc:
+            yield sse(store_failure(exc, NOT_STORED, "could not store the session turn").to_dict())
     yield DONE
 
 
@@ -198,10 +198,9 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     if on_answer is not None:  # only an answer the client can be given joins the session
         try:
             await on_answer(_answer(completion))
-        except Exception:
+        except Exception as exc:
             # An error of ours, not an escaped exception: uvicorn would close the connection.
-            logger.exception("could not store the session turn")
-            raise ServerError("The answer could not be stored in the session; see the server log.") from None
+            raise store_failure(exc, NOT_STORED, "could not store the session turn") from None
     return response
 
 
