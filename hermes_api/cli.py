@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the exposed profiles")
     _common(serve)
     _serving(serve)
+    serve.add_argument("--workers", type=positive, default=1, help="server processes on the one port (default 1)")
     profiles = commands.add_parser("profiles", help="list the profiles found and whether they are served")
     _common(profiles)
     check = commands.add_parser("check", help="validate the config and the profiles")
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     _serving(demo)
     demo.add_argument("--llama-port", type=int, default=0, help="port for llama.cpp (default: a free one)")
     return parser
+
+
+def positive(value: str) -> int:
+    """``--workers``: an integer of at least 1. Raises ``argparse.ArgumentTypeError``."""
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
 
 
 _AGO = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
@@ -88,17 +96,20 @@ def since(value: str, now: float | None = None) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by the flags."""
+def settings_sources(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, Any]]:
+    """The config file (``--config``, else ``$HERMES_API_CONFIG``) and the flags over it."""
     config = args.config or (Path(environ["HERMES_API_CONFIG"]) if environ.get("HERMES_API_CONFIG") else None)
     overrides = {
-        "hermes_home": getattr(args, "hermes_home", None),
-        "expose": getattr(args, "expose", None),
-        "default_profile": getattr(args, "default_profile", None),
-        "host": getattr(args, "host", None),
-        "port": getattr(args, "port", None),
-        "log_level": getattr(args, "log_level", None),
+        name: getattr(args, name, None)
+        for name in ("hermes_home", "expose", "default_profile", "host", "port", "log_level")
+        if getattr(args, name, None) is not None
     }
+    return config, overrides
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by the flags."""
+    config, overrides = settings_sources(args, environ)
     return Settings.load(config, environ, overrides)
 
 
@@ -269,7 +280,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return cmd_check(settings, environ)
     if args.command == "usage":
         return cmd_usage(settings, args)
-    serve(settings, environ)
+    if args.workers > 1:
+        from . import workers  # here: it imports uvicorn's multiprocessing supervisor
+
+        workers.run(settings, args.workers, *settings_sources(args, environ), log_config(settings.log_level))
+    else:
+        serve(settings, environ)
     return 0
 
 

@@ -7,6 +7,7 @@ speaks httpx2, so it cannot use Starlette's TestClient transport).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -268,16 +269,25 @@ def free_port() -> int:
 
 class ServeProcess:
     """``hermes-api serve`` in a subprocess on a free loopback port; its log (stdout
-    and stderr) goes to ``log_path``. Stopped by PID, never by name."""
+    and stderr) goes to ``log_path``; ``args`` are more command-line arguments
+    (``--workers 2``). It runs in a process group of its own, which ``kill()`` ends
+    (its worker processes too): by that group's id, never by name."""
 
     def __init__(
-        self, config: Path, log_path: Path, environ: dict[str, str] | None = None, *, uvicorn_factory: bool = False
+        self,
+        config: Path,
+        log_path: Path,
+        environ: dict[str, str] | None = None,
+        *,
+        uvicorn_factory: bool = False,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.logs_hermes_api = not uvicorn_factory  # plain uvicorn leaves our logger unconfigured
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log_path.parent), **(environ or {})}
         command = [sys.executable, "-m", "hermes_api", "serve", "--config", str(config), "--port", str(self.port)]
+        command += args
         if uvicorn_factory:  # the README's other way to run it
             env["HERMES_API_CONFIG"] = str(config)
             command = [sys.executable, "-m", "uvicorn", "--factory", "hermes_api.app:create_app_from_env"]
@@ -289,6 +299,7 @@ class ServeProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 20
         while True:
@@ -314,9 +325,12 @@ class ServeProcess:
             self.process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        """SIGKILL the server and whatever else is left in its process group."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
