@@ -15,8 +15,8 @@ and may put upstream streams in ``request.state.resources`` (an ``AsyncExitStack
 which is closed after the response is sent, or when the client goes away.
 
 Every turn (``runs_turns``) passes here once its profile is known, so this is where
-its usage row is made (``usage.TurnMeter``) and saved, after the response is over and
-its concurrency slot released, so recording delays neither.
+its usage row is made (``usage.TurnMeter``) and queued in the store, after the response
+is over and its concurrency slot released, so recording delays neither.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class ProfileEndpoint:
             raise
         finally:
             if meter is not None:  # after the answer and the slot: recording never delays either
-                await save(state.store, meter.finish(draining=state.drain.draining))
+                save(state.store, meter.finish(draining=state.drain.draining))
 
     def _meter(self, request: Request, body: Body, profile: Profile) -> TurnMeter | None:
         """The turn's meter, also ``request.state.turn_meter``; the handler's turns go

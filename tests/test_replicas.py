@@ -87,9 +87,14 @@ def test_a_response_made_on_one_replica_is_read_chained_and_deleted_on_the_other
             r = client.post(f"{server.url}/v1/chat/completions", json=body, headers=session)
             history = orjson.loads(r.json()["choices"][0]["message"]["content"])["history"]
             assert [m[1] for m in history if m[0] == "user"] == [f"turn {n}" for n in range(i)]
-    with psycopg.connect(postgres_url) as conn:
-        rows = conn.execute("SELECT key_name, operation, status FROM usage ORDER BY seq").fetchall()
-    assert rows == [("team", "create_response", 200)] * 2 + [("team", "create_chat_completion", 200)] * 3
+    # Usage rows are written just after each answer: wait for the five, briefly.
+    for _ in range(50):
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute("SELECT key_name, operation, status FROM usage ORDER BY seq").fetchall()
+        if len(rows) >= 5:
+            break
+        time.sleep(0.1)
+    assert sorted(rows) == [("team", "create_chat_completion", 200)] * 3 + [("team", "create_response", 200)] * 2
     for server in (a, b):
         assert PostgresCluster.PASSWORD not in server.log()
 

@@ -506,3 +506,22 @@ async def test_a_postgresql_outage_is_store_unavailable_and_passes_by_itself(cap
     log = caplog.text
     assert "the response store (PostgreSQL) is unreachable" in log and "reachable again" in log
     assert PostgresCluster.PASSWORD not in log
+
+
+async def test_usage_rows_committed_together_fail_alone(tmp_path: Path) -> None:
+    """Rows that share a commit (one multi-row INSERT on SQLite): one that the database
+    refuses fails its own caller only; the others are stored."""
+    store = await SQLiteStore.open(tmp_path / "state", Retention(), clock=Clock())
+    db = sqlite3.connect(tmp_path / "state" / DB_NAME)
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.request_id = 'req_bad'"
+        " BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    db.commit()
+    db.close()
+    results = await asyncio.gather(
+        *(store.record_usage(turn(uid)) for uid in ("a", "bad", "b")), return_exceptions=True
+    )
+    assert results[0] is None and isinstance(results[1], sqlite3.IntegrityError) and results[2] is None
+    assert (await store.usage_since("team", 0)).requests == 2
+    await store.aclose()

@@ -38,6 +38,8 @@ COLUMNS = (
 
 
 def usage_rows(state: Path) -> list[dict[str, Any]]:
+    """The usage table as it is now (rows are written within ~20 ms of each answer,
+    and at the latest when the server stops: ``wait_for_rows`` while it runs)."""
     db = sqlite3.connect(state / "responses.db")
     try:
         names = [c.strip() for c in COLUMNS.split(",")]
@@ -86,7 +88,7 @@ def test_a_chat_stream_asks_the_provider_for_usage_but_the_client_gets_it_only_i
     r = client.post("/v1/chat/completions", json={"model": "alpha", "messages": USER, "stream": True})
     assert orjson.loads(route.calls.last.request.content)["stream_options"] == {"include_usage": True}
     assert '"usage"' not in r.text
-    [row] = usage_rows(tmp_path / "state")
+    [row] = wait_for_rows(tmp_path / "state", 1)
     assert (row["input_tokens"], row["output_tokens"]) == (5, 2)
 
 
@@ -97,7 +99,7 @@ def test_a_provider_that_sends_no_usage_leaves_the_tokens_unknown(client, upstre
     route = upstream.post("/chat/completions")
     route.respond(content=sse_body(*chunks("a b"))) if stream else route.respond(json=answer)
     assert client.post("/v1/responses", json={"model": "alpha", "input": "x", "stream": stream}).status_code == 200
-    [row] = usage_rows(tmp_path / "state")
+    [row] = wait_for_rows(tmp_path / "state", 1)
     assert (row["status"], row["error"], row["input_tokens"], row["output_tokens"]) == (200, None, None, None)
 
 
@@ -130,7 +132,7 @@ def test_a_failed_turn_is_recorded_with_its_status_and_code(
     upstream.post("/chat/completions").mock(return_value=answer)
     path, body = body_for(operation, stream)
     assert client.post(path, json=body).status_code == status
-    [row] = usage_rows(tmp_path / "state")
+    [row] = wait_for_rows(tmp_path / "state", 1)
     assert (row["status"], row["error"], row["input_tokens"], row["key_name"]) == (status, code, None, "anonymous")
 
 
@@ -138,7 +140,7 @@ def test_a_refused_turn_is_recorded_and_one_that_never_reached_a_profile_is_not(
     assert client.post("/v1/chat/completions", json={"model": "alpha", "messages": "no"}).status_code == 400
     assert client.post("/v1/chat/completions", json={"model": "nobody", "messages": USER}).status_code == 404
     assert client.post("/v1/responses", content=b"{not json").status_code == 400
-    rows = usage_rows(tmp_path / "state")
+    rows = wait_for_rows(tmp_path / "state", 1)
     assert [(r["profile"], r["status"], r["error"]) for r in rows] == [("alpha", 400, "invalid_value")]
 
 

@@ -22,7 +22,7 @@ the key's quotas allow it, atomically, so limits hold exactly across workers and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -165,9 +165,12 @@ class ResponseStore(Protocol):
         """Add one turn's messages to a chat session; returns once durable."""
         ...
 
-    async def record_usage(self, record: UsageRecord) -> None:
+    def record_usage(self, record: UsageRecord) -> Awaitable[None]:
         """Store a turn's usage row, or complete the row of the same ``id`` that
-        ``start_usage`` inserted; returns once durable."""
+        ``start_usage`` inserted. The row is queued when this is called (so it is
+        written even if the caller stops waiting), and written with others in one
+        transaction within a few milliseconds; the awaitable is done once it is
+        committed (on SQLite with ``synchronous=NORMAL``: see ``sqlite``)."""
         ...
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:

@@ -8,6 +8,9 @@ it (durably, under the server's default ``synchronous_commit = on``). Retention 
 applied in the same statement (a data-modifying ``WITH``); rows another writer is
 already pruning are skipped (``FOR UPDATE SKIP LOCKED``), so writers never wait on each
 other's pruning. The SQL is ``queries``', the same as SQLite's but for the placeholders.
+Usage rows are the exception: queued, and written ``LINGER`` seconds' worth at a time
+in one transaction (their age bound applied at most every ``AGE_PRUNE_EVERY`` seconds),
+since a round trip per chat turn cost more than the turn's own work.
 
 Outages (PostgreSQL Global Development Group, "Client Connection Defaults" and psycopg's
 pool docs): a call that cannot reach the database (refused, reset, the server restarted
@@ -25,7 +28,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -82,7 +85,9 @@ def _pruning(insert: str, table: str) -> str:
 
 PUT_RESPONSE = _pruning(q.PUT_RESPONSE, "responses")
 APPEND_SESSION = _pruning(q.APPEND_SESSION, "session_turns")
-RECORD_USAGE = _pruning(q.RECORD_USAGE, "usage")
+RECORD_USAGE = POSTGRESQL.sql(q.RECORD_USAGE)
+LINGER = 0.02  # seconds a usage row waits for others to share its transaction
+AGE_PRUNE_EVERY = 1.0  # seconds between deletions of expired usage rows by one process
 PRUNE = "DELETE FROM {table} WHERE created_at < %s OR seq <= (SELECT max(seq) FROM {table}) - %s"
 
 
@@ -101,6 +106,9 @@ class PostgreSQLStore:
         self._clock = clock
         self._down = False
         self._checking: asyncio.Task[None] | None = None
+        self._rows: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._aged_at = float("-inf")
         password = conninfo_to_dict(config.url or "").get("password")
         self._secret = str(password) if password else None
 
@@ -219,8 +227,36 @@ class PostgreSQLStore:
 
     # -- usage ----------------------------------------------------------------------
 
-    async def record_usage(self, record: UsageRecord) -> None:
-        await self._execute(RECORD_USAGE, (*q.usage_params(record), self._cutoff(), None))
+    def record_usage(self, record: UsageRecord) -> Awaitable[None]:
+        """Queued, and written with the others of the next ``LINGER`` seconds in one
+        transaction (``executemany``, pipelined by psycopg): one round trip for many."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._rows.append((q.usage_params(record), future))
+        if len(self._rows) == 1:
+            loop.call_later(LINGER, self._flush_soon)
+        return future
+
+    def _flush_soon(self) -> None:
+        if self._rows:
+            rows, self._rows = self._rows, []
+            task = asyncio.get_running_loop().create_task(self._flush(rows))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, rows: list[tuple[tuple[object, ...], asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                await cursor.executemany(RECORD_USAGE, [params for params, _ in rows])
+                if time.monotonic() - self._aged_at >= AGE_PRUNE_EVERY:
+                    self._aged_at = time.monotonic()
+                    await cursor.execute(PRUNE.format(table="usage"), (self._cutoff(), None))
+        except Exception as exc:
+            error = exc
+        for _, future in rows:
+            if not future.done():
+                future.set_result(None) if error is None else future.set_exception(error)
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:
         async with self._connection() as conn, conn.transaction():
@@ -232,7 +268,7 @@ class PostgreSQLStore:
                 )
                 if quota.spent(UsageTotals(*await cursor.fetchone())):  # type: ignore[misc]
                     return quota
-            await conn.execute(POSTGRESQL.sql(q.RECORD_USAGE), q.usage_params(record))
+            await conn.execute(RECORD_USAGE, q.usage_params(record))
         return None
 
     async def usage_since(self, key_name: str, since: float, profile: str | None = None) -> UsageTotals:
@@ -244,7 +280,10 @@ class PostgreSQLStore:
         return [UsageSummary(*row) for row in rows]
 
     async def aclose(self) -> None:
-        """Close every connection (after the calls in progress)."""
+        """Write the queued usage rows, then close every connection."""
+        self._flush_soon()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         if self._checking is not None:
             self._checking.cancel()
         await self._pool.close()
