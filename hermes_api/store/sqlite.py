@@ -56,7 +56,7 @@ from .writes import Job, Pending, WriteQueue
 logger = logging.getLogger("hermes_api")
 
 T = TypeVar("T")
-ROWS_PER_STATEMENT = 500  # usage rows inserted by one statement (one call: the GIL is released once)
+ROWS_PER_STATEMENT = 256  # usage rows inserted by one statement (one call: the GIL is released once)
 DB_NAME = "responses.db"
 BUSY_TIMEOUT_MS = 10_000  # how long a process waits for another's write lock before failing the write
 AGE_PRUNE_EVERY = 1.0  # seconds between deletions of expired rows
@@ -151,15 +151,18 @@ class SQLiteStore:
 
     def _insert_rows(self, db: sqlite3.Connection, rows: list[Pending]) -> None:
         """Usage rows in multi-row INSERTs: one call releases the GIL once, where
-        executemany handed it to the busy event loop and back for every row."""
-        for i in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[i : i + ROWS_PER_STATEMENT]
-            insert = functools.partial(
-                db.execute, q.record_usage_rows(len(chunk)), [v for p in chunk for v in p.row or ()]
-            )
-            if self._in_savepoint(db, insert)[1] is not None:
-                for p in chunk:  # one of them fails: find it
-                    p.result = (None, self._in_savepoint(db, functools.partial(db.execute, q.RECORD_USAGE, p.row))[1])
+        executemany handed it to the busy event loop and back for every row. Chunks of
+        a power of two rows (46 = 32 + 8 + 4 + 2), so that sqlite3's statement cache
+        holds a few statements, not one of every size."""
+        i = 0
+        while i < len(rows):
+            size = min(ROWS_PER_STATEMENT, 1 << ((len(rows) - i).bit_length() - 1))
+            chunk, i = rows[i : i + size], i + size
+            params = [value for p in chunk for value in p.row or ()]
+            if self._in_savepoint(db, functools.partial(db.execute, q.record_usage_rows(size), params))[1] is None:
+                continue
+            for p in chunk:  # one of them fails: find it
+                p.result = (None, self._in_savepoint(db, functools.partial(db.execute, q.RECORD_USAGE, p.row))[1])
 
     @staticmethod
     def _in_savepoint(db: sqlite3.Connection, call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
