@@ -110,6 +110,20 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where the response store lives: ``url`` None = SQLite, ``<state_dir>/responses.db``;
+    a ``postgresql://`` URL (libpq's connection URI) = that database, which several
+    processes and machines may share. The URL holds a password: it is never logged nor
+    shown (not in ``repr`` either). ``pool_size``: database connections per process;
+    ``timeout``: seconds a store call may take, waiting for a connection included,
+    before it fails with 503 ``store_unavailable``."""
+
+    url: str | None = field(default=None, repr=False)
+    pool_size: int = 10
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileLimits:
     """One profile's upstream timeouts and cap on concurrent upstream requests: the
     server-wide values, overridden by ``per_profile.<name>`` in the config file."""
@@ -205,6 +219,8 @@ class Settings:
     metrics: bool = True  # record Prometheus metrics and serve GET /metrics
     retention: Retention = Retention()
     agent: AgentRuntime = AgentRuntime()
+    record_usage: bool = True
+    store: StoreConfig = StoreConfig()
 
     def limits_for(self, profile: str) -> ProfileLimits:
         """The timeouts and concurrency cap of ``profile`` (its override, else the defaults)."""
