@@ -189,7 +189,7 @@ def test_check_says_how_to_install_hermes_agent_for_agent_profiles(config: Path,
     assert cli.main(["check", "--config", str(config)], {"K": "sk-ops-0123456789abcdef"}) == 1
     err = capsys.readouterr().err
     assert f"error: agent: hermes-agent is not installed for {python}" in err
-    assert "pip install 'hermes-api[agent]'" in err
+    assert "pip install -e '.[agent]'" in err
 
 
 HINT = "(is hermes-api already running? stop it, or choose another --port)"
@@ -266,9 +266,11 @@ def test_the_example_home_checks_without_any_environment(capsys) -> None:
     assert cli.main(["profiles", "--config", example], {}) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert {row[0]: row[2] for row in rows} == dict.fromkeys(["coder", "default", "family", "researcher"], "yes")
-    assert {row[5] for row in rows} == {"http://127.0.0.1:8080/v1"}
+    base_url = rows[0].index("http://127.0.0.1:8080/v1")  # the BASE URL column
+    assert {row[base_url] for row in rows} == {"http://127.0.0.1:8080/v1"}
     assert cli.main(["profiles", "--config", example], {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}) == 0
-    assert {line.split()[5] for line in capsys.readouterr().out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
+    out = capsys.readouterr().out
+    assert {line.split()[base_url] for line in out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
 
 
 def test_the_uvicorn_factory_refuses_a_missing_home_too(tmp_path: Path, monkeypatch) -> None:

@@ -53,7 +53,9 @@ try:
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - the message is the point
-    raise ImportError("the PostgreSQL store needs psycopg 3 and its pool: pip install 'hermes-api[postgres]'") from exc
+    raise ImportError(
+        "the PostgreSQL store needs psycopg 3 and its pool: pip install -e '.[postgres]' in the hermes-api checkout"
+    ) from exc
 
 logger = logging.getLogger("hermes_api")
 
