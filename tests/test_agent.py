@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -425,3 +427,19 @@ def test_the_openai_sdk_reads_agent_turns_with_tools(stack: dict[str, Any]) -> N
     items = [item.model_dump(exclude_none=True) for item in final.output]
     follow = client.responses.create(model="alpha", input=[*items, {"role": "user", "content": "more"}])
     assert follow.output_text == "echo: more"
+
+
+def test_hermes_own_cli_lists_the_turns(stack: dict[str, Any]) -> None:
+    """``hermes sessions list`` (hermes-agent's own CLI, beside the interpreter) shows the
+    API turns of the profile, as it shows Hermes's own API server's."""
+    assert chat(stack, "beta", "a turn for hermes sessions list").status_code == 200
+    hermes = Path(sys.executable).with_name("hermes")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(stack["root"]),
+        "HERMES_HOME": str(stack["home"].dir("beta")),
+    }
+    done = subprocess.run([str(hermes), "sessions", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "a turn for hermes sessions list" in line)
+    assert "api_server" in row
