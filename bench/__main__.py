@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import agent_report, agents, clients, gateways, profile, report, scale, streams
-from .agent_targets import AgentTarget, hermes_target, start_gateway, start_hermes_api
+from .agent_targets import AgentTarget, hermes_target, start_gateway, start_hermes_api, start_multiplexer
 from .agent_targets import start_upstream as start_agent_upstream
 from .procs import LOAD_CPU, raise_own_nofile, stop
 from .targets import Target, litellm_bin, start_floor, start_hermes, start_litellm, start_upstream
@@ -153,10 +153,13 @@ def run_agent(args: argparse.Namespace, command: str) -> None:
         data["cold"] = agents.run_cold(
             hermes_target("hermes", work, upstream.port, {}, "hermes-cold"), api, samples, log
         )
-        data["wide"] = agents.warm_wide(hermes, api, wide, log)
+        multiplexer = start_multiplexer(work, upstream.port, wide)
+        stack.callback(multiplexer.stop)
+        data["wide"] = agents.warm_wide(hermes, api, multiplexer, wide, log)
         data["concurrency"] = agents.run_concurrency(
-            [hermes, api], wide[: agents.SPREAD], rounds=args.rounds, seconds=args.duration, upstream=upstream, log=log
-        )
+            [hermes, api, multiplexer], wide[: agents.SPREAD], rounds=args.rounds, seconds=args.duration,
+            upstream=upstream, log=log,
+        )  # fmt: skip
     data |= {"rounds": args.rounds, "turns": args.turns, "seconds": args.duration, "cold_samples": samples,
              "targets": {t.name: {"kind": t.kind, "env": dict(t.env)} for t in warm},
              "hermes_agent": report._version("hermes-agent")}  # fmt: skip

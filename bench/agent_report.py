@@ -134,6 +134,10 @@ def memory_md(data: dict[str, Any]) -> list[str]:
         ["hermes-api's server alone (10 profiles)", "–", _f(wide["hermes_api_server"]["rss_mb"], "{:.0f}"), "–",
          _f(wide["hermes_api_server"]["pss_mb"], "{:.0f}")],
     ]  # fmt: skip
+    if wide.get("multiplexer"):
+        mx = wide["multiplexer"]
+        rows.append([f"{wide['profiles']} warm profiles: Hermes's multiplexer (one gateway for all)",
+                     _f(mx["rss_mb"], "{:.0f}"), "–", _f(mx["pss_mb"], "{:.0f}"), "–"])  # fmt: skip
     header = ["", "Hermes RSS MB", "hermes-api RSS MB", "Hermes PSS MB", "hermes-api PSS MB"]
     return ["### Memory\n", table(header, rows) + "\n"]
 
@@ -179,6 +183,10 @@ def agent_targets(data: dict[str, Any]) -> list[list[str]]:
     mine, theirs = wide["hermes_api_total"]["rss_mb"], wide["hermes_total"]["rss_mb"]
     rows.append(_row(f"RSS of {wide['profiles']} warm profiles, all processes", f"≤ Hermes's {theirs:.0f} MB",
                      f"{mine:.0f} MB", mine <= theirs))  # fmt: skip
+    if wide.get("multiplexer"):
+        one = wide["multiplexer"]["rss_mb"]
+        rows.append(_row("the same, against Hermes's multiplexer (one process)", f"≤ {one:.0f} MB",
+                         f"{mine:.0f} MB", mine <= one))  # fmt: skip
     return rows
 
 

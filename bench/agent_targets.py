@@ -4,6 +4,8 @@
   ``API_SERVER_ENABLED``, one gateway process per profile, each in a HOME of its own
   (how Hermes serves one profile to Open WebUI today; hermes-agent 0.19
   ``gateway/platforms/api_server.py``);
+- ``hermes[multiplex]``: Hermes's own profile multiplexer, one gateway for every
+  profile (``start_multiplexer``), for the memory and concurrency figures;
 - ``hermes-api``: ``hermes-api serve`` with every profile on the agent runtime: one
   server, one worker process per profile (``hermes_api/agent/``), started by the
   profile's first turn; ``hermes-api[NAME]`` runs another checkout (``--compare``).
@@ -97,13 +99,15 @@ class AgentTarget:
     work: Path
     upstream_port: int
     env: Mapping[str, str] = field(default_factory=dict)  # the variant's environment, both sides
-    ports: dict[str, int] = field(default_factory=dict)  # profile -> port
+    ports: dict[str, int] = field(default_factory=dict)  # profile -> port ("*": every profile)
     procs: dict[str, Proc] = field(default_factory=dict)  # profile (or "server") -> process
     homes: dict[str, Path] = field(default_factory=dict)  # profile -> its Hermes home
+    prefixed: bool = False  # Hermes's multiplexer: a profile's routes are under /p/<profile>
 
     def url(self, profile: str) -> str:
         port = self.ports.get(profile) or self.ports["*"]
-        return f"http://127.0.0.1:{port}/v1/chat/completions"
+        prefix = f"/p/{profile}" if self.prefixed else ""
+        return f"http://127.0.0.1:{port}{prefix}/v1/chat/completions"
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values() if p.popen.poll() is None]
@@ -143,6 +147,32 @@ def start_gateway(target: AgentTarget, profile: str) -> float:
     proc = start(f"{target.name}-{profile}", argv, log=target.work / f"gateway-{profile}.log", env=env, cwd=root)
     target.procs[profile], target.ports[profile], target.homes[profile] = proc, port, home
     return wait_listening(proc, port, timeout=120)
+
+
+def start_multiplexer(work: Path, upstream_port: int, profiles: list[str]) -> AgentTarget:
+    """Hermes's profile multiplexer (hermes-agent 0.19 ``gateway.multiplex_profiles``,
+    here ``GATEWAY_MULTIPLEX_PROFILES=true``): ONE gateway process, the default profile's,
+    serving every profile of its HOME under ``/p/<profile>/v1/...``, each turn scoped to
+    that profile's home and secrets. Its API server settings come from the default
+    profile's ``.env`` (in this mode secrets are read from a profile's files, not the
+    process environment)."""
+    target = AgentTarget("hermes[multiplex]", "hermes", GATEWAY_KEY, work / "hermes-multiplex", upstream_port)
+    root = target.work / "home" / ".hermes"
+    write_profile(root, upstream_port)
+    for profile in profiles:
+        write_profile(root / "profiles" / profile, upstream_port)
+        target.homes[profile] = root / "profiles" / profile
+    port = free_port()
+    settings = {"API_SERVER_ENABLED": "true", "API_SERVER_KEY": GATEWAY_KEY, "API_SERVER_HOST": "127.0.0.1",
+                "API_SERVER_PORT": str(port)}  # fmt: skip
+    (root / ".env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(root.parent),
+           "GATEWAY_MULTIPLEX_PROFILES": "true"}  # fmt: skip
+    argv = pinned(GATEWAY_CPU, [str(hermes_bin()), "gateway", "run", "--force"])
+    proc = start(target.name, argv, log=target.work / "gateway.log", env=env, cwd=root.parent)
+    target.procs["gateway"], target.ports["*"], target.prefixed = proc, port, True
+    wait_listening(proc, port, timeout=120)
+    return target
 
 
 def stop_gateway(target: AgentTarget, profile: str) -> None:

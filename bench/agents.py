@@ -9,7 +9,8 @@ the same profile, against the same scripted upstream, in one run.
   (listening, then the first request answered), hermes-api's on its running server
   (the worker spawn, read from the server's log, and the whole turn), interleaved;
 - **rss**: the warm profile's process (hermes-api's worker, Hermes's gateway), then
-  ``WIDE`` profiles warm (hermes-api's server and its workers; that many gateways);
+  ``WIDE`` profiles warm (hermes-api's server and its workers; that many gateways;
+  Hermes's multiplexer, one gateway for them all);
 - **concurrency**: ``CLIENTS`` clients turning over ``SPREAD`` of those profiles at
   once for a bounded time, systems interleaved over rounds.
 """
@@ -218,15 +219,17 @@ def warm_profile_memory(hermes: AgentTarget, api: AgentTarget) -> dict[str, Any]
     }
 
 
-def warm_wide(hermes: AgentTarget, api: AgentTarget, profiles: list[str], log: Log) -> dict[str, Any]:
-    """``profiles`` warm on both sides (a text, a memory and a streamed turn each), then
+def warm_wide(
+    hermes: AgentTarget, api: AgentTarget, multiplexer: AgentTarget, profiles: list[str], log: Log
+) -> dict[str, Any]:
+    """``profiles`` warm on every side (a text, a memory and a streamed turn each), then
     the memory of everything that serves them."""
     n = Counter()
     with httpx.Client(timeout=300) as client:
         for profile in profiles:
             seconds = start_gateway(hermes, profile)
             log(f"gateway {profile} listening after {seconds:.2f} s")
-            for target in (hermes, api):
+            for target in (hermes, api, multiplexer):
                 for kind, stream in (("text", False), ("memory", False), ("text", True)):
                     _, problem = agent_turn(client, target.url(profile), target.key, profile, kind, stream, n())
                     if problem:
@@ -238,6 +241,7 @@ def warm_wide(hermes: AgentTarget, api: AgentTarget, profiles: list[str], log: L
     total = {k: server[k] + sum(w[k] for w in per_worker) for k in ("rss_mb", "pss_mb")}
     return {
         "profiles": len(profiles),
+        "multiplexer": rss_mb(multiplexer.procs["gateway"].pid),
         "hermes_total": {k: sum(g[k] for g in gateways) for k in ("rss_mb", "pss_mb")},
         "hermes_per_gateway": gateways,
         "hermes_api_total": total,

@@ -148,6 +148,7 @@ def agent_data() -> dict[str, object]:
         "warm_memory": {"hermes_gateway": {"rss_mb": 140.0, "pss_mb": 120.0}, "hermes_api_worker": rss,
                         "hermes_api_server": {"rss_mb": 60.0, "pss_mb": 50.0}},
         "wide": {"profiles": 10, "hermes_total": {"rss_mb": 1400.0, "pss_mb": 1200.0},
+                 "multiplexer": {"rss_mb": 300.0, "pss_mb": 280.0},
                  "hermes_per_gateway": [{"rss_mb": 140.0, "pss_mb": 120.0}] * 10,
                  "hermes_api_total": {"rss_mb": 1260.0, "pss_mb": 1050.0},
                  "hermes_api_server": {"rss_mb": 60.0, "pss_mb": 50.0}, "hermes_api_workers": [rss] * 10},
@@ -169,6 +170,7 @@ def test_agent_report_subtracts_the_upstream_and_checks_issue_9_targets() -> Non
     assert rows["first turn of a profile on a running hermes-api"][2:] == ["2.00 s", "**no**"]
     assert rows["RSS of a warm profile's process"][2:] == ["120 MB", "yes"]
     assert rows["RSS of 10 warm profiles, all processes"][2:] == ["1260 MB", "yes"]
+    assert rows["the same, against Hermes's multiplexer (one process)"][1:] == ["≤ 300 MB", "1260 MB", "**no**"]
     text = agent_report.agent_md(data)
     assert "| text | hermes-api | 60 | 230.0 | 240.0 | 220.0 | 220.0 | 1.10× (1.10–1.10) | 201.0 | 1.11× |" in text
     assert "| hermes-api | 1 | – | 1.20 | 2.00 | 2.00 | 2.00–2.00 | 0 |" in text
