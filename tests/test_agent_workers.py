@@ -1,6 +1,8 @@
 """A profile's agent worker from outside: its concurrent turns share its one process up
 to the profile's cap, a client that stops reading holds up no other turn of that
-profile, and ``GET /metrics`` counts the worker's start, crash, restart and stop.
+profile, and ``GET /metrics`` counts the worker's start, crash, restart and stop. One
+test drives hermes-api's side of the worker protocol harder than Hermes can, with a
+stand-in worker (``tests/fakeworker.py``).
 
 Workers are found by PID through /proc (their ``HERMES_HOME``), signalled by PID only.
 """
@@ -12,6 +14,7 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ CAP = 3  # per_profile.capped.max_concurrent
 BULK = 7_000_000  # characters of the answer nobody reads: more than the sockets hold, less than MAX_BUFFERED
 IDLE = 4  # agent.idle_timeout, seconds
 HELD_UP = 60  # seconds after which a turn beside the stalled client counts as held up by it
+PILED_UP = 30  # seconds for 7 MB in 25-character deltas to pile up (~5 s; ~100 s were it quadratic)
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +205,58 @@ def test_worker_start_crash_restart_and_stop_reach_metrics(workers: dict[str, An
     assert worker_events(workers, "metered") == {"start": 1, "restart": 1, "crash": 1, "stop": 1}
     assert ask(workers, "metered", "third").status_code == 200
     assert worker_events(workers, "metered") == {"start": 2, "restart": 1, "crash": 1, "stop": 1}
+
+
+FAKE_WORKER = Path(__file__).resolve().parent / "fakeworker.py"
+
+
+@pytest.fixture
+def fake_workers(tmp_path: Path, scripted: ScriptedUpstream) -> Iterator[dict[str, Any]]:
+    """A server whose agent workers are ``tests/fakeworker.py`` (through ``agent.python``)."""
+    home = HermesHome(tmp_path / "hermes")
+    add_agent_profile(home, "default", scripted)
+    add_agent_profile(home, "quick", scripted)
+    python = tmp_path / "fake-python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_WORKER} "$@"\n')
+    python.chmod(0o755)
+    config = {
+        "hermes_home": str(home.root),
+        "state_dir": str(tmp_path / "state"),
+        "expose": ["default", "quick"],
+        "keys": [{"name": "alice", "key_env": "K_ALICE"}],
+        "agent": {"profiles": ["quick"], "python": str(python)},
+    }
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump(config))
+    environ = worker_environ(tmp_path, K_ALICE=ALICE)
+    with LiveServer(create_app(Settings.load(path, environ), environ=environ)) as server:
+        yield {"server": server, "home": home}
+    assert not worker_pids(home.dir("quick")), "a worker outlived the server"
+
+
+def test_a_stalled_client_of_many_small_deltas_costs_the_server_no_more_than_their_size(
+    fake_workers: dict[str, Any],
+) -> None:
+    """A worker streams 7 MB in 25-character deltas to a client that stops reading: the
+    answer piles up in hermes-api (the client's sockets take a few MB), and piling it up
+    costs time in proportion to its size (it took minutes when consecutive deltas were
+    joined with ``+=``, the event loop busy all along), so the worker's next turns are
+    answered."""
+    assert ask(fake_workers, "quick", "warm up").status_code == 200
+    body = {"model": "quick", "stream": True, "messages": [{"role": "user", "content": "[[deltas:280000:25]]"}]}
+    stalled = stalled_stream(fake_workers["server"].port, body)
+    try:
+        # The worker writes its deltas as fast as hermes-api reads them, a few MB more than the
+        # client's sockets take: they pile up in hermes-api, in proportion to their size.
+        sent = fake_workers["home"].dir("quick") / "workspace" / "deltas-sent"
+        started = time.monotonic()
+        wait_for(sent.exists, timeout=PILED_UP, what="hermes-api to read every delta")
+        print(f"\n280000 deltas read from the worker in {time.monotonic() - started:.1f} s")
+        started = time.monotonic()
+        r = ask(fake_workers, "quick", "not held up", timeout=HELD_UP)
+        print(f"a turn beside a stalled stream of 280000 deltas: {time.monotonic() - started:.1f} s")
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: not held up"
+        queued = socket_queues(stalled)
+        assert queued[0] > 0 and queued[1] > 0, queued
+    finally:
+        stalled.close()
