@@ -67,6 +67,10 @@ class SettingsParser:
         per_profile = self.per_profile(config, expose)
         if "agent" not in invalid:
             self.agent(config.agent, expose, keys)
+        limited = [k.name for k in keys if k.limits or k.profile_limits]
+        if limited and not config.record_usage:
+            self.fail(f"keys {', '.join(limited)}: rpm, tpm and tokens_per_day count the usage records: "
+                      "they need record_usage: true")  # fmt: skip
         if self.problems:
             raise ConfigError(self.problems)
         home = self.path(config.hermes_home or self.environ.get("HERMES_HOME") or "~/.hermes")
