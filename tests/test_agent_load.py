@@ -197,6 +197,7 @@ def table_rows(db_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         db.close()
 
 
+@pytest.mark.slow
 def test_hundreds_of_concurrent_agent_turns_never_cross_profiles_or_keys(loaded: dict[str, Any]) -> None:
     home: HermesHome = loaded["home"]
     marks: dict[str, dict[str, str]] = loaded["marks"]

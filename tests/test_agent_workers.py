@@ -146,6 +146,7 @@ def socket_queues(client: socket.socket) -> tuple[int, int]:
     return queues[(there, here)][0], queues[(here, there)][1]
 
 
+@pytest.mark.slow  # its 7 MB answer takes Hermes ~30 s
 def test_a_client_that_stops_reading_holds_up_no_other_turn_of_its_profile(workers: dict[str, Any]) -> None:
     home: HermesHome = workers["home"]
     assert ask(workers, "shared", "warm up").status_code == 200
