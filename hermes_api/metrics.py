@@ -120,7 +120,7 @@ class Metrics:
         )
         self.agent_workers = Counter(
             "hermes_api_agent_worker_events",
-            "Agent-runtime worker processes started, restarted and crashed, by profile.",
+            "Agent-runtime worker processes started, restarted, crashed and stopped, by profile.",
             ["profile", "event"],
             registry=registry,
         )

@@ -13,6 +13,14 @@ a test needs no control channel (a 135M model cannot drive tools; this can):
     [[sleep:SECONDS]]      wait that long before answering
     otherwise              "echo: <the user text, markers removed>"
 
+and two that add to a text answer:
+
+    [[reveal:PREFIX]]      " [seen: W1 W2 ...]": the words of the request's system message
+                           that start with PREFIX, each once, in order (what the agent
+                           was told, in its answer, so a test can check whose it was)
+    [[bulk:CHARS]]         about CHARS characters more, in words of 1000 (streamed: one
+                           chunk each)
+
 Chat completions only, streamed (``data:`` chunks, tool-call arguments in two pieces,
 usage in a last chunk when asked) or not; ``GET /v1/models`` lists ``scripted-model``
 with its context length; every other path is a 404 (so Hermes's local-server probes
@@ -31,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODEL = "scripted-model"
+TOOL_ECHO = 1000  # characters of a tool's result repeated in the answer after it
 LOCK = threading.Lock()
 RECORD = ""
 
@@ -59,8 +68,16 @@ def plan(body: dict[str, Any]) -> dict[str, Any]:
     if calls and last.get("role") != "tool":
         return {**out, "tools": calls}
     if last.get("role") == "tool":
-        return {**out, "text": "done: " + str(last.get("content"))[:200]}
-    return {**out, "text": "echo: " + re.sub(r"\[\[.*?\]\]", "", text).strip()}
+        answer = "done: " + str(last.get("content"))[:TOOL_ECHO]
+    else:
+        answer = "echo: " + re.sub(r"\[\[.*?\]\]", "", text).strip()
+    if found := re.search(r"\[\[reveal:([^\]\s]+)\]\]", text):
+        system = next((str(m.get("content")) for m in messages if m.get("role") == "system"), "")
+        words = re.findall(re.escape(found.group(1)) + r"[\w.-]*", system)
+        answer += " [seen: " + " ".join(dict.fromkeys(w.rstrip(".-") for w in words)) + "]"
+    if found := re.search(r"\[\[bulk:(\d+)\]\]", text):
+        answer += "".join(" " + "x" * 999 for _ in range(int(found.group(1)) // 1000))
+    return {**out, "text": answer}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -160,6 +177,7 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     global RECORD
     RECORD = sys.argv[1]
+    ThreadingHTTPServer.request_queue_size = 512  # hundreds of agent turns connect at once
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()

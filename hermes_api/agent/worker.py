@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -73,6 +74,7 @@ class Worker:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._db: Any = None
+        self._db_lock = threading.Lock()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class Worker:
         try:
             self.channel.send(self.execute(message))
         except Exception as exc:  # a bug here or in Hermes: the parent logs it, the turn fails
+            traceback.print_exc()  # to the worker's log (stderr)
             self.channel.send(_failure(turn, "internal", f"{type(exc).__name__}: {_redact(str(exc))}"))
         finally:
             with self._lock:
@@ -249,13 +252,18 @@ class Worker:
         )
 
     def session_db(self) -> Any:
-        """One ``SessionDB`` (``<HERMES_HOME>/state.db``) per process, like the API server's."""
-        if self._db is None:
-            from hermes_constants import get_hermes_home
-            from hermes_state import SessionDB
+        """One ``SessionDB`` (``<HERMES_HOME>/state.db``) per process, like the API server's.
+        Made under a lock: the first turns of a new worker ask for it at once, from their
+        threads, and two ``SessionDB``s creating the schema together fail ("vtable
+        constructor failed: messages_fts_trigram"). Hermes's server makes it on its one
+        event-loop thread."""
+        with self._db_lock:
+            if self._db is None:
+                from hermes_constants import get_hermes_home
+                from hermes_state import SessionDB
 
-            self._db = SessionDB(db_path=get_hermes_home() / "state.db")
-        return self._db
+                self._db = SessionDB(db_path=get_hermes_home() / "state.db")
+            return self._db
 
 
 def _json(value: Any) -> str:

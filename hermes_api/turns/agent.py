@@ -35,7 +35,7 @@ from ..errors import AgentTimeoutError, HermesAPIError, InvalidValueError, Serve
 from ..profiles import Profile
 from ..settings import Settings
 from ..tool_activity import strip_blocks
-from ..upstream import status_error
+from ..upstream import scrub, status_error
 from . import Chunk, Completion, ToolEvent, Turn
 
 logger = logging.getLogger("hermes_api")
@@ -212,8 +212,10 @@ def completion(name: str, result: dict[str, Any]) -> dict[str, Any]:
 def turn_error(profile: Profile, error: dict[str, Any]) -> HermesAPIError:
     """The error table's error for a turn the agent could not finish (``wire`` ``result``
     ``error``): the provider's failure is mapped as for a direct turn (``upstream``),
-    Hermes refusing the input is a 400, anything else a 500 (details in the log)."""
-    kind, message = error.get("kind"), str(error.get("message") or "")
+    Hermes refusing the input is a 400, anything else a 500 (details in the log). The
+    profile's key is scrubbed from the message as from a direct turn's provider errors: a
+    provider may echo it, and Hermes redacts only the key formats it knows."""
+    kind, message = error.get("kind"), scrub(str(error.get("message") or ""), profile)
     if kind == "input":
         return InvalidValueError(message, param=error.get("param"))
     if kind == "provider":
