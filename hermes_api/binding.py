@@ -124,10 +124,11 @@ class ProfileEndpoint:
     request's ``model`` selector is (the body, the path, or nowhere); ``implied``: the
     profile of the object the path names, used when nothing explicit names one (it
     raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
-    the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
-    response has been sent or abandoned, is admitted under its key's rate limits
-    (``quotas``, which record the turn), and the handler is cancelled when the client
-    goes away (``until_disconnect``).
+    the request passes the delegation rules (``delegation.Delegation.admit``: depth, a
+    delegated request's target), holds a concurrency slot (``limits.ConcurrencyLimiter``)
+    until its response has been sent or abandoned, is admitted under its key's rate
+    limits (``quotas``, which record the turn), and the handler is cancelled when the
+    client goes away (``until_disconnect``).
     """
 
     def __init__(
@@ -179,6 +180,7 @@ class ProfileEndpoint:
             with use_profile(profile):
                 try:
                     if self.runs_turns:
+                        state.delegation.admit(request, profile)  # before a slot: a refusal spends nothing
                         resources.enter_context(state.limiter.slot(profile.name))
                         turn = await quotas.admit_turn(request, profile, self.handler.__name__, body)
                         if turn is not None:  # completed after the answer, before the slot is freed
