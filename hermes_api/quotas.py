@@ -103,7 +103,7 @@ async def admit_turn(request: Request, profile: Profile, operation: str, body: d
     concurrency slot taken) under its key's limits: its usage row, in flight, when the
     key has limits here (the caller completes it with ``complete_turn`` once the answer is
     over), None when it has none. Raises ``KeyRateLimitError`` (429)."""
-    key = request.user.key
+    key, delegated = request.user.key, request.user.delegation
     if key is None or not limits_for(key, profile.name):
         return None
     record = UsageRecord(
@@ -115,6 +115,8 @@ async def admit_turn(request: Request, profile: Profile, operation: str, body: d
         operation=operation,
         stream=body.get("stream") is True,
         request_id=request.state.request_id,
+        delegated_by=delegated.profile if delegated is not None else None,
+        caller_request_id=delegated.request if delegated is not None else None,
     )
     await admit(request.state.store, key, record)
     return record
