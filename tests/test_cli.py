@@ -180,3 +180,16 @@ def test_check_says_how_to_install_hermes_agent_for_agent_profiles(config: Path,
     err = capsys.readouterr().err
     assert f"error: agent: hermes-agent is not installed for {python}" in err
     assert "pip install 'hermes-api[agent]'" in err
+
+
+def test_profiles_table_shows_the_delegation_tool(home: HermesHome, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump({
+        "hermes_home": str(home.root), "expose": ["default", "alpha", "beta", "gamma"],
+        "keys": [{"name": "team", "key_env": "K"}], "agent": {"profiles": ["alpha", "beta"]},
+        "delegation": {"allow": {"alpha": ["beta", "gamma"]}},
+    }))  # fmt: skip
+    assert cli.main(["profiles", "--config", str(path)], {"K": "k" * 20}) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["alpha"][4] == "memory,skills,session_search,todo,delegate_to_profile(beta|gamma)"
+    assert rows["beta"][4] == "memory,skills,session_search,todo" and rows["gamma"][4] == "-"
