@@ -9,9 +9,9 @@ message into ``instructions`` (``convert_to_responses_payload`` in
 ``open_webui/routers/openai.py``), and turns the answer back into a chat completion
 (``convert_responses_result``).
 
-hermes-api serves ``POST /v1/responses`` once the Responses API (issue 3) is merged; until
-then these tests skip, saying so. They expect the profile's turn to reach its provider as
-a chat completion (the providers hermes-api serves speak Chat Completions).
+hermes-api serves ``POST /v1/responses`` on every profile: a 404 there fails these tests
+(it never skips them). They expect the profile's turn to reach its provider as a chat
+completion (the providers hermes-api serves speak Chat Completions).
 """
 
 from __future__ import annotations
@@ -28,22 +28,22 @@ from .stack import OpenWebUIClient
 pytestmark = pytest.mark.e2e
 
 
-def responses_api_served(hermes_url: str) -> bool:
-    """False while ``POST /v1/responses`` is 404 (no such route yet)."""
+def assert_responses_api_served(hermes_url: str) -> None:
+    """``POST /v1/responses`` answers 200 for the connection's key: a 404 (no such
+    route) is a failure, not a reason to skip."""
     r = httpx.post(
         f"{hermes_url}/v1/responses",
         headers={"Authorization": f"Bearer {WEBUI_KEY}"},
         json={"model": "alpha", "input": "ping", "store": False, "max_output_tokens": 8},
         timeout=30,
     )
-    return not (r.status_code == 404 and r.json().get("error", {}).get("code") == "not_found")
+    assert r.status_code == 200, f"POST /v1/responses answered {r.status_code}: {r.text[:300]}"
 
 
 @pytest.fixture
 def responses_connection(recorded_stack: Stack) -> Iterator[OpenWebUIClient]:
     """Connection 0 switched to ``api_type: responses`` (restored afterwards)."""
-    if not responses_api_served(recorded_stack.hermes_url):
-        pytest.skip("hermes-api does not serve POST /v1/responses yet (issue 3, the Responses API): 404")
+    assert_responses_api_served(recorded_stack.hermes_url)
     client = recorded_stack.client
     saved = client.connections()
     client.set_connections({**saved, "OPENAI_API_CONFIGS": {"0": {"enable": True, "api_type": "responses"}}})

@@ -42,7 +42,7 @@ from .meters import MeteredStore, MeteredTurns, StatusTransport
 from .metrics import Metrics
 from .registry import ProfileRegistry
 from .request_ids import CLIENT_REQUEST_ID, new_request_id
-from .settings import CORS, Settings
+from .settings import CORS, ConfigError, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
 from .transport import AiohttpTransport
@@ -276,5 +276,9 @@ def observe(settings: Settings, metrics: Metrics | None, observed: bool) -> list
 
 def create_app_from_env() -> Starlette:
     """``uvicorn --factory hermes_api.app:create_app_from_env``: settings from
-    ``HERMES_API_CONFIG`` and the process environment."""
-    return create_app(Settings.from_env(os.environ))
+    ``HERMES_API_CONFIG`` and the process environment. Raises ``ConfigError`` for an
+    invalid config and for a Hermes home that does not exist (nothing is created there)."""
+    settings = Settings.from_env(os.environ)
+    if problem := settings.home_problem():
+        raise ConfigError([problem])
+    return create_app(settings)

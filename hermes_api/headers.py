@@ -2,10 +2,11 @@
 
 ``X-Hermes-*`` headers count for every caller; the identity headers that Open WebUI and
 LibreChat send for their signed-in user count only for API keys with
-``trusted_identity: true`` and are not even read for the others. A value may have at
-most 256 characters of UTF-8 and no control characters; an identity value must also be
-ASCII and hold no unexpanded ``{{...}}`` placeholder. Anything else is 400
-``invalid_header`` naming the header.
+``trusted_identity: true`` and are not even read for the others, nor when no route could
+use them (``ProfileRegistry.select``: the request names its profile, or no route matches
+on that field). A value may have at most 256 characters of UTF-8 and no control
+characters; an identity value that is read must also be ASCII and hold no unexpanded
+``{{...}}`` placeholder. Anything else is 400 ``invalid_header`` naming the header.
 """
 
 from __future__ import annotations

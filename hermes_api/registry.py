@@ -135,6 +135,12 @@ class ProfileRegistry:
         self._used: dict[str, None] = {}  # used since the last sweep tick, first use first
         # Most specific rule first, then file order (§3): sort once.
         self._routes = sorted(settings.routes, key=lambda r: -len(r.match))
+        # The identity headers some route matches on: the only ones ever read.
+        self._identity_read = {
+            header: field_name
+            for field_name, header in IDENTITY_HEADERS.items()
+            if any(field_name == f for rule in settings.routes for f, _ in rule.match)
+        }
 
     # -- loading: file I/O, run in worker threads --------------------------------------
 
@@ -325,9 +331,11 @@ class ProfileRegistry:
     ) -> Selection:
         """Read a request's selectors. ``model`` is the body's (or path's) ``model``;
         empty values and ``model_aliases`` mean "no explicit profile". ``identity``: the
-        caller's key has ``trusted_identity``, so the ``IDENTITY_HEADERS`` count too;
-        otherwise they are not even read. Raises ``InvalidHeaderError`` and
-        ``InvalidValueError`` (``model`` not a string)."""
+        caller's key has ``trusted_identity``, so the ``IDENTITY_HEADERS`` count too, but
+        only those a route could use: none when the request names its profile, and only
+        the fields some route matches on. The others are not read at all, so a client's
+        unexpanded ``{{...}}`` template there is no error (LibreChat's agents send them).
+        Raises ``InvalidHeaderError`` and ``InvalidValueError`` (``model`` not a string)."""
         headers = routing_headers(headers, identity=identity)
         explicit = []
         if prefix is not None:
@@ -344,8 +352,8 @@ class ProfileRegistry:
             value = header_value(headers, header_name)
             if value:
                 route[field_name] = value
-        if identity:
-            for field_name, header_name in IDENTITY_HEADERS.items():
+        if identity and not explicit:
+            for header_name, field_name in self._identity_read.items():
                 value = identity_value(headers, header_name)
                 if value:
                     route[field_name] = value

@@ -110,6 +110,20 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where the response store lives: ``url`` None = SQLite, ``<state_dir>/responses.db``;
+    a ``postgresql://`` URL (libpq's connection URI) = that database, which several
+    processes and machines may share. The URL holds a password: it is never logged nor
+    shown (not in ``repr`` either). ``pool_size``: database connections per process;
+    ``timeout``: seconds a store call may take, waiting for a connection included,
+    before it fails with 503 ``store_unavailable``."""
+
+    url: str | None = field(default=None, repr=False)
+    pool_size: int = 10
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileLimits:
     """One profile's upstream timeouts and cap on concurrent upstream requests: the
     server-wide values, overridden by ``per_profile.<name>`` in the config file."""
@@ -226,6 +240,8 @@ class Settings:
     metrics: bool = True  # record Prometheus metrics and serve GET /metrics
     retention: Retention = Retention()
     agent: AgentRuntime = AgentRuntime()
+    record_usage: bool = True
+    store: StoreConfig = StoreConfig()
     delegation: DelegationRules = DelegationRules()
 
     def limits_for(self, profile: str) -> ProfileLimits:
@@ -234,6 +250,18 @@ class Settings:
         if found is None:
             return ProfileLimits(self.timeouts, self.max_concurrent_per_profile)
         return found
+
+    def home_problem(self) -> str | None:
+        """Why there is nothing to serve from: ``hermes_home`` does not exist or is not a
+        directory (with how to point at one); None when it is a directory."""
+        if self.hermes_home.is_dir():
+            return None
+        what = "it is not a directory" if self.hermes_home.exists() else "it does not exist"
+        return (
+            f"no Hermes home at {self.hermes_home}: {what}. Point at one with --hermes-home DIR, "
+            "hermes_home: in the config file, or HERMES_HOME (Hermes's own CLI creates ~/.hermes; "
+            "`hermes-api demo` serves an example home)"
+        )
 
     @property
     def metrics_keys(self) -> bool:

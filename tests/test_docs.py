@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
+
+from hypothesis.configuration import storage_directory
 
 from hermes_api import errors
 
@@ -36,3 +39,44 @@ def test_error_table_lists_every_error_code() -> None:
     table = README.split("## Errors", 1)[1].split("\n## ", 1)[0]
     missing = {code for code in codes if code not in table}
     assert missing == set(), missing
+
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_readme_says_which_python_and_announces_the_llama_cpp_build() -> None:
+    """Before: nothing said Python 3.11 (pip on 3.10 backtracked for minutes), and the
+    build hid behind pip's spinner. Now the intro says both, and the run command itself
+    prints the wait before pip starts compiling."""
+    version = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    intro = README.split("\n## ", 1)[0]
+    assert f"Python >= {version}" in intro and f"Python {version} or newer" in intro
+    assert "C/C++ compiler" in intro and "build-essential" in intro
+    run, _ = first_commands()
+    announced = re.search(r"echo '([^']*)' && \.venv/bin/pip install", run)
+    assert announced and "compiles llama.cpp" in announced.group(1) and "4 minutes" in announced.group(1)
+    assert run.index("echo ") < run.index("pip install")
+
+
+def test_readme_never_suggests_an_install_from_pypi() -> None:
+    assert "pip install hermes-api" not in README and "hermes-api[" not in README
+    assert "hermes-api is not published on PyPI" in README
+
+
+def test_development_section_has_the_everyday_loop_and_the_whole_one() -> None:
+    """``slow`` is registered, the everyday loop leaves it out, and the README's test
+    command (plain ``pytest``, as CI runs it) deselects nothing."""
+    options = PYPROJECT["tool"]["pytest"]["ini_options"]
+    assert {m.split(":")[0] for m in options["markers"]} >= {"slow", "e2e"}
+    assert "-m" not in options["addopts"].split()
+    development = README.split("## Development", 1)[1]
+    assert '.venv/bin/pytest -m "not slow and not e2e"' in development
+    _, test = first_commands()
+    assert test.endswith(".venv/bin/pytest")
+
+
+def test_hypothesis_keeps_its_caches_outside_the_work_tree() -> None:
+    """Hypothesis (under schemathesis) writes to ``./.hypothesis`` unless told
+    otherwise; tests/conftest.py points it at the tests' cache directory."""
+    home = storage_directory("examples", intent_to_write=False).home_directory.resolve()
+    assert not home.is_relative_to(ROOT)

@@ -125,6 +125,7 @@ async def store_until_killed(server: Server) -> dict[str, str]:
     return acked
 
 
+@pytest.mark.slow
 def test_acknowledged_responses_survive_sigkill(tmp_path: Path, live, servers: list[Server]) -> None:
     provider = live(echo_upstream())
     home = HermesHome(tmp_path / "hermes")

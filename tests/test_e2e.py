@@ -23,11 +23,10 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from hermes_api.demo import find_weights, free_port, llama_server
+from hermes_api.demo import EXAMPLE_HOME, find_weights, free_port, llama_server
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_CONFIG = ROOT / "profiles.example" / "hermes-api.yaml"
+EXAMPLE_CONFIG = EXAMPLE_HOME / "hermes-api.yaml"
 
 
 def _require_demo_extra() -> Path:

@@ -24,6 +24,7 @@ from hermes_api.settings import Settings
 
 from .conftest import FakeUpstream, HermesHome, LiveServer, digest
 
+pytestmark = pytest.mark.slow
 SPEC = Path(__file__).resolve().parent.parent / "openapi" / "openapi.yaml"
 FUZZ_EXAMPLES = int(os.environ.get("HERMES_API_FUZZ_EXAMPLES", "150"))
 KEY = "fuzz-key"
@@ -63,6 +64,12 @@ def fuzz_server(fake_upstream: FakeUpstream, tmp_path_factory) -> Iterator[LiveS
 
 
 @schema.parametrize()
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,  # derandomised: nothing to replay
+    suppress_health_check=list(HealthCheck),
+)
 def test_fuzz_the_spec(case, fuzz_server: LiveServer) -> None:
     case.call_and_validate(base_url=fuzz_server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)

@@ -100,13 +100,15 @@ def test_identity_headers_route(app_client, upstream, key, headers, model, profi
     ("header", "value"),
     [
         pytest.param("X-LibreChat-User-Id", "{{LIBRECHAT_USER_ID}}", id="unexpanded-librechat"),
-        pytest.param("X-LibreChat-Conversation-Id", "{{LIBRECHAT_BODY_CONVERSATIONID}}", id="unexpanded-body"),
+        pytest.param("X-OpenWebUI-User-Email", "{{user.email}}", id="unexpanded-other"),
         pytest.param("X-OpenWebUI-User-Email", "zoë@example.com".encode(), id="non-ascii"),
         pytest.param("X-OpenWebUI-Chat-Id", "x" * 257, id="too-long"),
     ],
 )
 def test_bad_identity_header_is_400_naming_it(app_client, upstream, header: str, value: str) -> None:
-    r = chat(app_client, "trusted-key", {header: value}, model="alpha")
+    """When a route would read it: the request names no profile (``hermes-agent``) and
+    a route matches on the header's field."""
+    r = chat(app_client, "trusted-key", {header: value})
     assert r.status_code == 400
     assert r.json()["error"] | {"message": ""} == {
         "message": "",
@@ -116,6 +118,38 @@ def test_bad_identity_header_is_400_naming_it(app_client, upstream, header: str,
     }
     assert header.lower() in r.json()["error"]["message"]
     assert not upstream.calls
+
+
+LIBRECHAT_WITHOUT_USER = {
+    "X-LibreChat-User-Id": "{{LIBRECHAT_USER_ID}}",
+    "X-LibreChat-User-Email": "{{LIBRECHAT_USER_EMAIL}}",
+    "X-LibreChat-Conversation-Id": "{{LIBRECHAT_BODY_CONVERSATIONID}}",
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "model", "profile"),
+    [
+        pytest.param(LIBRECHAT_WITHOUT_USER, "alpha", "alpha", id="model-names-the-profile"),
+        pytest.param({**LIBRECHAT_WITHOUT_USER, "X-Hermes-Profile": "beta"}, "hermes-agent", "beta", id="header"),
+        pytest.param(
+            {
+                "X-LibreChat-Conversation-Id": "{{LIBRECHAT_BODY_CONVERSATIONID}}",
+                "X-OpenWebUI-User-Email": "alice@example.com",
+            },
+            "hermes-agent",
+            "alpha",
+            id="no-route-reads-it",
+        ),
+    ],
+)
+def test_unexpanded_identity_header_no_route_would_read_is_ignored(app_client, upstream, headers, model, profile):
+    """LibreChat's agents path sends the endpoint's ``headers:`` with their templates
+    unexpanded. When no route would read a header (the request names its profile, or
+    no route matches on that field) it is ignored, not a 400."""
+    r = chat(app_client, "trusted-key", headers, model)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == profile and upstream_model(upstream) == f"model-{profile}"
 
 
 def test_identity_route_outside_the_keys_allowlist_is_403(app_client, upstream) -> None:
@@ -147,3 +181,23 @@ def test_stream_is_routed_by_identity(make_app, upstream) -> None:
             body = r.read().decode()
     assert r.headers["x-hermes-profile"] == "alpha" and '"model":"alpha"' in body.replace(" ", "")
     assert upstream_model(upstream) == "model-alpha"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # FORWARD_USER_INFO_HEADER_JWT_SECRET set: one signed token instead of the user headers.
+        pytest.param({"X-OpenWebUI-User-Jwt": "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}, id="signed-mode"),
+        # FORWARD_USER_INFO_HEADER_USER_EMAIL=X-User-Email: a name hermes-api does not read.
+        pytest.param({"X-User-Email": "alice@example.com"}, id="renamed-header"),
+    ],
+)
+def test_identity_open_webui_sends_in_other_modes_is_not_read(make_app, upstream, headers) -> None:
+    """docs/clients.md, "What hermes-api does not read": no route matches, no error,
+    the chat goes to ``default_profile``."""
+    upstream.post("/chat/completions").respond(json=completion())
+    keys = [{"name": "webui", "key_sha256": digest("trusted-key"), "trusted_identity": True}]
+    with TestClient(make_app(keys=keys, routes=ROUTES)) as client:
+        assert chat(client, "trusted-key", {"X-OpenWebUI-User-Email": "alice@example.com"}).json()["model"] == "alpha"
+        r = chat(client, "trusted-key", headers)
+    assert r.status_code == 200 and r.json()["model"] == "default"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hermes_api.demo import EXAMPLE_HOME
 from hermes_api.persona import DEFAULT_IDENTITY
 from hermes_api.profiles import (
     ProfileError,
@@ -201,7 +202,7 @@ def test_profile_yaml_description_and_broken_metadata(home: HermesHome) -> None:
 
 
 def test_example_home_loads(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "profiles.example"
+    example = EXAMPLE_HOME
     env = {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}
     loaded = {n: load_profile(n, example, env) for n in list_profile_names(example)}
     assert set(loaded) == {"default", "researcher", "coder", "family"}

@@ -233,9 +233,11 @@ def test_background_sweep_refreshes_unused_profiles(make_settings, home: HermesH
         reg.load()
         (home.dir("gamma") / "SOUL.md").write_text("swept")
         task = asyncio.create_task(reg.sweep())
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while reg.get("gamma").persona != "swept" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         task.cancel()
-        return reg._entries["gamma"].profile.persona
+        return reg.get("gamma").persona
 
     assert asyncio.run(scenario()) == "swept"
 
@@ -336,9 +338,35 @@ def test_bad_identity_headers_name_the_header(identity_registry, header: str, va
     assert identity_resolve(identity_registry, {header: value}, UNTRUSTED) == "default"
 
 
-def test_bad_identity_header_is_refused_even_with_an_explicit_model(identity_registry) -> None:
-    with pytest.raises(InvalidHeaderError):
-        identity_resolve(identity_registry, {"x-librechat-user-id": "{{LIBRECHAT_USER_ID}}"}, TRUSTED, model="beta")
+UNEXPANDED = {"x-librechat-user-id": "{{LIBRECHAT_USER_ID}}", "x-openwebui-user-email": "zoë@example.com"}
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        pytest.param({"model": "beta"}, "beta", id="model"),
+        pytest.param({"headers": {"x-hermes-profile": "gamma"}}, "gamma", id="x-hermes-profile"),
+        pytest.param({"prefix": "alpha"}, "alpha", id="path-prefix"),
+    ],
+)
+def test_identity_headers_are_not_read_when_the_request_names_its_profile(
+    identity_registry, selectors: dict, expected: str
+) -> None:
+    """LibreChat's agents send the endpoint's header templates unexpanded; a request
+    that names its profile reads no route, so they are ignored, not a 400."""
+    headers = {**UNEXPANDED, **selectors.pop("headers", {})}
+    selection = identity_registry.select(headers, identity=True, **selectors)
+    assert identity_registry.resolve(selection, TRUSTED).name == expected
+
+
+def test_identity_headers_no_route_matches_on_are_not_read(registry) -> None:
+    keys = [{"name": "webui", "key_sha256": "c" * 64, "trusted_identity": True}]
+    reg = registry(routes=[{"openwebui_user_email": "alice@example.com", "profile": "alpha"}], keys=keys)
+    headers = {"x-librechat-user-id": "{{LIBRECHAT_USER_ID}}", "x-openwebui-chat-id": "\xff"}
+    assert identity_resolve(reg, {**headers, "x-openwebui-user-email": "alice@example.com"}, TRUSTED) == "alpha"
+    with pytest.raises(InvalidHeaderError) as info:  # the one a route reads is still checked
+        identity_resolve(reg, {**headers, "x-openwebui-user-email": "{{user.email}}"}, TRUSTED)
+    assert info.value.param == "x-openwebui-user-email"
 
 
 def test_identity_route_to_a_forbidden_profile_is_403(registry) -> None:

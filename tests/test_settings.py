@@ -391,6 +391,60 @@ def test_shape_and_meaning_problems_are_reported_together(tmp_path: Path) -> Non
     ]
 
 
+STORE_URL = "postgresql://hermes:hunter2-secret@db.internal:5432/hermes"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "url"),
+    [
+        pytest.param("{}", {}, None, id="absent-is-sqlite"),
+        pytest.param("store: sqlite", {}, None, id="sqlite"),
+        pytest.param(f"store: {STORE_URL}", {}, STORE_URL, id="url"),
+        pytest.param("store: {url_env: STORE}", {"STORE": STORE_URL}, STORE_URL, id="url-env"),
+        pytest.param("store: postgres://h/db", {}, "postgres://h/db", id="postgres-scheme"),
+    ],
+)
+def test_store_is_sqlite_or_a_postgresql_url(tmp_path: Path, text: str, environ: dict, url: str | None) -> None:
+    store = load_yaml(tmp_path, text, environ).store
+    assert store.url == url and (store.pool_size, store.timeout) == (10, 10.0)
+    assert "hunter2" not in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "problem"),
+    [
+        pytest.param(
+            "store: mysql://u:hunter2-secret@h/db",
+            {},
+            "store.url must be a postgresql:// URL (or the store: sqlite, the default)",
+            id="other-scheme",
+        ),
+        pytest.param(
+            "store: {url_env: STORE}", {}, "store: url_env STORE is not set in the environment", id="env-unset"
+        ),
+        pytest.param(
+            "store: {url_env: STORE}",
+            {"STORE": "hunter2-secret"},
+            "store.url must be a postgresql:// URL (or the store: sqlite, the default)",
+            id="env-not-a-url",
+        ),
+        pytest.param(
+            f"store: {{url_env: STORE, url: '{STORE_URL}'}}",
+            {"STORE": STORE_URL},
+            "store needs one of url or url_env, not both",
+            id="both",
+        ),
+        pytest.param("store: 5", {}, "store must be sqlite, a postgresql:// URL, or a mapping", id="number"),
+        pytest.param("store: {pool_size: 0}", {}, "store.pool_size must be a positive number", id="pool"),
+        pytest.param("store: {timeout: .inf}", {}, "store.timeout must be a positive number, not .inf", id="timeout"),
+    ],
+)
+def test_store_problems_never_show_the_url(tmp_path: Path, text: str, environ: dict, problem: str) -> None:
+    problems = problems_of(tmp_path, text, environ)
+    assert any(p.startswith(problem) for p in problems), problems
+    assert not any("hunter2" in p for p in problems)
+
+
 DELEGATION_BASE = (
     "expose: [default, researcher, coder, writer]\n"
     "keys: [{name: team, key_env: K}]\n"

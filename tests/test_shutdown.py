@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from .conftest import FakeUpstream, HermesHome, ServeProcess, integrity
+from .conftest import FakeUpstream, HermesHome, ServeProcess, integrity, wait_until
 
 GRACE = 3.0
 
@@ -133,7 +133,7 @@ def test_turns_outliving_the_grace_period_are_closed_with_an_error(
     stream = Call(server, "endless", True, tag)
     waiting = Call(server, "stuck", False, "shutdown-stuck")
     assert stream.first.wait(10) and stream.status == 200
-    time.sleep(0.3)  # the non-streamed request is now waiting on its provider
+    wait_until(lambda: "shutdown-stuck" in fake_upstream.stats()["held"], "the provider has the non-streamed request")
     server.terminate()
     sigterm_at = time.monotonic()
     stream.join(GRACE + 15)
@@ -168,7 +168,7 @@ def test_turns_outliving_the_grace_period_are_closed_with_an_error(
 
 
 def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
-    server: ServeProcess, tmp_path: Path, serve_process
+    server: ServeProcess, fake_upstream: FakeUpstream, tmp_path: Path, serve_process
 ) -> None:
     """Responses API turns at SIGTERM: a stream that can finish within the grace period
     completes (and is stored); one that cannot ends with ``response.failed``
@@ -192,6 +192,7 @@ def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
             client.post("/v1/chat/completions", json=session, headers={"X-Hermes-Session-Id": "s"}).status_code == 200
         )
     chain_end = previous
+    requests_before = fake_upstream.stats()["requests"]
     in_session = Call(server, "slowish", True, "session-late", headers={"X-Hermes-Session-Id": "s"})
     finishing = Call(server, "slowish", True, "finishes", responses=True)  # 1.5 s of silence mid-stream
     cut = Call(server, "endless", True, "is-cut", responses=True)
@@ -199,7 +200,8 @@ def test_responses_in_flight_at_sigterm_and_nothing_stored_is_lost(
     answered = Call(server, "slowish", False, "answered-late", responses=True)  # answered 1.5 s after sending
     assert finishing.first.wait(10) and cut.first.wait(10) and finishing.status == cut.status == 200
     assert in_session.first.wait(10)
-    time.sleep(0.3)  # the non-streamed requests are now waiting on their providers
+    # The two non-streamed requests are waiting on their providers: all five arrived.
+    wait_until(lambda: fake_upstream.stats()["requests"] - requests_before >= 5, "the providers have all 5 requests")
     server.terminate()
     sigterm_at = time.monotonic()
     for call in (finishing, cut, waiting, answered, in_session):

@@ -56,6 +56,14 @@ RECORD_USAGE = f"""
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, duration = excluded.duration
 """
+_ROW = "(" + ", ".join("?" * len(USAGE_COLUMNS.split(","))) + ")"
+
+
+def record_usage_rows(n: int) -> str:
+    """``RECORD_USAGE`` for ``n`` rows in one statement (their parameters one after the other)."""
+    return RECORD_USAGE.replace(f"VALUES {_ROW}", "VALUES " + ", ".join([_ROW] * n))
+
+
 # Parameters: key name, since, profile (None: every profile).
 USAGE_SINCE = (
     "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), min(created_at)"
