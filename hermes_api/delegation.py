@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from .profiles import Profile
 from .settings import Settings
 
 DEPTH_HEADER = "x-hermes-delegate-depth"
-MAX_DEPTH_VALUE = 999
+_DEPTH_VALUE = re.compile(r"[0-9]{1,3}")
 EXPIRY_MARGIN = 30.0  # seconds a credential outlives its turn's turn_timeout
 SYSTEM_ROLES = ("system", "developer")
 
@@ -85,17 +86,21 @@ class Delegation:
         credential = request.user.delegation
         found = 0 if credential is None else credential.depth + 1
         value = header_value(request.headers, DEPTH_HEADER)
-        if value is not None and value != "":
-            if not value.isascii() or not value.isdigit() or int(value) > MAX_DEPTH_VALUE:
-                raise InvalidHeaderError(f"The {DEPTH_HEADER} header must be a whole number.", param=DEPTH_HEADER)
+        if value:
+            if not _DEPTH_VALUE.fullmatch(value):
+                raise InvalidHeaderError(
+                    f"The {DEPTH_HEADER} header must be a whole number from 0 to 999.", param=DEPTH_HEADER
+                )
             found = max(found, int(value))
         return found
 
     def admit(self, request: Request, profile: Profile) -> None:
         """Let a turn of ``profile`` run, or raise ``DelegationNotAllowedError`` (a
         delegated request for a profile not among its delegating profile's targets) or
-        ``DelegationDepthError`` (its chain would exceed ``max_depth`` turns)."""
+        ``DelegationDepthError`` (its chain would exceed ``max_depth`` turns). A
+        malformed ``X-Hermes-Delegate-Depth`` is a 400 also where nothing delegates."""
         if not self.rules:
+            self.depth(request)  # the header's shape is checked everywhere, like the other X-Hermes-* ones
             return
         credential: Credential | None = request.user.delegation
         if credential is not None:
