@@ -445,6 +445,29 @@ def test_store_problems_never_show_the_url(tmp_path: Path, text: str, environ: d
     assert not any("hunter2" in p for p in problems)
 
 
+def test_the_agent_section_and_its_problems(tmp_path: Path) -> None:
+    keyed = {"keys": [{"name": "team", "key_env": "K"}], "expose": ["default", "coder"]}
+    environ = {"K": "sk-team-0123456789abcdef"}
+    agent = {"profiles": "*", "turn_timeout": 30, "per_profile": {"coder": {"toolsets": ["memory", "terminal"]}}}
+    settings = load(tmp_path, {**keyed, "agent": agent}, environ)
+    assert settings.agent.serves("default") and settings.agent.serves("coder")
+    assert settings.agent.profile("coder").toolsets == ("memory", "terminal")
+    assert settings.agent.profile("coder").turn_timeout == 30  # the section's, where the profile sets none
+    assert settings.agent.profile("default").toolsets == ("memory", "skills", "session_search", "todo")
+    assert not load(tmp_path, keyed, environ).agent.serves("default")  # no agent section: every profile direct
+    agent = {"profiles": ["coder", "ghost"], "toolsets": ["memory", "terminal"], "per_profile": {"default": {}}}
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, {"expose": ["default", "coder"], "agent": agent})
+    problems = exc.value.problems
+    assert "agent.profiles: profile 'ghost' is not in expose" in problems
+    assert "agent.per_profile.default: profile 'default' is not in agent.profiles" in problems
+    assert any(p.startswith("agent.toolsets: 'terminal' reaches beyond the profile's own files") for p in problems)
+    assert any(p.startswith("agent: profiles served by the Hermes agent need API keys") for p in problems)
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, {**keyed, "agent": {"profiles": "*", "idle_timeout": float("inf")}}, environ)
+    assert exc.value.problems == ["agent.idle_timeout must be a positive number, not .inf"]
+
+
 DELEGATION_BASE = (
     "expose: [default, researcher, coder, writer]\n"
     "keys: [{name: team, key_env: K}]\n"

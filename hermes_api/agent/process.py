@@ -117,15 +117,6 @@ class RemoteTurn:
             if self.done:
                 return
 
-    async def wait(self) -> dict[str, Any]:
-        """The ``result`` message; raises the turn's ``error``. Items are dropped."""
-        async for _ in self.batches():
-            pass
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
 
 class WorkerProcess:
     """A running worker. Start it with ``await WorkerProcess.start(spec, timeout)``."""
