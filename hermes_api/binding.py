@@ -139,10 +139,11 @@ class ProfileEndpoint:
     request's ``model`` selector is (the body, the path, or nowhere); ``implied``: the
     profile of the object the path names, used when nothing explicit names one (it
     raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
-    the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
-    response has been sent or abandoned, is admitted under its key's rate limits
-    (``quotas``), gets a usage row (``usage``), and the handler is cancelled when the
-    client goes away (``until_disconnect``).
+    the request passes the delegation rules (``delegation.Delegation.admit``: depth, a
+    delegated request's target), holds a concurrency slot (``limits.ConcurrencyLimiter``)
+    until its response has been sent or abandoned, is admitted under its key's rate
+    limits (``quotas``), gets a usage row (``usage``), and the handler is cancelled when
+    the client goes away (``until_disconnect``).
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class ProfileEndpoint:
                 with use_profile(profile):
                     try:
                         if self.runs_turns:
+                            state.delegation.admit(request, profile)  # before a slot: a refusal holds none
                             resources.enter_context(state.limiter.slot(profile.name))
                             if meter is not None:
                                 await quotas.admit(state.store, request.user.key, meter.record())
@@ -228,12 +230,15 @@ class ProfileEndpoint:
         state = request.state
         if not state.settings.record_usage:
             return None
+        delegated = request.user.delegation
         meter = TurnMeter(
             key_name=request.user.display_name,
             profile=profile,
             operation=self.handler.__name__,
             stream=body.get("stream") is True,
             request_id=state.request_id,
+            delegated_by=delegated.profile if delegated is not None else None,
+            caller_request_id=delegated.request if delegated is not None else None,
         )
         state.turn_meter, state.turns = meter, meter.runner(state.turns)
         return meter

@@ -54,12 +54,23 @@ def _tokens(value: object) -> int | None:
 class TurnMeter:
     """One turn's figures, gathered while it runs; ``record()`` is its usage row."""
 
-    def __init__(self, *, key_name: str, profile: Profile, operation: str, stream: bool, request_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        key_name: str,
+        profile: Profile,
+        operation: str,
+        stream: bool,
+        request_id: str,
+        delegated_by: str | None = None,
+        caller_request_id: str | None = None,
+    ) -> None:
         self.id = f"{random.getrandbits(128):032x}"  # not uuid4: os.urandom was 9% of a chat turn's CPU
         self.created_at = time.time()
         self.started = time.monotonic()
         self.key_name, self.profile, self.operation = key_name, profile, operation
         self.stream, self.request_id = stream, request_id
+        self.delegated_by, self.caller_request_id = delegated_by, caller_request_id  # a delegated turn's caller
         self.status: int | None = None
         self.error: str | None = None
         self.input_tokens: int | None = None
@@ -122,6 +133,8 @@ class TurnMeter:
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             duration=self.duration,
+            delegated_by=self.delegated_by,
+            caller_request_id=self.caller_request_id,
         )
 
 

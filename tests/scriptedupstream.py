@@ -8,7 +8,11 @@ a test needs no control channel (a 135M model cannot drive tools; this can):
 
     [[tool:NAME {json}]]   first answer: a call of tool NAME with those arguments (several
                            markers: parallel calls in one message); once the last message
-                           is a tool result: "done: <its first 200 characters>"
+                           is a tool result: "done: <its first 400 characters>"
+    [[call:SCRIPT]]        the same, for the calls the test scripted under that name
+                           (``ScriptedUpstream.script``: ``<record>.scripts.json``, read at
+                           each request), whose arguments may hold markers themselves: a
+                           delegated task that delegates again
     [[status:CODE]]        HTTP CODE with an OpenAI error body, every time
     [[sleep:SECONDS]]      wait that long before answering
     otherwise              "echo: <the user text, markers removed>"
@@ -54,6 +58,15 @@ def user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def scripts() -> dict[str, list[list[Any]]]:
+    """The scripted calls, ``{name: [[tool, {arguments}], ...]}``, as the test last wrote them."""
+    try:
+        with open(RECORD.removesuffix(".jsonl") + ".scripts.json", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def plan(body: dict[str, Any]) -> dict[str, Any]:
     """``{"status": n}``, ``{"tools": [(name, args), ...]}`` or ``{"text": ...}``, with ``sleep``."""
     messages = body.get("messages") or []
@@ -65,6 +78,8 @@ def plan(body: dict[str, Any]) -> dict[str, Any]:
         return {**out, "status": int(found.group(1))}
     last = messages[-1] if messages else {}
     calls = re.findall(r"\[\[tool:(\w+) (\{.*?\})\]\]", text, re.S)
+    for name in re.findall(r"\[\[call:([\w.-]+)\]\]", text):
+        calls += [(tool, json.dumps(args)) for tool, args in scripts().get(name, [])]
     if calls and last.get("role") != "tool":
         return {**out, "tools": calls}
     if last.get("role") == "tool":

@@ -52,13 +52,15 @@ class AgentTurns:
 
     def _message(self, turn: Turn, stream: bool) -> dict[str, Any]:
         """The ``turn`` message for the worker (``agent/wire.py``). The namespace keeps
-        two API keys from ever sharing a ``state.db`` session."""
+        two API keys from ever sharing a ``state.db`` session; ``delegation`` offers the
+        agent its profile's delegation tool (``delegation.Grant``)."""
         namespace = hashlib.sha256(f"hermes-api\0{turn.owner}".encode()).hexdigest()[:32]
         return {
             "messages": [_without_blocks(m) for m in turn.request["messages"]],
             "session": {"namespace": namespace, "id": turn.session_id},
             "toolsets": list(self._settings.agent.profile(turn.profile.name).toolsets),
             "stream": stream,
+            "delegation": turn.delegation.wire() if turn.delegation is not None else None,
         }
 
     async def _submit(self, turn: Turn, stream: bool) -> tuple[WorkerProcess, RemoteTurn]:
