@@ -3,20 +3,25 @@
 Exit codes: 0 success (``check`` may still print warnings); 1 ``check`` found problems or
 the demo's model server failed; 2 the configuration or the command line is invalid
 (including a non-loopback bind without any API key, and a Hermes home that does not
-exist); 3 ``serve`` or ``demo`` cannot listen on its address (the port is in use, say),
-found before anything else starts or is printed.
+exist), or the store cannot be opened (``usage``); 3 ``serve`` or ``demo`` cannot listen
+on its address (the port is in use, say), found before anything else starts or is
+printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import logging
 import os
+import re
 import socket
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,6 +37,7 @@ from .protocol import bounded_protocol
 from .registry import ProfileRegistry
 from .settings import ConfigError, Settings
 from .shutdown import FORCE_MARGIN, Drain
+from .store import UsageGrouping, UsageSummary, open_store
 
 EXIT_PROBLEMS = 1
 EXIT_CONFIG = 2
@@ -59,11 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the exposed profiles")
     _common(serve)
     _serving(serve)
+    serve.add_argument("--workers", type=positive, default=1, help="server processes on the one port (default 1)")
     profiles = commands.add_parser("profiles", help="list the profiles found and whether they are served")
     _common(profiles)
     check = commands.add_parser("check", help="validate the config and the profiles")
     _common(check)
     _serving(check)
+    usage = commands.add_parser("usage", help="what each key, profile or day used: turns, failures, tokens")
+    _common(usage)
+    usage.add_argument("--since", type=since, default=0.0, help="24h, 7d, 90m, or a date (UTC): 2025-06-01")
+    usage.add_argument("--by", choices=["key", "profile", "day"], default="key", help="one line per (default key)")
     demo = commands.add_parser("demo", help="serve the example profiles on a local SmolLM2 (needs the [demo] extra)")
     demo.add_argument("--config", type=Path, help="default: hermes_api/example_home/hermes-api.yaml (package data)")
     _serving(demo)
@@ -71,14 +82,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive(value: str) -> int:
+    """``--workers``: an integer of at least 1. Raises ``argparse.ArgumentTypeError``."""
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
+_AGO = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: str, now: float | None = None) -> float:
+    """``--since``: ``<n>s|m|h|d`` ago, or an ISO date or date-time (UTC unless it says
+    otherwise), as Unix seconds. Raises ``argparse.ArgumentTypeError``."""
+    if found := _AGO.fullmatch(value):
+        return (time.time() if now is None else now) - float(found[1]) * _UNIT[found[2]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not like 24h, 7d or 2025-06-01") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def settings_sources(
+    args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> tuple[Path | None, dict[str, Any]]:
+    """The config file (``--config``, else ``$HERMES_API_CONFIG``) and what overrides it:
+    ``extra`` (top-level config keys: the demo's additions), then the flags."""
+    config = args.config or (Path(environ["HERMES_API_CONFIG"]) if environ.get("HERMES_API_CONFIG") else None)
+    overrides = {
+        **(extra or {}),
+        **{
+            name: getattr(args, name, None)
+            for name in ("hermes_home", "expose", "default_profile", "host", "port", "log_level")
+            if getattr(args, name, None) is not None
+        },
+    }
+    return config, overrides
+
+
 def load_settings(
     args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
 ) -> Settings:
-    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by ``extra``
-    (top-level config keys: the demo's additions) and the flags."""
-    config = args.config or (Path(environ["HERMES_API_CONFIG"]) if environ.get("HERMES_API_CONFIG") else None)
-    flags = ("hermes_home", "expose", "default_profile", "host", "port", "log_level")
-    overrides = {**(extra or {}), **{k: v for k in flags if (v := getattr(args, k, None)) is not None}}
+    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by ``extra`` and the flags."""
+    config, overrides = settings_sources(args, environ, extra)
     return Settings.load(config, environ, overrides)
 
 
@@ -173,6 +221,13 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def toolsets_shown(settings: Settings, profile: str) -> str:
+    """An agent profile's toolsets, and its delegation tool with its targets."""
+    shown = ",".join(settings.agent.profile(profile).toolsets)
+    targets = settings.delegation.targets(profile)
+    return shown + (f",delegate_to_profile({'|'.join(targets)})" if targets else "")
+
+
 def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
     rows = [
         ("PROFILE", "EXPOSED", "SERVED", "RUNTIME", "TOOLSETS", "MODEL", "PROVIDER", "BASE URL", "NOT SERVED BECAUSE")
@@ -187,7 +242,7 @@ def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
                 "yes" if status.exposed else "no",
                 "yes" if served else "no",
                 p.runtime if p else "-",
-                ",".join(settings.agent.profile(status.name).toolsets) if agent else "-",
+                toolsets_shown(settings, status.name) if agent else "-",
                 (p.model or "(Hermes's choice)") if p else "-",
                 p.provider if p else "-",
                 (p.base_url or "(Hermes's choice)") if p else "-",
@@ -249,6 +304,37 @@ def cmd_check(settings: Settings, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def usage_table(summary: Sequence[UsageSummary], by: UsageGrouping) -> str:
+    """``hermes-api usage``'s table, a TOTAL line last when there is more than one line."""
+    head = (by.upper(), "TURNS", "FAILED", "INPUT TOKENS", "OUTPUT TOKENS", "NO USAGE", "SECONDS")
+    rows: list[tuple[str, ...]] = [head]
+    lines = list(summary)
+    if len(lines) > 1:
+        total = [sum(getattr(s, f) for s in lines) for f in ("requests", "failed", "input_tokens", "output_tokens")]
+        lines.append(UsageSummary("TOTAL", *total, sum(s.without_usage for s in lines), sum(s.seconds for s in lines)))
+    for s in lines:
+        figures = (s.requests, s.failed, s.input_tokens, s.output_tokens, s.without_usage)
+        rows.append((s.group, *(str(n) for n in figures), f"{s.seconds:.1f}"))
+    return format_table(rows)
+
+
+def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
+    async def summary() -> list[UsageSummary]:
+        store = await open_store(settings)
+        try:
+            return await store.usage_summary(args.since, args.by)
+        finally:
+            await store.aclose()
+
+    try:
+        lines = asyncio.run(summary())
+    except Exception as exc:  # a message, not a traceback, at a terminal
+        report([f"cannot read the usage records: {exc.__class__.__name__}: {exc}"])
+        return EXIT_CONFIG
+    print(usage_table(lines, args.by))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = dict(os.environ) if environ is None else environ
     # The example home's model server, unless told otherwise (hermes_api/example_home).
@@ -264,19 +350,28 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         report(exc.problems)
         return EXIT_CONFIG
-    if problem := settings.home_problem():
+    if args.command != "usage" and (problem := settings.home_problem()):  # usage reads only the store
         report([problem])
         return EXIT_CONFIG
     if args.command == "profiles":
         return cmd_profiles(settings, environ)
     if args.command == "check":
         return cmd_check(settings, environ)
+    if args.command == "usage":
+        return cmd_usage(settings, args)
     try:
         sock = listen(settings)
     except OSError as exc:
         report([listen_problem(settings, exc)])
         return EXIT_LISTEN
-    serve(settings, environ, sock)
+    if args.workers > 1:
+        sock.close()  # free again: uvicorn's supervisor binds it for its workers
+        from . import workers  # here: it imports uvicorn's multiprocessing supervisor
+
+        with worker_directory(args.workers):  # one metrics directory for every worker
+            workers.run(settings, args.workers, *settings_sources(args, environ), log_config(settings.log_level))
+    else:
+        serve(settings, environ, sock)
     return 0
 
 

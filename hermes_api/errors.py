@@ -6,10 +6,12 @@
     │   ├── InvalidValueError           400 invalid_value: a field is missing or has a bad type
     │   ├── InvalidHeaderError          400 invalid_header: a routing header is malformed
     │   ├── MalformedHTTPError          400 invalid_http: not HTTP/1.1 as the parser reads it
-    │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
+    │   ├── ProfileConflictError        400 profile_conflict: two selectors name different profiles
+    │   └── DelegationDepthError        400 delegation_depth_exceeded: a delegation chain at max_depth
     ├── AuthenticationError             401 invalid_api_key
     ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
     ├── ForbiddenError                  403 forbidden: /metrics for this caller (no metrics key, not loopback)
+    ├── DelegationNotAllowedError       403 delegation_not_allowed: not a target of the delegating profile
     ├── NotFoundError                   404
     │   ├── ModelNotFoundError          404 model_not_found: unknown or not exposed (identical)
     │   ├── ResponseNotFoundError       404 response_not_found
@@ -33,6 +35,7 @@
     │   └── AgentTimeoutError           504 agent_turn_timeout: the turn ran past its turn_timeout
     ├── ConnectionLimitError            503 server_error too_many_connections: max_connections open
     ├── ShuttingDownError               503 server_shutting_down: the shutdown grace period ran out
+    ├── StoreUnavailableError           503 store_unavailable: the store's database cannot be reached
     └── ServerError                     500 server_error: a bug; details go to the log only
 
 Every error renders as ``{"error": {"message", "type", "param", "code"}}`` with all four
@@ -131,6 +134,14 @@ class ProfileConflictError(InvalidRequestError):
     default_param = "model"
 
 
+class DelegationDepthError(InvalidRequestError):
+    """A delegated request (or one whose ``X-Hermes-Delegate-Depth`` says so) would make
+    its chain longer than ``delegation.max_depth`` turns; refused before any provider
+    is called, so two agents that delegate to each other stop at the limit."""
+
+    code = "delegation_depth_exceeded"
+
+
 class AuthenticationError(HermesAPIError):
     """No API key, or one that matches no configured key."""
 
@@ -155,6 +166,16 @@ class ForbiddenError(HermesAPIError):
     status_code = 403
     type = "invalid_request_error"
     code = "forbidden"
+
+
+class DelegationNotAllowedError(HermesAPIError):
+    """A delegated request for a profile that is not among the delegating profile's
+    targets (``delegation.allow``)."""
+
+    status_code = 403
+    type = "invalid_request_error"
+    code = "delegation_not_allowed"
+    default_param = "model"
 
 
 class NotFoundError(HermesAPIError):
@@ -353,6 +374,19 @@ class ShuttingDownError(HermesAPIError):
     code = "server_shutting_down"
 
 
+class StoreUnavailableError(HermesAPIError):
+    """The response store's database (PostgreSQL) cannot be reached or did not answer in
+    ``store.timeout``; nothing was stored. Retrying (the OpenAI SDK does) succeeds once
+    it is back, which the store notices by itself."""
+
+    status_code = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+    def __init__(self, message: str = "The response store is unavailable; retry in a moment.") -> None:
+        super().__init__(message, headers={"retry-after": "1"})
+
+
 class ServerError(HermesAPIError):
     """An unexpected failure inside hermes-api."""
 
@@ -370,6 +404,17 @@ def stream_failure(exc: Exception, stream: str) -> HermesAPIError:
         return exc
     logger.error("%s failed after the first byte", stream, exc_info=exc)
     return ServerError("The server had an error while processing your request.")
+
+
+def store_failure(exc: Exception, message: str, what: str, *args: object) -> HermesAPIError:
+    """The error for a store write that failed: ``StoreUnavailableError`` as itself
+    (logged without a traceback: the store logs the cause when it goes down), anything
+    else a ``ServerError`` saying ``message``, the traceback logged as ``what % args``."""
+    if isinstance(exc, StoreUnavailableError):
+        logger.warning(what + ": the store is unavailable", *args)
+        return exc
+    logger.error(what, *args, exc_info=exc)
+    return ServerError(message)
 
 
 def error_response(exc: HermesAPIError) -> Response:

@@ -60,6 +60,7 @@ class Exchange:
     upstream_status: int | None = None
     upstream_error: str | None = None
     error_code: str | None = None
+    delegated_by: str | None = None
 
     @property
     def duration(self) -> float:
@@ -84,6 +85,7 @@ class Exchange:
             "upstream_status": self.upstream_status,
             "upstream_error": self.upstream_error,
             "error": self.error_code,
+            "delegated_by": self.delegated_by,
         }
 
 
@@ -167,6 +169,8 @@ class ExchangeMiddleware:
         user = scope.get("user")
         if isinstance(user, Caller):
             exchange.key = user.key.name if user.key is not None else "anonymous"
+            if user.delegation is not None:
+                exchange.delegated_by = user.delegation.profile
         if self.metrics is not None:
             self.metrics.observe(exchange)
         if self.log_requests and access_logger.isEnabledFor(logging.INFO):

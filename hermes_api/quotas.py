@@ -14,26 +14,18 @@ and the next one is refused. A refused turn gets 429 ``key_rate_limit_exceeded``
 ``Retry-After``: the whole seconds until the oldest turn counted leaves the window
 (the earliest a retry can pass; a token bound may need more turns to leave).
 
-The rows of limited keys' turns are written here (``admit_turn``, ``complete_turn``,
-their figures from ``exchange.Exchange``): the usage recording of every turn, which
-will write each turn's row itself, is to pass its row to ``admit`` instead.
+``binding.ProfileEndpoint`` passes each turn's usage row (``usage.TurnMeter``) to
+``admit``; the turn's end completes the same row (``usage.save``). Rate limits need
+usage recording (``record_usage``, on by default).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-import uuid
-from dataclasses import replace
-from typing import Any
-
-from starlette.requests import Request
 
 from .errors import KeyRateLimitError
-from .exchange import current_exchange
-from .profiles import Profile
 from .settings import APIKey, RateLimits
 from .store import Quota, ResponseStore, UsageRecord, UsageTotals
 
@@ -96,45 +88,3 @@ async def admit(store: ResponseStore, key: APIKey | None, record: UsageRecord) -
         return True
     totals = await store.usage_since(key.name, spent.since, spent.profile)
     raise refusal(key, spent, totals, record.created_at - spent.since)
-
-
-async def admit_turn(request: Request, profile: Profile, operation: str, body: dict[str, Any]) -> UsageRecord | None:
-    """Admit a turn (``binding.ProfileEndpoint``, once its profile is known and its
-    concurrency slot taken) under its key's limits: its usage row, in flight, when the
-    key has limits here (the caller completes it with ``complete_turn`` once the answer is
-    over), None when it has none. Raises ``KeyRateLimitError`` (429)."""
-    key = request.user.key
-    if key is None or not limits_for(key, profile.name):
-        return None
-    record = UsageRecord(
-        id=uuid.uuid4().hex,
-        created_at=time.time(),
-        key_name=key.name,
-        profile=profile.name,
-        model=profile.model,
-        operation=operation,
-        stream=body.get("stream") is True,
-        request_id=request.state.request_id,
-    )
-    await admit(request.state.store, key, record)
-    return record
-
-
-async def complete_turn(store: ResponseStore, record: UsageRecord) -> None:
-    """Complete an admitted turn's row with what the request's exchange saw: the status
-    sent, the error code, the provider's token figures, the duration. A failure is
-    logged, never raised (the answer has been sent); shielded, so a request cancelled
-    meanwhile still gets its row completed."""
-    exchange = current_exchange()
-    figures: dict[str, Any] = {"duration": time.time() - record.created_at}
-    if exchange is not None:
-        figures.update(
-            status=exchange.status or None,
-            error=exchange.error_code or exchange.upstream_error,
-            input_tokens=exchange.input_tokens,
-            output_tokens=exchange.output_tokens,
-        )
-    try:
-        await asyncio.shield(store.record_usage(replace(record, **figures)))
-    except Exception:
-        logger.exception("could not complete the usage row of request %s", record.request_id)

@@ -110,6 +110,20 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where the response store lives: ``url`` None = SQLite, ``<state_dir>/responses.db``;
+    a ``postgresql://`` URL (libpq's connection URI) = that database, which several
+    processes and machines may share. The URL holds a password: it is never logged nor
+    shown (not in ``repr`` either). ``pool_size``: database connections per process;
+    ``timeout``: seconds a store call may take, waiting for a connection included,
+    before it fails with 503 ``store_unavailable``."""
+
+    url: str | None = field(default=None, repr=False)
+    pool_size: int = 10
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileLimits:
     """One profile's upstream timeouts and cap on concurrent upstream requests: the
     server-wide values, overridden by ``per_profile.<name>`` in the config file."""
@@ -171,6 +185,27 @@ class AgentRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class DelegationRules:
+    """The ``delegation`` section: which agent profile may hand a task to which exposed
+    profiles (``allow``: ``{delegating profile: targets}``; nothing by default), how deep
+    a chain may go (``max_depth``: at most that many turns in one chain, the client's
+    own included, so 2 lets the client's profile delegate and its delegate not), and
+    how long the delegating agent waits for one answer (``timeout``, seconds)
+    (docs/delegation.md)."""
+
+    allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    max_depth: int = 2
+    timeout: float = 300.0
+
+    def targets(self, profile: str) -> tuple[str, ...]:
+        """The profiles ``profile`` may delegate to (none: it is offered no delegation tool)."""
+        return self.allow.get(profile, ())
+
+    def __bool__(self) -> bool:
+        return any(self.allow.values())
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated server configuration; ``expose`` None means every valid profile."""
 
@@ -205,6 +240,9 @@ class Settings:
     metrics: bool = True  # record Prometheus metrics and serve GET /metrics
     retention: Retention = Retention()
     agent: AgentRuntime = AgentRuntime()
+    record_usage: bool = True
+    store: StoreConfig = StoreConfig()
+    delegation: DelegationRules = DelegationRules()
 
     def limits_for(self, profile: str) -> ProfileLimits:
         """The timeouts and concurrency cap of ``profile`` (its override, else the defaults)."""

@@ -39,12 +39,24 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .settings import ALL, CORS, AgentProfile, AgentRuntime, RateLimits, Retention, Settings, Timeouts
+from .settings import (
+    ALL,
+    CORS,
+    AgentProfile,
+    AgentRuntime,
+    DelegationRules,
+    RateLimits,
+    Retention,
+    Settings,
+    StoreConfig,
+    Timeouts,
+)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _ORIGIN = re.compile(r"https?://[^/\s]+")
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")  # libpq's connection URIs
 
 
 def problem(template: str) -> PydanticCustomError:
@@ -149,6 +161,13 @@ def _origins(value: Any) -> tuple[str, ...]:
     return origins
 
 
+def _postgresql_url(value: Any) -> str:
+    # Never echoed: it holds the database password.
+    if not isinstance(value, str) or not value.startswith(POSTGRESQL_SCHEMES):
+        raise problem("{where} must be a postgresql:// URL (or the store: sqlite, the default)")
+    return value
+
+
 PositiveNumber = Annotated[float, _number(float)]
 NonNegativeNumber = Annotated[float, _number(float, zero=True)]
 PositiveInt = Annotated[int, _number(int)]
@@ -168,6 +187,7 @@ Name = Annotated[str, _text("{where} must be a non-empty string")]
 # Null is refused when given; None is only the default, "not given".
 PathOrAbsent = Annotated[str | None, _text("{where} must be a path")]
 NameOrAbsent = Annotated[str | None, _text("{where} must be a non-empty string")]
+PostgreSQLURL = Annotated[str | None, PlainValidator(_postgresql_url)]
 
 
 class Section(BaseModel):
@@ -200,6 +220,38 @@ class CORSSection(Section):
     allow_origins: Origins = Field(default=(), validate_default=True)
     allow_headers: Strings = default(CORS, "allow_headers")
     max_age: NonNegativeInt = default(CORS, "max_age")
+
+
+class StoreSection(Section):
+    """``store``: ``sqlite`` (the default), a ``postgresql://`` URL, or a mapping with
+    ``url`` or ``url_env`` (the environment variable holding the URL), ``pool_size``
+    and ``timeout``. ``url_env`` is read here, so ``url`` is the URL either way."""
+
+    target = StoreConfig
+    url: PostgreSQLURL = None
+    url_env: NameOrAbsent = None
+    pool_size: PositiveInt = default(StoreConfig, "pool_size")
+    timeout: PositiveNumber = default(StoreConfig, "timeout")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_text_or_environment(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, str):
+            data = {} if data == "sqlite" else {"url": data}
+        if not isinstance(data, dict):
+            raise problem("{where} must be sqlite, a postgresql:// URL, or a mapping with url or url_env")
+        if data.get("url_env") is None:
+            return data
+        if data.get("url") is not None:
+            raise problem("{where} needs one of url or url_env, not both")
+        name = data["url_env"]
+        value = (info.context or {}).get("environ", {}).get(name) if isinstance(name, str) else None
+        if not value:
+            raise problem(f"{{where}}: url_env {name} is not set in the environment")
+        return {**data, "url": value}
+
+    def build(self) -> StoreConfig:
+        return StoreConfig(url=self.url, pool_size=self.pool_size, timeout=self.timeout)
 
 
 class ProfileLimitsSection(Section):
@@ -288,6 +340,17 @@ class AgentSection(Section):
         return AgentRuntime(profiles=profiles, per_profile=per_profile, **values)
 
 
+class DelegationSection(Section):
+    """``delegation``: ``allow`` maps a delegating profile to the profiles it may hand
+    tasks to (settings_parser checks the names: agent profiles delegate, to exposed
+    profiles, and keys are configured)."""
+
+    target = DelegationRules
+    allow: dict[str, Strings] = {}
+    max_depth: PositiveInt = default(DelegationRules, "max_depth")
+    timeout: PositiveNumber = default(DelegationRules, "timeout")
+
+
 class ConfigFile(Section):
     """The whole file, command-line values merged in. At the top level null is the
     same as absent (an empty YAML value), except ``default_profile: null``: no default."""
@@ -319,6 +382,9 @@ class ConfigFile(Section):
     metrics: Boolean = default(Settings, "metrics")
     retention: RetentionSection = RetentionSection()
     agent: AgentSection = AgentSection()
+    record_usage: Boolean = default(Settings, "record_usage")
+    store: StoreSection = StoreSection()
+    delegation: DelegationSection = DelegationSection()
 
     @model_validator(mode="before")
     @classmethod

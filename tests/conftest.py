@@ -7,6 +7,7 @@ speaks httpx2, so it cannot use Starlette's TestClient transport).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -338,16 +339,25 @@ def free_port() -> int:
 
 class ServeProcess:
     """``hermes-api serve`` in a subprocess on a free loopback port; its log (stdout
-    and stderr) goes to ``log_path``. Stopped by PID, never by name."""
+    and stderr) goes to ``log_path``; ``args`` are more command-line arguments
+    (``--workers 2``). It runs in a process group of its own, which ``kill()`` ends
+    (its worker processes too): by that group's id, never by name."""
 
     def __init__(
-        self, config: Path, log_path: Path, environ: dict[str, str] | None = None, *, uvicorn_factory: bool = False
+        self,
+        config: Path,
+        log_path: Path,
+        environ: dict[str, str] | None = None,
+        *,
+        uvicorn_factory: bool = False,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.logs_hermes_api = not uvicorn_factory  # plain uvicorn leaves our logger unconfigured
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log_path.parent), **(environ or {})}
         command = [sys.executable, "-m", "hermes_api", "serve", "--config", str(config), "--port", str(self.port)]
+        command += args
         if uvicorn_factory:  # the README's other way to run it
             env["HERMES_API_CONFIG"] = str(config)
             command = [sys.executable, "-m", "uvicorn", "--factory", "hermes_api.app:create_app_from_env"]
@@ -359,6 +369,7 @@ class ServeProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 20
         while True:
@@ -384,9 +395,12 @@ class ServeProcess:
             self.process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        """SIGKILL the server and whatever else is left in its process group."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -454,6 +468,17 @@ class ScriptedUpstream:
         )
         self.port = json.loads(self.process.stdout.readline())["port"]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, name: str, *calls: tuple[str, dict[str, Any]]) -> str:
+        """Script the tool ``calls`` ((tool, arguments) each) under ``name``; the marker
+        that makes the upstream answer with them (``[[call:<name>]]``)."""
+        path = self.record.with_name(self.record.name.removesuffix(".jsonl") + ".scripts.json")
+        found = json.loads(path.read_text()) if path.exists() else {}
+        found[name] = [[tool, arguments] for tool, arguments in calls]
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(found))
+        temporary.replace(path)  # the upstream never reads half a file
+        return f"[[call:{name}]]"
 
     def requests(self) -> list[dict[str, Any]]:
         """Every chat-completions request so far, oldest first (method, path, auth, body)."""
@@ -525,3 +550,118 @@ def client_venv(requirement: str) -> Path:
             pytest.fail(f"could not install {requirement} for the test client:\n{done.stderr[-2000:]}")
         (venv / ".done").touch()
     return python
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+POSTGRES_REQUIRED = os.environ.get("HERMES_API_POSTGRES") == "required"
+
+
+def postgres_bin() -> Path | None:
+    """The directory of ``initdb`` and ``pg_ctl``: on PATH, else Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (newest first), else None."""
+    import shutil
+
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]), reverse=True)
+    return versions[0].parent if versions else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a temporary directory, the server on
+    a free loopback port (its socket in that directory too), user ``hermes`` with a
+    password. initdb refuses to run as root, so under root the cluster belongs to
+    Debian's ``postgres`` user, in a directory of its own outside pytest's (which only
+    root may enter). ``stop()`` ends it by its postmaster's PID (``pg_ctl``);
+    ``remove()`` deletes the directory."""
+
+    PASSWORD = "pg-secret-0f3a9c"
+
+    def __init__(self) -> None:
+        import pwd
+        import tempfile
+
+        found = postgres_bin()
+        if found is None:
+            message = "PostgreSQL's initdb/pg_ctl not found (Debian: apt-get install postgresql)"
+            if POSTGRES_REQUIRED:
+                pytest.fail(message + " and HERMES_API_POSTGRES=required", pytrace=False)
+            pytest.skip(message)
+        self.bin = found
+        self.root = root = Path(tempfile.mkdtemp(prefix="hermes-api-pg-"))
+        self.data = root / "data"
+        self.port = free_port()
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = "postgres"
+            owner = pwd.getpwnam(self.user)
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+        (root / "pwfile").write_text(self.PASSWORD)
+        os.chmod(root / "pwfile", 0o644)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "hermes",
+            "--pwfile",
+            str(root / "pwfile"),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        self.start()
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(self.bin / tool), *args], user=self.user, capture_output=True, text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://hermes:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def remove(self) -> None:
+        import shutil
+
+        self.stop("immediate")  # no shutdown checkpoint: the files go anyway
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One cluster for the session (skipped, or failed under HERMES_API_POSTGRES=required,
+    when PostgreSQL is not installed)."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh database on the session's cluster, for this test alone."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + "_" + os.urandom(4).hex()
+    return postgres.create_database(name)

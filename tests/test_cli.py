@@ -189,7 +189,7 @@ def test_check_says_how_to_install_hermes_agent_for_agent_profiles(config: Path,
     assert cli.main(["check", "--config", str(config)], {"K": "sk-ops-0123456789abcdef"}) == 1
     err = capsys.readouterr().err
     assert f"error: agent: hermes-agent is not installed for {python}" in err
-    assert "pip install 'hermes-api[agent]'" in err
+    assert "pip install -e '.[agent]'" in err
 
 
 HINT = "(is hermes-api already running? stop it, or choose another --port)"
@@ -265,11 +265,14 @@ def test_the_example_home_checks_without_any_environment(capsys) -> None:
     assert capsys.readouterr().out == "ok: 5 profile(s) served: agent, coder, default, family, researcher\n"
     assert cli.main(["profiles", "--config", example], {}) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
-    served = dict.fromkeys(["agent", "coder", "default", "family", "researcher"], "yes")
-    assert {row[0]: row[2] for row in rows} == served
-    assert {row[7] for row in rows} == {"http://127.0.0.1:8080/v1"}
+    assert {row[0]: row[2] for row in rows} == dict.fromkeys(
+        ["agent", "coder", "default", "family", "researcher"], "yes"
+    )
+    base_url = rows[0].index("http://127.0.0.1:8080/v1")  # the BASE URL column
+    assert {row[base_url] for row in rows} == {"http://127.0.0.1:8080/v1"}
     assert cli.main(["profiles", "--config", example], {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}) == 0
-    assert {line.split()[7] for line in capsys.readouterr().out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
+    out = capsys.readouterr().out
+    assert {line.split()[base_url] for line in out.splitlines()[2:]} == {"http://127.0.0.1:9/v1"}
 
 
 def test_the_uvicorn_factory_refuses_a_missing_home_too(tmp_path: Path, monkeypatch) -> None:
@@ -280,3 +283,16 @@ def test_the_uvicorn_factory_refuses_a_missing_home_too(tmp_path: Path, monkeypa
     with pytest.raises(ConfigError, match="no Hermes home at .*gone: it does not exist"):
         create_app_from_env()
     assert not (tmp_path / "gone").exists()
+
+
+def test_profiles_table_shows_the_delegation_tool(home: HermesHome, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump({
+        "hermes_home": str(home.root), "expose": ["default", "alpha", "beta", "gamma"],
+        "keys": [{"name": "team", "key_env": "K"}], "agent": {"profiles": ["alpha", "beta"]},
+        "delegation": {"allow": {"alpha": ["beta", "gamma"]}},
+    }))  # fmt: skip
+    assert cli.main(["profiles", "--config", str(path)], {"K": "k" * 20}) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["alpha"][4] == "memory,skills,session_search,todo,delegate_to_profile(beta|gamma)"
+    assert rows["beta"][4] == "memory,skills,session_search,todo" and rows["gamma"][4] == "-"

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -545,22 +546,10 @@ async def cross_reads(url: str, load: Load) -> Counter:
     return seen
 
 
-@pytest.mark.slow
-def test_thousands_of_requests_across_profiles_and_keys(
-    fake_upstream: FakeUpstream, home: HermesHome, tmp_path, serve_process
-) -> None:
-    """``hermes-api serve`` in its own process, the echoing provider in another: about
-    3000 interleaved requests over 24 profiles and 7 keys, chat and Responses, streamed
-    and not, the profile chosen by model, header, prefix and route; chat sessions
-    (whose ids collide across keys and profiles) and previous_response_id chains of up
-    to 5 turns, tries to continue another key's or profile's response, ``store: false``
-    answers, function-call loops (the provider calls a tool; its output goes back through
-    the chain or with the history resent), and requests for a profile the key may not
-    use. Every answer and every
-    upstream call carries its own profile's secret, model and persona and exactly its
-    own conversation's earlier turns; the refused requests never reach the provider.
-    Then every stored response is asked for with every other key and through every
-    other profile: none is readable."""
+def load_setup(home: HermesHome, fake_upstream: FakeUpstream, tmp_path) -> tuple[Path, dict[str, str], dict]:
+    """The load test's 24 profiles (each its own persona, memory, model and provider
+    secret, all on the echoing provider) and 7 keys; returns the config file, the keys
+    by name and the profiles each key may use."""
     for name in LOAD_PROFILES:
         home.add(
             name,
@@ -594,6 +583,26 @@ def test_thousands_of_requests_across_profiles_and_keys(
             }
         )
     )
+    return config, keys, allowed
+
+
+@pytest.mark.slow
+def test_thousands_of_requests_across_profiles_and_keys(
+    fake_upstream: FakeUpstream, home: HermesHome, tmp_path, serve_process
+) -> None:
+    """``hermes-api serve`` in its own process, the echoing provider in another: about
+    3000 interleaved requests over 24 profiles and 7 keys, chat and Responses, streamed
+    and not, the profile chosen by model, header, prefix and route; chat sessions
+    (whose ids collide across keys and profiles) and previous_response_id chains of up
+    to 5 turns, tries to continue another key's or profile's response, ``store: false``
+    answers, function-call loops (the provider calls a tool; its output goes back through
+    the chain or with the history resent), and requests for a profile the key may not
+    use. Every answer and every
+    upstream call carries its own profile's secret, model and persona and exactly its
+    own conversation's earlier turns; the refused requests never reach the provider.
+    Then every stored response is asked for with every other key and through every
+    other profile: none is readable."""
+    config, keys, allowed = load_setup(home, fake_upstream, tmp_path)
     server = serve_process(config, tmp_path / "serve.log")
     rng = random.Random(5)
     load = Load(keys, allowed)

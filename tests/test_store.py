@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from hermes_api.settings import Retention
+from hermes_api.settings import Retention, StoreConfig
 from hermes_api.store import Quota, StoredResponse, UsageRecord, UsageSummary, UsageTotals
-from hermes_api.store.migrations import MIGRATIONS, migrate
+from hermes_api.store.migrations import MIGRATIONS, migrate, migrate_async
 from hermes_api.store.sqlite import DB_NAME, SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -100,8 +101,27 @@ class SQLiteBackend(Backend):
             db.close()
 
 
-@pytest.fixture(params=["sqlite"])
+class PostgreSQLBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def open(self, retention: Retention, clock: Clock) -> Any:
+        from hermes_api.store.postgresql import PostgreSQLStore
+
+        return await PostgreSQLStore.open(StoreConfig(url=self.url, pool_size=4), retention, clock=clock)
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        async with await psycopg.AsyncConnection.connect(self.url) as conn:
+            return await (await conn.execute(sql)).fetchall()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each store test runs on SQLite and on PostgreSQL (a database of its own)."""
+    if request.param == "postgresql":
+        return PostgreSQLBackend(request.getfixturevalue("postgres_url"))
     return SQLiteBackend(tmp_path / "state")
 
 
@@ -127,7 +147,7 @@ def columns(db: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
 
 
-NAMES = ["m001_responses", "m002_session_turns", "m003_usage"]
+NAMES = ["m001_responses", "m002_session_turns", "m003_usage", "m004_usage_delegation"]
 USAGE_COLUMNS = [
     "seq",
     "id",
@@ -143,6 +163,8 @@ USAGE_COLUMNS = [
     "input_tokens",
     "output_tokens",
     "duration",
+    "delegated_by",
+    "caller_request_id",
 ]
 
 
@@ -175,20 +197,79 @@ def test_migrations_step_by_step_keep_the_data(tmp_path: Path) -> None:
         "INSERT INTO responses (id, owner, profile, created_at, input_items, messages, body)"
         " VALUES ('resp_old', 'k', 'p', 1, '[]', '[]', '{}')"
     )
-    assert migrate(db) == ["m002_session_turns", "m003_usage"]
+    assert migrate(db) == ["m002_session_turns", "m003_usage", "m004_usage_delegation"]
     assert db.execute("SELECT id FROM responses").fetchall() == [("resp_old",)]
 
 
 def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
-    def m004_broken(sql: Any) -> list[str]:
+    def m999_broken(sql: Any) -> list[str]:
         return ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"]
 
     db = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
     with pytest.raises(sqlite3.OperationalError):
-        migrate(db, [*MIGRATIONS, m004_broken])
+        migrate(db, [*MIGRATIONS, m999_broken])
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "half_done" not in tables and "usage" in tables
-    assert db.execute("SELECT count(*) FROM _migrations WHERE name = 'm004_broken'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM _migrations WHERE name = 'm999_broken'").fetchone()[0] == 0
+
+
+async def pg_tables(conn: psycopg.AsyncConnection) -> set[str]:
+    cursor = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def pg_columns(conn: psycopg.AsyncConnection, table: str) -> list[str]:
+    cursor = await conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position", (table,)
+    )
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def test_postgresql_migrations_from_a_blank_database_step_by_step(postgres_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert await migrate_async(conn, MIGRATIONS[:1]) == ["m001_responses"]
+        assert await pg_tables(conn) == {"_migrations", "responses"}
+        await conn.execute(
+            "INSERT INTO responses (id, owner, profile, created_at, input_items, messages, body)"
+            " VALUES ('resp_old', 'k', 'p', 1, '[]', '[]', '{}')"
+        )
+        assert await migrate_async(conn) == NAMES[1:]
+        assert await migrate_async(conn) == []
+        cursor = await conn.execute("SELECT name FROM _migrations ORDER BY applied_at, name")
+        assert [row[0] for row in await cursor.fetchall()] == NAMES
+        assert await pg_columns(conn, "usage") == USAGE_COLUMNS
+        assert await (await conn.execute("SELECT id FROM responses")).fetchall() == [("resp_old",)]
+
+
+async def test_postgresql_schema_matches_sqlite(postgres_url: str, tmp_path: Path) -> None:
+    """One list of migrations: the same tables and columns, in the same order, on both."""
+    lite = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    migrate(lite)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await migrate_async(conn)
+        for table in ("responses", "session_turns", "usage", "_migrations"):
+            assert await pg_columns(conn, table) == columns(lite, table), table
+
+
+async def test_a_failing_postgresql_migration_leaves_nothing_behind(postgres_url: str) -> None:
+    def m004_broken(sql: Any) -> list[str]:
+        return ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"]
+
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.SyntaxError):
+            await migrate_async(conn, [*MIGRATIONS, m004_broken])
+        assert "half_done" not in await pg_tables(conn) and "usage" in await pg_tables(conn)
+        found = await conn.execute("SELECT count(*) FROM _migrations WHERE name = 'm004_broken'")
+        assert await found.fetchone() == (0,)
+
+
+async def test_replicas_starting_together_apply_each_migration_once(postgres_url: str) -> None:
+    async def one() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            return await migrate_async(conn)
+
+    results = await asyncio.gather(*(one() for _ in range(4)))
+    assert sorted(name for applied in results for name in applied) == NAMES
 
 
 async def test_the_sqlite_database_is_private_and_wal(tmp_path: Path) -> None:
@@ -416,3 +497,56 @@ async def test_find_items_by_id_within_owner_profile_and_retention(open_store) -
     assert set(mine) == {f"fc_r{n}" for n in range(450)} | {"msg_in_r7"}
     assert mine["fc_r3"]["call_id"] == "call_r3" and mine["msg_in_r7"]["type"] == "message"
     assert set(theirs) == {"fc_other-key"}
+
+
+async def test_a_postgresql_outage_is_store_unavailable_and_passes_by_itself(caplog) -> None:
+    """A stopped server: every call fails at once with StoreUnavailableError (503), nothing
+    half-written; started again, the same store object works without being reopened."""
+    from hermes_api.errors import StoreUnavailableError
+    from hermes_api.store.postgresql import PostgreSQLStore
+
+    from .conftest import PostgresCluster
+
+    cluster = PostgresCluster()
+    try:
+        url = cluster.create_database("outage")
+        store = await PostgreSQLStore.open(StoreConfig(url=url, pool_size=2, timeout=3), Retention(), clock=Clock())
+        await store.put_response(record("before"))
+        await asyncio.to_thread(cluster.stop)
+        for call in (store.put_response(record("during")), store.get_response("k1", "before"), store.prune()):
+            with pytest.raises(StoreUnavailableError):
+                await call
+        await asyncio.to_thread(cluster.start)
+        for _ in range(300):  # the pool reconnects with a backoff of 1, 2, 4 ... s
+            try:
+                found = await store.get_response("k1", "before")
+                break
+            except StoreUnavailableError:
+                await asyncio.sleep(0.1)
+        assert found is not None and await store.get_response("k1", "during") is None
+        await store.put_response(record("after"))
+        await store.aclose()
+    finally:
+        cluster.remove()
+    log = caplog.text
+    assert "the response store (PostgreSQL) is unreachable" in log and "reachable again" in log
+    assert PostgresCluster.PASSWORD not in log
+
+
+async def test_usage_rows_committed_together_fail_alone(tmp_path: Path) -> None:
+    """Rows that share a commit (one multi-row INSERT on SQLite): one that the database
+    refuses fails its own caller only; the others are stored."""
+    store = await SQLiteStore.open(tmp_path / "state", Retention(), clock=Clock())
+    db = sqlite3.connect(tmp_path / "state" / DB_NAME)
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.request_id = 'req_bad'"
+        " BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    db.commit()
+    db.close()
+    results = await asyncio.gather(
+        *(store.record_usage(turn(uid)) for uid in ("a", "bad", "b")), return_exceptions=True
+    )
+    assert results[0] is None and isinstance(results[1], sqlite3.IntegrityError) and results[2] is None
+    assert (await store.usage_since("team", 0)).requests == 2
+    await store.aclose()

@@ -17,8 +17,8 @@ from ..settings import AgentRuntime
 SUPPORTED = ((0, 19), (0, 20))  # [from, to): hermes-agent 0.19.x
 SUPPORTED_TEXT = ">=0.19,<0.20"
 INSTALL_HINT = (
-    "install it with: pip install 'hermes-api[agent]' (the same environment as hermes-api), "
-    "or set agent.python to an interpreter that has hermes-agent " + SUPPORTED_TEXT
+    "install it with: pip install -e '.[agent]' in the hermes-api checkout (the same environment as "
+    "hermes-api), or set agent.python to an interpreter that has hermes-agent " + SUPPORTED_TEXT
 )
 _PROBE = (
     "import importlib.metadata as m, importlib.util as u\n"

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from .. import items, response_objects, tool_activity, translation
 from ..context import current_profile
-from ..errors import InvalidValueError, ResponseNotFoundError, ServerError
+from ..errors import InvalidValueError, ResponseNotFoundError, store_failure
 from ..events import response_events
 from ..headers import header_value
 from ..shutdown import Drain
@@ -84,7 +84,9 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     profile, owner, store = current_profile(), request.user.owner, request.state.store
     parsed, history = await _conversation(translation.parse_request(body), store, owner, profile.name)
     messages = items.turn_messages(parsed.items, history)
-    turn = Turn(profile, translation.chat_request(parsed, history, messages), owner)
+    chat_request = translation.chat_request(parsed, history, messages)
+    grant = request.state.delegation.grant(request, profile, chat_request["messages"], None)
+    turn = Turn(profile, chat_request, owner, delegation=grant)
     display = tool_activity.tool_display(header_value(request.headers, tool_activity.HEADER))
     draft = response_objects.new_response(parsed, model=profile.name)
 
@@ -103,10 +105,10 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     response = response_objects.from_completion(draft, completion.body, completion.tools, display)
     try:
         await finish(response)
-    except Exception:
+    except Exception as exc:
         # An error of ours, not an escaped exception: uvicorn would close the connection.
-        logger.exception("could not store response %s", response["id"])
-        raise ServerError("The response could not be stored; see the server log.") from None
+        message = "The response could not be stored; see the server log."
+        raise store_failure(exc, message, "could not store response %s", response["id"]) from None
     return JSONResponse(response)
 
 

@@ -1,10 +1,12 @@
 """The response store: Responses API answers, chat sessions and usage records.
 
 ``ResponseStore`` is the interface the rest of the server uses; ``open_store(settings)``
-opens the implementation the settings name (encode/uvicorn picks its
+opens the implementation the ``store`` setting names (encode/uvicorn picks its
 ``protocols/http/*_impl.py`` the same way): ``sqlite.SQLiteStore``, one file in
-``state_dir``. Every implementation runs the one list of migrations in ``migrations``,
-and nothing outside this package knows which one it got.
+``state_dir`` (the default), or ``postgresql.PostgreSQLStore``, a server database that
+several processes and machines share. Both run the one list of migrations in
+``migrations`` and the SQL in ``queries``, and nothing outside this package knows which
+one it got.
 
 Every response and session row carries its ``owner`` (``keys.Caller.owner``) and
 ``profile`` and every read filters on both, so another key or profile finds nothing (a
@@ -20,7 +22,7 @@ the key's quotas allow it, atomically, so limits hold exactly across workers and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -63,6 +65,9 @@ class UsageRecord:
     our error code when the turn failed, also after a stream's first byte;
     ``input_tokens``/``output_tokens`` the provider's own figures (``usage.prompt_tokens``,
     ``usage.completion_tokens``), None when it sent none; ``duration`` seconds.
+    ``delegated_by`` the delegating profile of a turn one agent delegated to this
+    profile (``delegation``), and ``caller_request_id`` that delegating request's
+    ``x-request-id``; both None for a client's own turn.
     """
 
     id: str
@@ -78,6 +83,8 @@ class UsageRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     duration: float | None = None
+    delegated_by: str | None = None
+    caller_request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +141,8 @@ class UsageSummary:
 class ResponseStore(Protocol):
     """Where responses, chat sessions and usage live. Every response and session
     method is scoped by ``owner`` and ``profile``; what another owner or profile stored
-    is invisible (None, False, [])."""
+    is invisible (None, False, []). Any method may raise
+    ``errors.StoreUnavailableError`` when a server database cannot be reached."""
 
     async def put_response(self, record: StoredResponse) -> None:
         """Store ``record``; returns only once it is durable."""
@@ -167,9 +175,12 @@ class ResponseStore(Protocol):
         """Add one turn's messages to a chat session; returns once durable."""
         ...
 
-    async def record_usage(self, record: UsageRecord) -> None:
+    def record_usage(self, record: UsageRecord) -> Awaitable[None]:
         """Store a turn's usage row, or complete the row of the same ``id`` that
-        ``start_usage`` inserted; returns once durable."""
+        ``start_usage`` inserted. The row is queued when this is called (so it is
+        written even if the caller stops waiting), and written with others in one
+        transaction within a few milliseconds; the awaitable is done once it is
+        committed (on SQLite with ``synchronous=NORMAL``: see ``sqlite``)."""
         ...
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:
@@ -198,7 +209,14 @@ class ResponseStore(Protocol):
 
 
 async def open_store(settings: Settings) -> ResponseStore:
-    """The store the settings name, migrated and pruned: SQLite in ``state_dir``."""
-    from .sqlite import SQLiteStore  # here, not at the top: sqlite imports this module
+    """The store the ``store`` setting names, migrated and pruned: SQLite in
+    ``state_dir`` (the default), or the PostgreSQL database at ``settings.store.url``.
+    Raises ``errors.StoreUnavailableError`` when that database cannot be reached."""
+    # Imported here: both import this module, and psycopg is an optional dependency.
+    if settings.store.url is None:
+        from .sqlite import SQLiteStore
 
-    return await SQLiteStore.open(settings.state_dir, settings.retention)
+        return await SQLiteStore.open(settings.state_dir, settings.retention)
+    from .postgresql import PostgreSQLStore
+
+    return await PostgreSQLStore.open(settings.store, settings.retention)

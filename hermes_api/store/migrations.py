@@ -8,7 +8,8 @@ recorded or neither. Never edit or reorder a shipped migration; append a new one
 A migration returns its SQL statements for a ``Dialect``: the few words in which
 SQLite and PostgreSQL differ (an auto-incrementing key, a float column) are the
 dialect's, the rest is the same text, so the schemas cannot drift apart. ``migrate``
-runs the list on an SQLite connection. Tested from a blank database (tests/test_store.py).
+runs the list on an SQLite connection; ``migrate_async`` on a PostgreSQL one (psycopg
+3's ``AsyncConnection``). Both are tested from a blank database (tests/test_store.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,16 @@ def m003_usage(sql: Dialect) -> list[str]:
     ]
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_responses, m002_session_turns, m003_usage)
+def m004_usage_delegation(sql: Dialect) -> list[str]:
+    """A delegated turn's row names its delegating profile and request
+    (``UsageRecord.delegated_by``, ``caller_request_id``); NULL for a client's own turn."""
+    return [
+        "ALTER TABLE usage ADD COLUMN delegated_by TEXT",
+        "ALTER TABLE usage ADD COLUMN caller_request_id TEXT",
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_responses, m002_session_turns, m003_usage, m004_usage_delegation)
 _LEDGER = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at {real} NOT NULL)"
 
 
@@ -149,4 +160,29 @@ def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS
         except BaseException:
             db.execute("ROLLBACK")
             raise
+    return applied
+
+
+# pg_advisory_xact_lock's key for migrations: any constant the other locks do not use.
+MIGRATION_LOCK = 0x6865726D6573  # "hermes"
+
+
+async def migrate_async(conn: Any, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """The same for PostgreSQL: ``conn`` a psycopg 3 ``AsyncConnection`` in autocommit
+    mode. Each migration runs in its own transaction, which first takes a
+    transaction-level advisory lock, so replicas starting together apply each once
+    (the second waits, then finds it recorded). PostgreSQL's DDL is transactional: a
+    failing migration leaves nothing behind."""
+    applied = []
+    for migration in migrations:
+        name = migration.__name__
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await conn.execute(_LEDGER.format(real=POSTGRESQL.real))
+            found = await conn.execute("SELECT 1 FROM _migrations WHERE name = %s", (name,))
+            if await found.fetchone() is None:
+                for statement in migration(POSTGRESQL):
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", (name, time.time()))
+                applied.append(name)
     return applied

@@ -48,14 +48,22 @@ APPEND_SESSION = "INSERT INTO session_turns (owner, profile, session_id, created
 
 USAGE_COLUMNS = (
     "id, created_at, key_name, profile, model, operation, stream, request_id,"
-    " status, error, input_tokens, output_tokens, duration"
+    " status, error, input_tokens, output_tokens, duration, delegated_by, caller_request_id"
 )
 # A turn's row; the same id again (the end of a turn start_usage inserted) completes it.
 RECORD_USAGE = f"""
-    INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, duration = excluded.duration
 """
+_ROW = "(" + ", ".join("?" * len(USAGE_COLUMNS.split(","))) + ")"
+
+
+def record_usage_rows(n: int) -> str:
+    """``RECORD_USAGE`` for ``n`` rows in one statement (their parameters one after the other)."""
+    return RECORD_USAGE.replace(f"VALUES {_ROW}", "VALUES " + ", ".join([_ROW] * n))
+
+
 # Parameters: key name, since, profile (None: every profile).
 USAGE_SINCE = (
     "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), min(created_at)"
@@ -93,6 +101,8 @@ def usage_params(r: UsageRecord) -> tuple[object, ...]:
         r.input_tokens,
         r.output_tokens,
         r.duration,
+        r.delegated_by,
+        r.caller_request_id,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ServerError, UpstreamBadResponseError
+from ..errors import UpstreamBadResponseError, store_failure
 from ..persona import SYSTEM_ROLES, with_persona
 from ..profiles import Profile
 from ..store import ResponseStore
@@ -28,6 +28,7 @@ from . import ChatRequest, Chunk, Completion, Turn
 logger = logging.getLogger("hermes_api")
 
 Message = dict[str, Any]
+NOT_STORED = "The answer could not be stored in the session; see the server log."
 Store = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -81,10 +82,9 @@ class DirectTurns:
         async def keep(answer: Message) -> None:
             try:
                 await self._store.append_session(owner, name, session, [*new, answer])
-            except Exception:
+            except Exception as exc:
                 # An error of ours, not an escaped exception: uvicorn would close the connection.
-                logger.exception("could not store the session turn")
-                raise ServerError("The answer could not be stored in the session; see the server log.") from None
+                raise store_failure(exc, NOT_STORED, "could not store the session turn") from None
 
         return {**turn.request, "messages": [*earlier, *messages]}, keep
 
