@@ -1,7 +1,7 @@
 """Driving Open WebUI in headless Chromium with Playwright (Python).
 
 Debian's chromium (``/usr/bin/chromium``), never a Playwright browser download (that
-fails on these machines). Flags and selectors from shared/recipes/README.md: a fresh
+fails on these machines). Flags and selectors as Open WebUI 0.12.4's front end has them: a fresh
 user-data dir, the "What's New" dialog dismissed with "Okay, Let's Go!", the model
 picker ``#model-selector-model-button``, the chat box ``#chat-input``; never wait for
 "networkidle" (socket.io keeps the network busy).

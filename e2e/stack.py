@@ -2,8 +2,9 @@
 a loopback port, started with a log file and stopped by PID (its own process group).
 
 Installed by ``e2e/setup.sh`` under ``$HERMES_E2E_CACHE`` (default
-``~/.cache/hermes-api-e2e``). Recipe: shared/recipes/README.md, "Open WebUI 0.12.4,
-headless and offline".
+``~/.cache/hermes-api-e2e``). Open WebUI 0.12.4 runs headless and offline with the
+environment ``open_webui_env`` gives it (its settings: Open WebUI's
+``backend/open_webui/env.py`` and ``config.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Responses API stream: chat-completion chunks in, Responses events out.
 
-Framing as openai-wire.md lists it (and the SDK's ``responses.stream()`` helper
+Framing as OpenAI's Responses streaming events define it (and the SDK's ``responses.stream()`` helper
 needs: openai-python ``lib/streaming/responses/_responses.py``): ``event: <type>`` plus a
 JSON ``data:`` with the same ``type`` and an increasing ``sequence_number``; no
 ``[DONE]``. ``response.created`` and ``response.in_progress`` open the stream; then the
@@ -29,7 +29,7 @@ call is one empty message, as before.
 A response cut at the token limit also ends with ``response.completed``, its response
 ``status: "incomplete"`` with ``incomplete_details`` (OpenAI sends ``response.incomplete``
 there, which the SDK's ``get_final_response()`` rejects). A failure after the first byte
-ends the stream with ``response.failed`` carrying ``error{code, message}`` (STYLE.md 7).
+ends the stream with ``response.failed`` carrying ``error{code, message}`` (docs/contract.md §5).
 ``finish`` (the store write) runs before the last event, so a client that saw the final
 event can retrieve the response.
 """

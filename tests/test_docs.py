@@ -92,3 +92,53 @@ def test_hypothesis_keeps_its_caches_outside_the_work_tree() -> None:
     otherwise; tests/conftest.py points it at the tests' cache directory."""
     home = storage_directory("examples", intent_to_write=False).home_directory.resolve()
     assert not home.is_relative_to(ROOT)
+
+
+DOCS = ROOT / "docs"
+CONTRACT = (DOCS / "contract.md").read_text()
+ARCHITECTURE = (DOCS / "architecture.md").read_text()
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the ``## heading`` section of a Markdown text."""
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def test_error_tables_of_readme_and_contract_are_the_same() -> None:
+    """docs/contract.md §5 is the contract's error table and the README shows it too:
+    a row added to one and not the other fails here."""
+    readme = table_rows(section(README, "Errors"))
+    contract = table_rows(section(CONTRACT, "5. Errors"))
+    assert len(contract) > 20
+    assert readme == contract
+
+
+def test_architecture_module_map_names_every_module() -> None:
+    package = ROOT / "hermes_api"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py") if "example_home" not in p.parts}
+    module_map = section(ARCHITECTURE, "Module map")
+    missing = {m for m in modules if f"`{m}`" not in module_map}
+    assert missing == set(), missing
+
+
+def test_citations_of_the_docs_name_sections_that_exist() -> None:
+    """``docs/contract.md §3`` and ``docs/contract.md, "Chat completions"`` in the code
+    and tests name a numbered section or a heading of that file."""
+    docs = {"contract.md": CONTRACT, "architecture.md": ARCHITECTURE}
+    headings = {name: re.findall(r"^#+ (.+)$", text, re.M) for name, text in docs.items()}
+    numbers = {name: {h.split(".")[0] for h in found if re.match(r"\d+\. ", h)} for name, found in headings.items()}
+    sources = [*(ROOT / "hermes_api").rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "e2e").glob("*.py")]
+    cited = 0
+    for path in sources:
+        text = re.sub(r"\s+", " ", path.read_text())
+        for name, number in re.findall(r"docs/(contract\.md|architecture\.md) §(\d+)", text):
+            assert number in numbers[name], (path.name, name, number)
+            cited += 1
+        for name, title in re.findall(r'docs/(contract\.md|architecture\.md), "([^"]+)"', text):
+            assert title in headings[name], (path.name, name, title)
+            cited += 1
+    assert cited > 10

@@ -1,4 +1,4 @@
-"""Reading a Hermes profile directory as-is (DESIGN.md §1)."""
+"""Reading a Hermes profile directory as-is (docs/contract.md §1)."""
 
 from __future__ import annotations
 
