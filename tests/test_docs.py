@@ -142,3 +142,15 @@ def test_citations_of_the_docs_name_sections_that_exist() -> None:
             assert title in headings[name], (path.name, name, title)
             cited += 1
     assert cited > 10
+
+
+def test_nothing_cites_files_outside_the_repository() -> None:
+    """The repository stands on its own: no code, test or doc points at notes that are not
+    in it (the project's early design notes lived beside the repository)."""
+    outside = re.compile(r"DESIGN\.md|STYLE\.md|openai-wire\.md|shared/recipes|\.\./shared/")
+    paths = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".md", ".yaml", ".yml", ".sh", ".toml"}]
+    paths = [p for p in paths if not {".venv", ".git", "node_modules", "artifacts"} & set(p.relative_to(ROOT).parts)]
+    this = Path(__file__).resolve()
+    found = [f"{p.relative_to(ROOT)}: {m[0]}" for p in paths if p != this for m in [outside.search(p.read_text())] if m]
+    assert found == []
+    assert len(paths) > 50
