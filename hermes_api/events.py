@@ -192,8 +192,11 @@ class _Finished:
 
 class Output:
     """``response.output`` while it streams: items in the order they first appear,
-    ``output_index`` = position. The provider's text goes to one message item, each of
-    its ``tool_calls`` indexes to one function-call item."""
+    ``output_index`` = position. The provider's text goes to a message item, each of
+    its ``tool_calls`` indexes to one function-call item. A call (or a tool the server
+    ran) ends the message before it, as OpenAI's streams do (text after it is a new
+    message); calls stay open until the provider is done, since their fragments may
+    interleave."""
 
     def __init__(self, event: EventWriter, display: ToolDisplay = "none") -> None:
         self.event = event
@@ -254,6 +257,8 @@ class Output:
             key = fragment.get("index", position)
             call = self.calls.get(key)
             if call is None:
+                if self.message is not None:  # OpenAI's order: the text is done before a call begins
+                    out, self.message = out + self._close(self.message, "completed"), None
                 call = self.calls[key] = StreamedCall(len(self.items), fragment)
                 out += self._open(call)
             out += call.delta(self.event, fragment)
