@@ -140,7 +140,7 @@ class Metrics:
         """Record one finished request: its count, latencies, tokens, upstream error and
         refusal. Called once per request by ``exchange.ExchangeMiddleware``; kept in
         ``tallies`` until the next ``flush``."""
-        self.tallies.add(exchange, exchange.error_code in REFUSAL_CODES)
+        self.tallies.add(exchange, exchange.error in REFUSAL_CODES)
 
     def turn_started(self, profile: str) -> None:
         self.tallies.turn(profile, 1)

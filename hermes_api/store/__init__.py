@@ -14,7 +14,7 @@ Every response and session row carries its ``owner`` (``keys.Caller.owner``) and
 committed and durable. Retention (``settings.Retention``) is applied on writes and at
 start, and reads skip rows past the age limit, so an expired row is never served.
 
-Usage records (``UsageRecord``) are one row per turn, written by ``usage.TurnMeter``;
+Usage records (``UsageRecord``) are one row per turn, written from each turn's ``exchange.Exchange``;
 ``usage_since`` totals one key's rows (optionally for one profile) since a time, over
 every process that shares the store, and ``start_usage`` inserts a turn's row only if
 the key's quotas allow it, atomically, so limits hold exactly across workers and replicas.
