@@ -11,7 +11,7 @@ the route that matched (``scope["endpoint"]``). When the answer is over it finis
 the record once and hands it to each consumer that is on:
 
 - the usage row of a turn (``usage_record``, ``record_usage``), queued in the store
-  after the response has been sent (``save``), so recording never delays an answer;
+  after the response has been sent (``UsageRows``), so recording never delays an answer;
 - the Prometheus metrics (``metrics.Metrics.observe``, ``metrics``);
 - the JSON request log line (``log_fields``, ``log_format: json``).
 """
@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import HermesAPIError, StoreUnavailableError, UpstreamError, UpstreamRejectedError
 from .keys import Caller
-from .store import ResponseStore, UsageRecord
+from .store import QueuedRow, ResponseStore, UsageRecord
 
 logger = logging.getLogger("hermes_api")
 access_logger = logging.getLogger("hermes_api.access")
@@ -215,24 +215,39 @@ def _error_code(body: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def save(store: ResponseStore, record: UsageRecord) -> None:
-    """Queue ``record`` in the store and return at once: the store writes it within a
-    few milliseconds with others (and before it closes), and a failure is logged, never
-    raised, since the answer has been sent."""
+class UsageRows:
+    """Queues each turn's usage row in the store and returns at once: the store writes
+    it within a few milliseconds with others (and before it closes), and a failure is
+    logged, never raised, since the answer has been sent. The rows the store queues
+    together share one future (``store.QueuedRow.group``), followed here by one
+    callback, each row by its ids alone."""
 
-    def logged(written: asyncio.Future[None]) -> None:
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Future[Any], list[tuple[str, str]]] = {}
+
+    def save(self, store: ResponseStore, record: UsageRecord) -> None:
+        try:
+            queued = store.record_usage(record)
+            written = queued.group if isinstance(queued, QueuedRow) else asyncio.ensure_future(queued)
+        except Exception:
+            logger.exception("could not record the usage of request %s", record.request_id)
+            return
+        rows = self._waiting.get(written)
+        if rows is None:
+            rows = self._waiting[written] = []
+            written.add_done_callback(self._logged)
+        rows.append((record.id, record.request_id))
+
+    def _logged(self, written: asyncio.Future[Any]) -> None:
+        rows = self._waiting.pop(written, [])
         error = None if written.cancelled() else written.exception()
-        if isinstance(error, StoreUnavailableError):  # the store logged the outage once
-            logger.warning("could not record the usage of request %s: the store is unavailable", record.request_id)
-        elif error is not None:
-            logger.error("could not record the usage of request %s", record.request_id, exc_info=error)
-
-    try:
-        written = asyncio.ensure_future(store.record_usage(record))
-    except Exception:
-        logger.exception("could not record the usage of request %s", record.request_id)
-        return
-    written.add_done_callback(logged)
+        failed = written.result() if error is None and not written.cancelled() else None
+        for row_id, request_id in rows:
+            problem = error or (failed.get(row_id) if isinstance(failed, dict) else None)
+            if isinstance(problem, StoreUnavailableError):  # the store logged the outage once
+                logger.warning("could not record the usage of request %s: the store is unavailable", request_id)
+            elif problem is not None:
+                logger.error("could not record the usage of request %s", request_id, exc_info=problem)
 
 
 class ExchangeMiddleware:
@@ -251,6 +266,7 @@ class ExchangeMiddleware:
         self.record_usage = record_usage
         self.log_requests = log_requests
         self._operations: dict[tuple[int, str], str] = {}
+        self._usage = UsageRows()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -291,7 +307,7 @@ class ExchangeMiddleware:
         if exchange.endpoint == "none" and (endpoint := scope.get("endpoint")) is not None:
             exchange.endpoint = self._operation(endpoint, scope["method"])
         if exchange.records_usage and self.record_usage:
-            save(state["store"], exchange.usage_record())
+            self._usage.save(state["store"], exchange.usage_record())
         if not exchange.status:  # the client left before any answer
             exchange.status, exchange.error = 500, exchange.error or "server_error"
         user = scope.get("user")

@@ -15,6 +15,7 @@ so the endpoints stay free of metrics and usage code. What is not tied to one an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
@@ -24,6 +25,7 @@ import httpx
 
 from .exchange import Exchange, current_exchange
 from .metrics import Metrics
+from .store import QueuedRow, UsageRecord
 from .turns import ChatRequest, Completion, StreamItem, Turn, TurnRunner, batches
 
 # The store's methods that write; everything else passes through unmetered.
@@ -126,14 +128,16 @@ class _ObservedChunks:
 class MeteredStore:
     """The store, each write counted (``hermes_api_store_writes_total``) and each failed
     one too (``hermes_api_store_write_failures_total``); every other attribute is the
-    wrapped store's."""
+    wrapped store's. Usage rows are counted when their group's commit is over, one
+    callback a group (``store.QueuedRow.group``)."""
 
     def __init__(self, store: Any, metrics: Metrics) -> None:
         self.store = store
         self._metrics = metrics
+        self._rows: dict[asyncio.Future[Any], int] = {}
         for name in STORE_WRITES:
             method = getattr(store, name, None)
-            if method is not None:
+            if method is not None and name != "record_usage":
                 setattr(self, name, self._metered(name, method))
 
     def _metered(self, name: str, method: Any) -> Any:
@@ -150,6 +154,21 @@ class MeteredStore:
 
         write.__name__ = name
         return write
+
+    def record_usage(self, record: UsageRecord) -> Any:
+        queued = self.store.record_usage(record)
+        if not isinstance(queued, QueuedRow):
+            return self._metered("record_usage", lambda: queued)()
+        count = self._rows.get(queued.group)
+        if count is None:
+            queued.group.add_done_callback(self._rows_written)
+        self._rows[queued.group] = (count or 0) + 1
+        return queued
+
+    def _rows_written(self, group: asyncio.Future[Any]) -> None:
+        count = self._rows.pop(group, 0)
+        failed = count if group.cancelled() or group.exception() is not None else len(group.result())
+        self._metrics.store_writes_done("record_usage", count, failed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

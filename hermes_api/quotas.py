@@ -15,7 +15,7 @@ and the next one is refused. A refused turn gets 429 ``key_rate_limit_exceeded``
 (the earliest a retry can pass; a token bound may need more turns to leave).
 
 ``binding.ProfileEndpoint`` passes each turn's usage row (``exchange.Exchange.usage_record``) to
-``admit``; the turn's end completes the same row (``exchange.save``). Rate limits need
+``admit``; the turn's end completes the same row (``exchange.UsageRows``). Rate limits need
 usage recording (``record_usage``, on by default).
 """
 
