@@ -242,9 +242,10 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
         Route("/ready", health.get_ready, methods=["GET"]),
-        *([Route("/metrics", get_metrics, methods=["GET"])] if settings.metrics else []),
         *v1_routes(),
         Mount("/p/{profile}", routes=v1_routes()),
+        # last: the router tries routes in order, and every turn would pass it first
+        *([Route("/metrics", get_metrics, methods=["GET"])] if settings.metrics else []),
     ]
     return Starlette(
         routes=routes,

@@ -37,6 +37,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
+from starlette.datastructures import State
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -184,7 +185,7 @@ class ProfileEndpoint:
             selection = Selection((("stored", await self.implied(request)),))
         profile = await state.registry.ready(state.registry.resolve(selection, request.user))
         header = (b"x-hermes-profile", profile.name.encode())
-        exchange = self._observe(request, body, profile)
+        exchange = self._observe(request, state, body, profile)
 
         async def send_with_profile(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -197,8 +198,9 @@ class ProfileEndpoint:
                 try:
                     if self.runs_turns:
                         resources.enter_context(state.limiter.slot(profile.name))
-                        if exchange is not None and exchange.records_usage:
-                            await quotas.admit(state.store, request.user.key, exchange.usage_record())
+                        key = request.user.key
+                        if exchange is not None and exchange.records_usage and quotas.limited(key, profile.name):
+                            await quotas.admit(state.store, key, exchange.usage_record())
                         response = await until_disconnect(self.handler(request, body), receive)
                         if response is None:
                             return  # the client has gone: nothing to send; the exit frees the slot
@@ -210,11 +212,11 @@ class ProfileEndpoint:
                             exchange.records_usage = False
                         exchange.failed(exc)
                     response = error_response(exc)
-                if exchange is not None and self.runs_turns:
+                if exchange is not None and exchange.streaming:  # how a stream ended depends on it
                     receive = exchange.watch(receive)
                 await response(scope, receive, send_with_profile)
 
-    def _observe(self, request: Request, body: Body, profile: Profile) -> Exchange | None:
+    def _observe(self, request: Request, state: State, body: Body, profile: Profile) -> Exchange | None:
         """The request's record, told its profile, and for a turn what the turn is
         (``exchange.Exchange.begin_turn``). None when requests are not observed."""
         exchange = current_exchange()
@@ -227,6 +229,6 @@ class ProfileEndpoint:
                 model=profile.model,
                 operation=self.handler.__name__,
                 stream=body.get("stream") is True,
-                records_usage=request.state.settings.record_usage,
+                records_usage=state.settings.record_usage,
             )
         return exchange

@@ -45,6 +45,11 @@ def limits_for(key: APIKey, profile: str) -> tuple[tuple[RateLimits, str | None]
     return found
 
 
+def limited(key: APIKey | None, profile: str) -> bool:
+    """True when ``key`` has limits for its turns on ``profile`` (then they need ``admit``)."""
+    return key is not None and (bool(key.limits) or any(name == profile for name, _ in key.profile_limits))
+
+
 def quotas(key: APIKey, profile: str, now: float) -> list[Quota]:
     """The store's ``Quota`` windows for a turn of ``key`` on ``profile`` at ``now`` (Unix s)."""
     found = []
