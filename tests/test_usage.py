@@ -38,7 +38,7 @@ COLUMNS = (
 
 
 def usage_rows(state: Path) -> list[dict[str, Any]]:
-    """The usage table as it is now (rows are written within ~20 ms of each answer,
+    """The usage table as it is now (rows are written within ~100 ms of each answer,
     and at the latest when the server stops: ``wait_for_rows`` while it runs)."""
     db = sqlite3.connect(state / "responses.db")
     try:
