@@ -198,7 +198,7 @@ def create_app(
         await run_sync(registry.load)  # file I/O: never on the event loop
         response_store = await store(settings)
         upstream_transport = transport or AiohttpTransport()
-        if settings.metrics or logged:  # the provider's status: for the metrics and the log line
+        if logged:  # the provider's status: for the log line (no metric has it)
             upstream_transport = StatusTransport(upstream_transport)
         upstream = Upstream(settings, transport=upstream_transport)
         if settings.metrics:
