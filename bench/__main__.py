@@ -1,5 +1,5 @@
-"""``python -m bench [all|gateways|ops|scale|streams|report] [options]``: run the benchmark
-parts and write ``bench/results/<part>.json`` and ``bench/RESULTS.md``."""
+"""``python -m bench [all|gateways|ops|scale|streams|agent|report] [options]``: run the
+benchmark parts and write ``bench/results/<part>.json`` and ``bench/RESULTS.md``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import clients, gateways, profile, report, scale, streams
+from . import agent_report, agents, clients, gateways, profile, report, scale, streams
+from .agent_targets import AgentTarget, hermes_target, start_gateway, start_hermes_api, start_multiplexer
+from .agent_targets import start_upstream as start_agent_upstream
 from .postgres import Cluster
 from .procs import LOAD_CPU, raise_own_nofile, stop
 from .targets import (
@@ -162,6 +164,51 @@ def run_streams(args: argparse.Namespace, command: str) -> None:
     log(f"saved {report.save('streams', data)}")
 
 
+def run_agent(args: argparse.Namespace, command: str) -> None:
+    """Hermes's own API server beside hermes-api's agent runtime (``bench/agents.py``)."""
+    data = report.conditions(command, args.banner)
+    samples = args.cold or args.rounds
+    wide = [f"w{i:02d}" for i in range(1, agents.WIDE + 1)]
+    profiles = [agents.WARM_PROFILE, *(f"cold-{i}" for i in range(1, samples + 1)), *wide]
+    variants = {"": {}} | ({"skip-ssl-guard": {"HERMES_SKIP_SSL_GUARD": "1"}} if args.ssl_guard_variant else {})
+    with ExitStack() as stack:
+        work = workdir("agent")
+        upstream = start_agent_upstream(work)
+        stack.callback(stop, upstream.proc)
+        warm: list[AgentTarget] = []
+        for label, env in variants.items():
+            suffix = f"[{label}]" if label else ""
+            hermes = hermes_target(f"hermes{suffix}", work, upstream.port, env)
+            stack.callback(hermes.stop)
+            log(f"{hermes.name}: gateway of profile bench listening after {start_gateway(hermes, 'bench'):.2f} s")
+            api = start_hermes_api(f"hermes-api{suffix}", work, upstream.port, profiles, env)
+            stack.callback(api.stop)
+            warm += [hermes, api]
+        for spec in args.compare:
+            label, _, src = spec.partition("=")
+            other = start_hermes_api(f"hermes-api[{label}]", work, upstream.port, [agents.WARM_PROFILE], {},
+                                     src=Path(src).resolve())  # fmt: skip
+            stack.callback(other.stop)
+            warm.append(other)
+        hermes, api = warm[0], warm[1]
+        runs = agents.run_warm(warm, upstream, rounds=args.rounds, turns=args.turns, warmup=int(args.warmup), log=log)
+        data["warm"], data["warm_memory"] = runs, agents.warm_profile_memory(hermes, api)
+        data["cold"] = agents.run_cold(
+            hermes_target("hermes", work, upstream.port, {}, "hermes-cold"), api, samples, log
+        )
+        multiplexer = start_multiplexer(work, upstream.port, wide)
+        stack.callback(multiplexer.stop)
+        data["wide"] = agents.warm_wide(hermes, api, multiplexer, wide, log)
+        data["concurrency"] = agents.run_concurrency(
+            [hermes, api, multiplexer], wide[: agents.SPREAD], rounds=args.rounds, seconds=args.duration,
+            upstream=upstream, log=log,
+        )  # fmt: skip
+    data |= {"rounds": args.rounds, "turns": args.turns, "seconds": args.duration, "cold_samples": samples,
+             "targets": {t.name: {"kind": t.kind, "env": dict(t.env)} for t in warm},
+             "hermes_agent": report._version("hermes-agent")}  # fmt: skip
+    log(f"saved {report.save('agent', data)}")
+
+
 def write_results() -> None:
     parts, targets = {}, []
     data = report.load("gateways")
@@ -179,6 +226,9 @@ def write_results() -> None:
     if data:
         parts["streams"] = report.streams_md(data)
         targets += report.streams_targets(data)
+    data = report.load("agent")
+    if data:
+        parts["agent"] = agent_report.agent_md(data)
     if targets:
         parts["summary"] = report.summary_md(targets)
     report.RESULTS_MD.write_text(report.render(parts))
@@ -191,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "part",
         nargs="?",
         default="all",
-        choices=["all", "gateways", "ops", "scale", "streams", "report", "profile", "clients"],
+        choices=["all", "gateways", "ops", "scale", "streams", "agent", "report", "profile", "clients"],
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
@@ -208,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", help="profile counts for scale (default 10 1000 10000)")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent slow streams (default 1000)")
     parser.add_argument("--stream-seconds", type=float, default=5, help="length of one slow stream (default 5 s)")
+    parser.add_argument("--turns", type=int, default=20, help="agent: turns per warm block (default 20)")
+    parser.add_argument("--cold", type=int, default=0, help="agent: cold first turns per system (default: --rounds)")
+    parser.add_argument(
+        "--ssl-guard-variant",
+        action="store_true",
+        help="agent: also run both systems with HERMES_SKIP_SSL_GUARD=1 (warm turns)",
+    )
     parser.add_argument(
         "--banner", default="", help="a note on the conditions, printed with each part run (e.g. 'preliminary')"
     )
@@ -233,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         run_scale(args, command)
     if args.part in ("all", "streams"):
         run_streams(args, command)
+    if args.part == "agent":
+        run_agent(args, command)
     write_results()
     return 0
 

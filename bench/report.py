@@ -20,7 +20,7 @@ import orjson
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("summary", "gateways", "ops", "scale", "streams")
+PARTS = ("summary", "gateways", "ops", "scale", "streams", "agent")
 
 
 # -- conditions -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 # then run it. Arguments go to `python -m bench` (default: every part), e.g.
 #   bench/run.sh                      # gateways, scale, streams; writes bench/RESULTS.md
 #   bench/run.sh gateways --rounds 5  # one part, more rounds
+#   bench/run.sh agent                # Hermes's own API server beside the agent runtime
 # Needs root or sudo the first time (apt-get install nginx wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +25,16 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -c 'import hermes_api, aiohttp, httpx, yaml' 2>/dev/null || .venv/bin/pip install -q -e .
 .venv/bin/pip install -q -r bench/requirements.txt
+# The agent part runs Hermes itself (hermes-agent, the `agent` extra), both sides.
+if [ "${1:-}" = agent ] && ! .venv/bin/python -c 'import run_agent' 2>/dev/null; then
+  .venv/bin/pip install -q -e '.[agent]'
+fi
 
-# The peer: LiteLLM proxy 1.106.2 in its own venv (newer ones do not resolve here).
-if [ ! -x "$cache/litellm-venv/bin/litellm" ]; then
+# The peer of the gateway part: LiteLLM proxy 1.106.2 in its own venv (newer ones do
+# not resolve here); the other parts do without it.
+needs_litellm=true
+case "${1:-all}" in scale|streams|agent|report|clients) needs_litellm=false ;; esac
+if $needs_litellm && [ ! -x "$cache/litellm-venv/bin/litellm" ]; then
   echo "installing litellm[proxy]==1.106.2 into $cache/litellm-venv (a few minutes, once)"
   mkdir -p "$cache"
   python3 -m venv "$cache/litellm-venv"

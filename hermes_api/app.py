@@ -29,6 +29,8 @@ from . import tool_activity
 from .agent.pool import WorkerPool
 from .binding import Handler, ProfileEndpoint, model_in_path
 from .context import Unbound, run_sync
+from .credentials import Credentials
+from .delegation import DEPTH_HEADER, Delegation
 from .endpoints import chat, health, models, responses
 from .endpoints.metrics import get_metrics
 from .errors import HermesAPIError, handle_error
@@ -61,6 +63,7 @@ CORS_REQUEST_HEADERS = (
     *ROUTING_HEADERS.values(),
     chat.SESSION_HEADER,
     tool_activity.HEADER,
+    DEPTH_HEADER,
 )
 CORS_EXPOSED_HEADERS = ("x-hermes-profile", chat.SESSION_HEADER, "x-request-id", "retry-after", "x-should-retry")
 
@@ -184,7 +187,8 @@ def create_app(
     transport are wrapped in ``meters`` to fill it."""
     environ = os.environ if environ is None else environ
     drain = Drain(settings.shutdown_grace) if drain is None else drain
-    keyring = KeyRing(settings.keys)
+    credentials = Credentials(settings.state_dir)
+    keyring = KeyRing(settings.keys, credentials if settings.delegation else None)
     meter = Metrics.from_environ() if metrics is None else metrics
     # One record per request (exchange.Exchange) feeds the metrics, the JSON log line and
     # the turns' usage rows (which the keys' rate limits count); with none of them on,
@@ -196,6 +200,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = ProfileRegistry(settings, environ)
         await run_sync(registry.load)  # file I/O: never on the event loop
+        if settings.delegation:
+            await run_sync(credentials.open)
         response_store = await store(settings)
         upstream_transport = transport or AiohttpTransport()
         if logged:  # the provider's status: for the log line (no metric has it)
@@ -221,6 +227,7 @@ def create_app(
                 "drain": drain,
                 "keyring": keyring,
                 "metrics": meter,
+                "delegation": Delegation(settings, credentials),
             }
         finally:
             # uvicorn runs this only once no request is left (streams included), so

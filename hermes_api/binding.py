@@ -141,9 +141,10 @@ class ProfileEndpoint:
     request's ``model`` selector is (the body, the path, or nowhere); ``implied``: the
     profile of the object the path names, used when nothing explicit names one (it
     raises the object's 404 itself); ``runs_turns``: the handler calls the upstream, so
-    the request holds a concurrency slot (``limits.ConcurrencyLimiter``) until its
-    response has been sent or abandoned, is admitted under its key's rate limits
-    (``quotas``), gets a usage row (``exchange``), and the handler is cancelled when
+    the request passes the delegation rules (``delegation.Delegation.admit``: depth, a
+    delegated request's target), holds a concurrency slot (``limits.ConcurrencyLimiter``)
+    until its response has been sent or abandoned, is admitted under its key's rate
+    limits (``quotas``), gets a usage row (``exchange``), and the handler is cancelled when
     the client goes away (``until_disconnect``).
     """
 
@@ -197,6 +198,7 @@ class ProfileEndpoint:
             with use_profile(profile):
                 try:
                     if self.runs_turns:
+                        state.delegation.admit(request, profile)  # before a slot: a refusal holds none
                         resources.enter_context(state.limiter.slot(profile.name))
                         key = request.user.key
                         if exchange is not None and exchange.records_usage and quotas.limited(key, profile.name):
@@ -225,7 +227,7 @@ class ProfileEndpoint:
         exchange.profile = profile.name
         if self.runs_turns:
             exchange.begin_turn(
-                key=request.user.display_name,
+                request.user,
                 model=profile.model,
                 operation=self.handler.__name__,
                 stream=body.get("stream") is True,

@@ -211,6 +211,13 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def toolsets_shown(settings: Settings, profile: str) -> str:
+    """An agent profile's toolsets, and its delegation tool with its targets."""
+    shown = ",".join(settings.agent.profile(profile).toolsets)
+    targets = settings.delegation.targets(profile)
+    return shown + (f",delegate_to_profile({'|'.join(targets)})" if targets else "")
+
+
 def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
     rows = [
         ("PROFILE", "EXPOSED", "SERVED", "RUNTIME", "TOOLSETS", "MODEL", "PROVIDER", "BASE URL", "NOT SERVED BECAUSE")
@@ -225,7 +232,7 @@ def cmd_profiles(settings: Settings, environ: Mapping[str, str]) -> int:
                 "yes" if status.exposed else "no",
                 "yes" if served else "no",
                 p.runtime if p else "-",
-                ",".join(settings.agent.profile(status.name).toolsets) if agent else "-",
+                toolsets_shown(settings, status.name) if agent else "-",
                 (p.model or "(Hermes's choice)") if p else "-",
                 p.provider if p else "-",
                 (p.base_url or "(Hermes's choice)") if p else "-",

@@ -6,10 +6,12 @@
     │   ├── InvalidValueError           400 invalid_value: a field is missing or has a bad type
     │   ├── InvalidHeaderError          400 invalid_header: a routing header is malformed
     │   ├── MalformedHTTPError          400 invalid_http: not HTTP/1.1 as the parser reads it
-    │   └── ProfileConflictError        400 profile_conflict: two selectors name different profiles
+    │   ├── ProfileConflictError        400 profile_conflict: two selectors name different profiles
+    │   └── DelegationDepthError        400 delegation_depth_exceeded: a delegation chain at max_depth
     ├── AuthenticationError             401 invalid_api_key
     ├── PermissionDeniedError           403 model_not_found: the key may not use this profile
     ├── ForbiddenError                  403 forbidden: /metrics for this caller (no metrics key, not loopback)
+    ├── DelegationNotAllowedError       403 delegation_not_allowed: not a target of the delegating profile
     ├── NotFoundError                   404
     │   ├── ModelNotFoundError          404 model_not_found: unknown or not exposed (identical)
     │   ├── ResponseNotFoundError       404 response_not_found
@@ -132,6 +134,14 @@ class ProfileConflictError(InvalidRequestError):
     default_param = "model"
 
 
+class DelegationDepthError(InvalidRequestError):
+    """A delegated request (or one whose ``X-Hermes-Delegate-Depth`` says so) would make
+    its chain longer than ``delegation.max_depth`` turns; refused before any provider
+    is called, so two agents that delegate to each other stop at the limit."""
+
+    code = "delegation_depth_exceeded"
+
+
 class AuthenticationError(HermesAPIError):
     """No API key, or one that matches no configured key."""
 
@@ -156,6 +166,16 @@ class ForbiddenError(HermesAPIError):
     status_code = 403
     type = "invalid_request_error"
     code = "forbidden"
+
+
+class DelegationNotAllowedError(HermesAPIError):
+    """A delegated request for a profile that is not among the delegating profile's
+    targets (``delegation.allow``)."""
+
+    status_code = 403
+    type = "invalid_request_error"
+    code = "delegation_not_allowed"
+    default_param = "model"
 
 
 class NotFoundError(HermesAPIError):

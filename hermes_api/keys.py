@@ -1,7 +1,9 @@
 """Who is calling: API keys checked in constant time (DESIGN.md §2).
 
 Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``PUBLIC_PATHS`` needs
-a valid ``Authorization: Bearer <key>`` once any key is configured. With none configured
+a valid ``Authorization: Bearer <key>`` once any key is configured. A delegated request
+presents a delegation credential instead (``credentials``), accepted only from this
+machine on chat completions; it runs as the original caller's key. With none configured
 the server is open, to this machine only: ``cli`` refuses to bind anything but loopback,
 and, whatever started the app (``uvicorn --factory --host 0.0.0.0``, another ASGI
 server), a request that arrived on a non-loopback address of this machine (ASGI
@@ -29,6 +31,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import Scope
 
+from .credentials import PREFIX as CREDENTIAL_PREFIX
+from .credentials import Credential, Credentials
 from .errors import AuthenticationError, error_response
 from .settings import APIKey
 
@@ -36,13 +40,18 @@ logger = logging.getLogger("hermes_api")
 
 # /metrics checks its own callers (endpoints/metrics.py): loopback, or a metrics key.
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+DELEGATED_PATH = "/v1/chat/completions"  # the one route a delegation credential opens
 
 
 @dataclass(frozen=True, slots=True)
 class Caller(BaseUser):
-    """The authenticated caller: ``key`` None when the server has no keys (open)."""
+    """The authenticated caller: ``key`` None when the server has no keys (open);
+    ``delegation`` the credential of a delegated request, which runs as ``key``, the
+    key of the request that delegated it."""
 
     key: APIKey | None
+    delegation: Credential | None = None
 
     @property
     def is_authenticated(self) -> bool:
@@ -70,8 +79,10 @@ class Caller(BaseUser):
 class KeyRing(AuthenticationBackend):
     """The configured keys, by SHA-256 digest; ``authenticate`` is Starlette's hook."""
 
-    def __init__(self, keys: Iterable[APIKey]) -> None:
+    def __init__(self, keys: Iterable[APIKey], credentials: Credentials | None = None) -> None:
         self._keys = tuple(keys)
+        self._by_name = {k.name: k for k in self._keys if sum(o.name == k.name for o in self._keys) == 1}
+        self._credentials = credentials
         self._open = Caller(None)
         self._warned = False
 
@@ -106,11 +117,33 @@ class KeyRing(AuthenticationBackend):
                 "This server has no API key configured, so it answers only on its loopback address; "
                 "configure keys (or API_SERVER_KEY) to serve the network."
             )
+        authorization = conn.headers.get("authorization")
+        scheme, _, token = (authorization or "").partition(" ")
         try:
-            caller = self.identify(conn.headers.get("authorization"))
+            if scheme.lower() == "bearer" and token.strip().startswith(CREDENTIAL_PREFIX):
+                caller = self.delegated(conn, token.strip())
+            else:
+                caller = self.identify(authorization)
         except AuthenticationError as exc:
             raise StarletteAuthenticationError(exc.message) from exc
         return AuthCredentials(["authenticated"]), caller
+
+    def delegated(self, conn: HTTPConnection, token: str) -> Caller:
+        """The caller of a delegated request: the credential's key, with the credential.
+        Raises ``AuthenticationError`` unless delegation is configured, the request came
+        from this machine (a loopback client, no proxy header) for chat completions, and
+        the credential is genuine, unexpired and names a configured key."""
+        if self._credentials is None or not self._keys:
+            raise AuthenticationError("Delegation credentials are not accepted by this server.")
+        if not from_loopback(conn) or not conn.scope["path"].endswith(DELEGATED_PATH):
+            raise AuthenticationError(
+                "A delegation credential is accepted only from this machine, for chat completions."
+            )
+        credential = self._credentials.verify(token)
+        key = self._by_name.get(credential.key)
+        if key is None:
+            raise AuthenticationError("Invalid or expired delegation credential.")
+        return Caller(key, credential)
 
 
 def arrived_from_network(scope: Scope) -> bool:
@@ -124,6 +157,21 @@ def arrived_from_network(scope: Scope) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack bind
     return address is not None and not address.is_loopback
+
+
+def from_loopback(conn: HTTPConnection) -> bool:
+    """True when the client is on this machine (a loopback address) and no proxy header
+    (``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``) says it forwards another."""
+    client = conn.client
+    if client is None or any(h in conn.headers for h in PROXY_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(client.host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack bind
+    return address.is_loopback
 
 
 def on_auth_error(conn: HTTPConnection, exc: Exception) -> Response:

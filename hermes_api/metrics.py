@@ -118,9 +118,16 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.delegated = Counter(
+            "hermes_api_delegated_requests",
+            "Requests one agent profile delegated to another (the target's turns), by target profile, "
+            "delegating profile, key name and HTTP status.",
+            ["profile", "caller", "key", "status"],
+            registry=registry,
+        )
         self.agent_workers = Counter(
             "hermes_api_agent_worker_events",
-            "Agent-runtime worker processes started, restarted and crashed, by profile.",
+            "Agent-runtime worker processes started, restarted, crashed and stopped, by profile.",
             ["profile", "event"],
             registry=registry,
         )
@@ -157,6 +164,7 @@ class Metrics:
             (self.tokens, t.tokens),
             (self.upstream_errors, t.upstream_errors),
             (self.refusals, t.refusals),
+            (self.delegated, t.delegated),
         ):
             for labels, amount in table.items():
                 self._child(family, *labels).inc(amount)

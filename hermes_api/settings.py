@@ -185,6 +185,27 @@ class AgentRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class DelegationRules:
+    """The ``delegation`` section: which agent profile may hand a task to which exposed
+    profiles (``allow``: ``{delegating profile: targets}``; nothing by default), how deep
+    a chain may go (``max_depth``: at most that many turns in one chain, the client's
+    own included, so 2 lets the client's profile delegate and its delegate not), and
+    how long the delegating agent waits for one answer (``timeout``, seconds)
+    (docs/delegation.md)."""
+
+    allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    max_depth: int = 2
+    timeout: float = 300.0
+
+    def targets(self, profile: str) -> tuple[str, ...]:
+        """The profiles ``profile`` may delegate to (none: it is offered no delegation tool)."""
+        return self.allow.get(profile, ())
+
+    def __bool__(self) -> bool:
+        return any(self.allow.values())
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated server configuration; ``expose`` None means every valid profile."""
 
@@ -221,6 +242,7 @@ class Settings:
     agent: AgentRuntime = AgentRuntime()
     record_usage: bool = True
     store: StoreConfig = StoreConfig()
+    delegation: DelegationRules = DelegationRules()
 
     def limits_for(self, profile: str) -> ProfileLimits:
         """The timeouts and concurrency cap of ``profile`` (its override, else the defaults)."""

@@ -15,6 +15,7 @@ skips only the checks that need what was left out. How to add a section: the
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import fields, replace
@@ -67,6 +68,10 @@ class SettingsParser:
         per_profile = self.per_profile(config, expose)
         if "agent" not in invalid:
             self.agent(config.agent, expose, keys)
+        if "delegation" not in invalid:
+            profiles = config.agent.profiles
+            agents = None if profiles is None else frozenset(profiles)
+            self.delegation(config, expose, agents, keys, checked_agents="agent" not in invalid)
         limited = [k.name for k in keys if k.limits or k.profile_limits]
         if limited and not config.record_usage:
             self.fail(f"keys {', '.join(limited)}: rpm, tpm and tokens_per_day count the usage records: "
@@ -224,6 +229,46 @@ class SettingsParser:
                 "also on 127.0.0.1: its tools act for whoever can send it a request"
             )
 
+    def delegation(
+        self,
+        config: ConfigFile,
+        expose: frozenset[str] | None,
+        agents: frozenset[str] | None,
+        keys: tuple[APIKey, ...],
+        *,
+        checked_agents: bool,
+    ) -> None:
+        """``delegation``: a delegating profile is an exposed agent profile (``agents``
+        None: every one, or unknown when the ``agent`` section was invalid, then
+        ``checked_agents`` is False), its targets exposed profiles; API keys configured,
+        because a delegated turn runs as the caller's key; the server reachable on
+        loopback, where the agents' workers call it back."""
+        section = config.delegation
+        for name, targets in section.allow.items():
+            where = f"delegation.allow.{name}"
+            if not is_profile_name(name):
+                self.fail(f"delegation.allow: {name!r} is not a valid profile name")
+                continue
+            if expose is not None and name not in expose:
+                self.fail(f"{where}: profile {name!r} is not in expose")
+            elif checked_agents and agents is not None and name not in agents:
+                self.fail(f"{where}: profile {name!r} is not in agent.profiles (only the Hermes agent can delegate)")
+            for target in self.names(targets, where) or ():
+                if expose is not None and target not in expose:
+                    self.fail(f"{where}: target {target!r} is not in expose")
+        if not any(section.allow.values()):
+            return
+        if not keys:
+            self.fail(
+                "delegation: a delegated turn runs as the caller's API key, so delegation needs API keys "
+                "(keys or API_SERVER_KEY)"
+            )
+        if not loopback_reachable(config.host):
+            self.fail(
+                f"delegation: host {config.host!r} is not reachable on loopback, where the agents call the "
+                "server back: listen on 127.0.0.1, ::1, 0.0.0.0 or ::"
+            )
+
     def routes(
         self, items: list[dict[str, Any]], expose: frozenset[str] | None, *, trusted: bool
     ) -> tuple[RouteRule, ...]:
@@ -275,6 +320,18 @@ class SettingsParser:
         if key in IDENTITY_FIELDS and PLACEHOLDER.search(value):
             return "holds a {{...}} placeholder (unexpanded identity headers are refused)"
         return None
+
+
+def loopback_reachable(host: str) -> bool:
+    """True when a server bound to ``host`` answers on a loopback address: loopback
+    itself, or every address (``0.0.0.0``, ``::``)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def built(value: Any) -> Any:

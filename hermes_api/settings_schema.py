@@ -39,7 +39,18 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .settings import ALL, CORS, AgentProfile, AgentRuntime, RateLimits, Retention, Settings, StoreConfig, Timeouts
+from .settings import (
+    ALL,
+    CORS,
+    AgentProfile,
+    AgentRuntime,
+    DelegationRules,
+    RateLimits,
+    Retention,
+    Settings,
+    StoreConfig,
+    Timeouts,
+)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
@@ -329,6 +340,17 @@ class AgentSection(Section):
         return AgentRuntime(profiles=profiles, per_profile=per_profile, **values)
 
 
+class DelegationSection(Section):
+    """``delegation``: ``allow`` maps a delegating profile to the profiles it may hand
+    tasks to (settings_parser checks the names: agent profiles delegate, to exposed
+    profiles, and keys are configured)."""
+
+    target = DelegationRules
+    allow: dict[str, Strings] = {}
+    max_depth: PositiveInt = default(DelegationRules, "max_depth")
+    timeout: PositiveNumber = default(DelegationRules, "timeout")
+
+
 class ConfigFile(Section):
     """The whole file, command-line values merged in. At the top level null is the
     same as absent (an empty YAML value), except ``default_profile: null``: no default."""
@@ -362,6 +384,7 @@ class ConfigFile(Section):
     agent: AgentSection = AgentSection()
     record_usage: Boolean = default(Settings, "record_usage")
     store: StoreSection = StoreSection()
+    delegation: DelegationSection = DelegationSection()
 
     @model_validator(mode="before")
     @classmethod

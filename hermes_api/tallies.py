@@ -31,8 +31,9 @@ class Latencies:
 
 
 class Tallies:
-    """Per label tuple: requests, latencies, tokens, upstream errors and refusals since
-    the last ``Metrics.flush``; turns in flight as they stand (never reset)."""
+    """Per label tuple: requests, latencies, tokens, upstream errors, refusals and
+    delegated requests since the last ``Metrics.flush``; turns in flight as they stand
+    (never reset)."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -42,6 +43,7 @@ class Tallies:
         self.tokens: dict[Labels, int] = {}
         self.upstream_errors: dict[Labels, int] = {}
         self.refusals: dict[Labels, int] = {}
+        self.delegated: dict[tuple[str, str, str, int], int] = {}
         self.in_flight: dict[str, int] = {}
 
     def _observe(self, table: dict[Labels, Latencies], labels: Labels, seconds: float) -> None:
@@ -72,6 +74,9 @@ class Tallies:
         if refusal:
             key = (e.profile, e.key, str(e.error))
             self.refusals[key] = self.refusals.get(key, 0) + 1
+        if e.delegated_by is not None:
+            asked = (e.profile, e.delegated_by, e.key, e.status)
+            self.delegated[asked] = self.delegated.get(asked, 0) + 1
 
     def turn(self, profile: str, change: int) -> None:
         """A turn of ``profile`` started (+1) or ended (-1)."""

@@ -14,7 +14,7 @@ first, timeouts before other transport errors, during stream iteration too
 is logged where it is mapped: at warning when the client gets a 5xx for it (the
 operator's to see: the provider's status and words, the transport's error), at debug
 when the provider's own 4xx passes on to the client. Never the profile's key: a
-provider that echoes it gets it scrubbed (``_scrub``).
+provider that echoes it gets it scrubbed (``scrub``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ USER_AGENT = f"hermes-api/{__version__}"
 PASSED_THROUGH = frozenset({400, 402, 409, 413, 415, 422})
 
 
-def _scrub(text: str, profile: Profile) -> str:
+def scrub(text: str, profile: Profile) -> str:
     """``text`` without the profile's key, in case a provider echoes it back."""
     return text.replace(profile.api_key, "***") if profile.api_key else text
 
@@ -62,7 +62,7 @@ def transport_error(exc: Exception, profile: Profile) -> UpstreamError:
     cause = exc.__cause__
     root = cause if isinstance(cause, (aiohttp.ClientError, TimeoutError)) else exc
     logger.warning(
-        "profile %s: upstream transport failure %s: %s", profile.name, type(root).__name__, _scrub(str(root), profile)
+        "profile %s: upstream transport failure %s: %s", profile.name, type(root).__name__, scrub(str(root), profile)
     )
     if isinstance(root, (TimeoutError, httpx.TimeoutException)):
         return UpstreamTimeoutError(f"The upstream provider of profile '{profile.name}' did not answer in time.")
@@ -99,7 +99,7 @@ def _status_error(status: int, body: bytes, headers: httpx.Headers, profile: Pro
         detail = _error_detail(body)
         message = detail.get("message") if isinstance(detail.get("message"), str) else None
         return UpstreamRejectedError(
-            _scrub(message or f"{who} rejected the request (HTTP {status}).", profile),
+            scrub(message or f"{who} rejected the request (HTTP {status}).", profile),
             status_code=status,
             type=detail.get("type") if isinstance(detail.get("type"), str) else None,
             code=str(detail["code"]) if detail.get("code") is not None else None,
@@ -117,7 +117,7 @@ def _excerpt(body: bytes, profile: Profile, limit: int = 300) -> str:
     (so no part of it can be left behind: a key that starts within the first ``limit``
     characters is decoded whole)."""
     key_bytes = len(profile.api_key.encode()) if profile.api_key else 0
-    text = _scrub(body[: limit * 4 + key_bytes].decode("utf-8", "replace"), profile)
+    text = scrub(body[: limit * 4 + key_bytes].decode("utf-8", "replace"), profile)
     return text[:limit] + "…" if len(text) > limit else text
 
 
@@ -182,7 +182,7 @@ class ChatStream:
         if "error" in chunk:
             detail = _error_detail(payload)
             raise UpstreamBadResponseError(
-                _scrub(
+                scrub(
                     f"The upstream provider of profile '{self._profile.name}' failed "
                     f"mid-stream: {detail.get('message') or 'no message'}",
                     self._profile,

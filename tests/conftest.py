@@ -469,6 +469,17 @@ class ScriptedUpstream:
         self.port = json.loads(self.process.stdout.readline())["port"]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
+    def script(self, name: str, *calls: tuple[str, dict[str, Any]]) -> str:
+        """Script the tool ``calls`` ((tool, arguments) each) under ``name``; the marker
+        that makes the upstream answer with them (``[[call:<name>]]``)."""
+        path = self.record.with_name(self.record.name.removesuffix(".jsonl") + ".scripts.json")
+        found = json.loads(path.read_text()) if path.exists() else {}
+        found[name] = [[tool, arguments] for tool, arguments in calls]
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(found))
+        temporary.replace(path)  # the upstream never reads half a file
+        return f"[[call:{name}]]"
+
     def requests(self) -> list[dict[str, Any]]:
         """Every chat-completions request so far, oldest first (method, path, auth, body)."""
         if not self.record.exists():

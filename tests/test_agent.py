@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -425,3 +427,41 @@ def test_the_openai_sdk_reads_agent_turns_with_tools(stack: dict[str, Any]) -> N
     items = [item.model_dump(exclude_none=True) for item in final.output]
     follow = client.responses.create(model="alpha", input=[*items, {"role": "user", "content": "more"}])
     assert follow.output_text == "echo: more"
+
+
+def test_hermes_own_cli_lists_the_turns(stack: dict[str, Any]) -> None:
+    """``hermes sessions list`` (hermes-agent's own CLI, beside the interpreter) shows the
+    API turns of the profile, as it shows Hermes's own API server's."""
+    assert chat(stack, "beta", "a turn for hermes sessions list").status_code == 200
+    hermes = Path(sys.executable).with_name("hermes")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(stack["root"]),
+        "HERMES_HOME": str(stack["home"].dir("beta")),
+    }
+    done = subprocess.run([str(hermes), "sessions", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "a turn for hermes sessions list" in line)
+    assert "api_server" in row
+
+
+@pytest.mark.slow
+def test_workers_run_in_the_interpreter_the_config_names(tmp_path: Path, scripted: ScriptedUpstream) -> None:
+    """``agent.python``: a venv with hermes-agent and without hermes-api (the worker needs
+    only the standard library, hermes-agent, and its protocol file, which it loads by path)."""
+    from .conftest import client_venv
+
+    python = client_venv("hermes-agent==0.19.0")
+    assert subprocess.run([str(python), "-I", "-c", "import hermes_api"], capture_output=True).returncode != 0
+    home = HermesHome(tmp_path / "hermes")
+    add_agent_profile(home, "default", scripted)
+    config = {"hermes_home": str(home.root), "state_dir": str(tmp_path / "state"), "expose": ["default"],
+              "keys": [{"name": "alice", "key_env": "K_ALICE"}],
+              "agent": {"profiles": ["default"], "python": str(python)}}  # fmt: skip
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump(config))
+    environ = worker_environ(tmp_path, K_ALICE=ALICE)
+    with LiveServer(create_app(Settings.load(path, environ), environ=environ)) as server:
+        r = chat({"server": server}, "default", "from another interpreter")
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo: from another interpreter"

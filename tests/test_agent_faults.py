@@ -157,6 +157,17 @@ def test_a_hung_tool_ends_at_the_turn_timeout_and_its_process_is_stopped(faults:
     assert ask(faults, "hung", "still there?").status_code == 200
 
 
+def test_a_long_tool_run_keeps_the_stream_alive_with_pings(faults: dict[str, Any]) -> None:
+    command = {"command": "sleep 2.5"}
+    r = ask(faults, "leaver", f"wait a little [[tool:terminal {json.dumps(command)}]]", stream=True)
+    assert r.status_code == 200
+    assert ": ping" in r.text.splitlines()  # sse_keepalive is 1 s here: the tool ran quiet for 2.5 s
+    found = events(r)
+    chunks = [json.loads(d) for _, d in found[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert found[-1] == (None, "[DONE]") and "done: " in text
+
+
 def test_a_client_that_leaves_interrupts_the_agent_and_frees_the_slot(faults: dict[str, Any]) -> None:
     command = {"command": "sleep 86.5"}
     body = {"model": "leaver", "stream": True, "messages": [{"role": "user", "content":

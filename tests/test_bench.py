@@ -11,16 +11,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import fixtures, gateways, report
+from bench import agent_report, agent_turns, agent_upstream, fixtures, gateways, report
 from bench.__main__ import main as bench_main
+from bench.__main__ import write_results
 from hermes_api.sse import EventDecoder
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize(
-    "module", ["clients", "gateways", "postgres", "procs", "profile", "report", "scale", "streams", "targets", "wrk"]
-)
+    "module",
+    ["clients", "gateways", "postgres", "procs", "profile", "report", "scale", "streams", "targets", "wrk",
+     "agents", "agent_report", "agent_targets", "agent_turns", "agent_upstream"],
+)  # fmt: skip
 def test_bench_modules_import(module: str) -> None:
     importlib.import_module(f"bench.{module}")
 
@@ -120,3 +123,92 @@ def test_cli_knows_every_scenario() -> None:
     with pytest.raises(SystemExit) as exc:
         bench_main(["--help"])
     assert exc.value.code == 0
+
+
+def test_agent_upstream_scripts_a_memory_turn_then_text() -> None:
+    ask = [{"role": "user", "content": agent_turns.user_text("memory", 7)}]
+    assert agent_upstream.plan(ask) == ("memory", "bench note 7")
+    call = orjson.loads(agent_upstream.completion_body("memory", "bench note 7", ask))["choices"][0]["message"]
+    arguments = orjson.loads(call["tool_calls"][0]["function"]["arguments"])
+    assert arguments == {"action": "add", "target": "memory", "content": "bench note 7"}
+    answered = [*ask, {"role": "assistant", "tool_calls": call["tool_calls"]}, {"role": "tool", "content": "{}"}]
+    assert agent_upstream.plan(answered) == ("text", agent_upstream.NOTED)
+    assert agent_upstream.plan([{"role": "user", "content": agent_turns.user_text("text", 1)}])[0] == "text"
+
+
+def test_agent_upstream_streams_as_openai_does() -> None:
+    ask = [{"role": "user", "content": "hi"}]
+    raw = agent_upstream.stream_body("text", agent_upstream.ANSWER, ask, include_usage=True)
+    events = EventDecoder().feed(raw)
+    assert events[-1] == b"[DONE]" and orjson.loads(events[-2])["choices"] == []
+    assert agent_turns.content_of(raw, stream=True) == agent_upstream.ANSWER
+    raw = agent_upstream.stream_body("memory", "x", ask, include_usage=False)
+    fragments = [orjson.loads(e)["choices"][0]["delta"].get("tool_calls") for e in EventDecoder().feed(raw)[:-1]]
+    calls = [f[0] for f in fragments if f]
+    assert calls[0]["function"]["name"] == "memory" and len(calls) == 3
+    assert orjson.loads("".join(c["function"]["arguments"] for c in calls))["content"] == "x"
+
+
+def test_agent_turn_reads_hermes_streams_and_flags_cut_ones() -> None:
+    chunk = {"choices": [{"index": 0, "delta": {"content": "\n\nNoted"}}]}
+    progress = b'event: hermes.tool.progress\ndata: {"tool": "memory", "status": "running"}\n\n'
+    raw = progress + b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+    assert agent_turns.content_of(raw, stream=True) == "\n\nNoted"
+    assert agent_turns.content_of(raw[: -len(b"data: [DONE]\n\n")], stream=True).endswith("<no [DONE]>")
+
+
+def agent_data() -> dict[str, object]:
+    """A run's saved figures, made up: hermes-api adds 10 % over Hermes warm, its cold
+    first turn takes 2 s, its worker is smaller than Hermes's gateway."""
+    warm = []
+    for r in (1, 2, 3):
+        for target, base in (("upstream", 1.0), ("hermes", 201.0), ("hermes-api", 221.0)):
+            warm.append({"round": r, "scenario": "text", "target": target, "errors": 0, "problem": "",
+                         "latencies_ms": [base + i for i in range(20)], "other_load_cores": 0.1,
+                         "cpu_ms_per_turn": None if target == "upstream" else base - 20})  # fmt: skip
+    rss = {"rss_mb": 120.0, "pss_mb": 100.0}
+    return {
+        **report.conditions("bench/run.sh agent"),
+        "warm": warm, "rounds": 3, "turns": 20, "seconds": 10, "hermes_agent": "0.19.0",
+        "targets": {"hermes": {"kind": "hermes", "env": {}}, "hermes-api": {"kind": "hermes-api", "env": {}}},
+        "cold": [{"sample": 1, "target": "hermes", "listening_s": 1.0, "first_turn_s": 3.0, "total_s": 4.0,
+                  "problem": ""},
+                 {"sample": 1, "target": "hermes-api", "spawn_s": 1.2, "first_turn_s": 2.0, "total_s": 2.0,
+                  "problem": ""}],
+        "warm_memory": {"hermes_gateway": {"rss_mb": 140.0, "pss_mb": 120.0}, "hermes_api_worker": rss,
+                        "hermes_api_server": {"rss_mb": 60.0, "pss_mb": 50.0}},
+        "wide": {"profiles": 10, "hermes_total": {"rss_mb": 1400.0, "pss_mb": 1200.0},
+                 "multiplexer": {"rss_mb": 300.0, "pss_mb": 280.0},
+                 "hermes_per_gateway": [{"rss_mb": 140.0, "pss_mb": 120.0}] * 10,
+                 "hermes_api_total": {"rss_mb": 1260.0, "pss_mb": 1050.0},
+                 "hermes_api_server": {"rss_mb": 60.0, "pss_mb": 50.0}, "hermes_api_workers": [rss] * 10},
+        "concurrency": [{"round": 1, "target": t, "turns": 40, "turns_per_s": 4.0, "p50_ms": 1800.0,
+                         "cpu_ms_per_turn": 170.0, "other_load_cores": 0.2, "errors": 0, "problem": ""}
+                        for t in ("hermes", "hermes-api")],
+    }  # fmt: skip
+
+
+def test_agent_report_subtracts_the_upstream_and_checks_issue_9_targets() -> None:
+    data = agent_data()
+    agg = agent_report.warm_summary(data["warm"])
+    assert agg[("text", "hermes")]["p50_ms"] == 210.0 and agg[("text", "hermes")]["added_p50_ms"] == 200.0
+    assert agg[("text", "hermes-api")]["added_p99_ms"] == 220.0  # nearest rank: the 60th of 60 turns
+    assert agent_report.round_ratios(data["warm"], "text", "hermes-api", "hermes") == [1.1, 1.1, 1.1]
+    rows = {row[0]: row for row in agent_report.agent_targets(data)}
+    assert rows["warm text turn: added p50 vs Hermes's server"][2:] == ["1.10×", "yes"]
+    assert rows["warm text turn: CPU per turn vs Hermes's server"][2:] == ["1.11×", "yes"]
+    assert rows["first turn of a profile on a running hermes-api"][2:] == ["2.00 s", "**no**"]
+    assert rows["RSS of a warm profile's process"][2:] == ["120 MB", "yes"]
+    assert rows["RSS of 10 warm profiles, all processes"][2:] == ["1260 MB", "yes"]
+    assert rows["the same, against Hermes's multiplexer (one process)"][1:] == ["≤ 300 MB", "1260 MB", "**no**"]
+    text = agent_report.agent_md(data)
+    assert "| text | hermes-api | 60 | 230.0 | 240.0 | 220.0 | 220.0 | 1.10× (1.10–1.10) | 201.0 | 1.11× |" in text
+    assert "| hermes-api | 1 | – | 1.20 | 2.00 | 2.00 | 2.00–2.00 | 0 |" in text
+
+
+def test_agent_report_is_part_of_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_MD", tmp_path / "RESULTS.md")
+    report.save("agent", agent_data())
+    write_results()  # what `bench/run.sh report` does, without pinning this process to a core
+    assert "## The agent runtime beside Hermes's own API server (issue 9)" in (tmp_path / "RESULTS.md").read_text()

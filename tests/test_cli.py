@@ -281,3 +281,16 @@ def test_the_uvicorn_factory_refuses_a_missing_home_too(tmp_path: Path, monkeypa
     with pytest.raises(ConfigError, match="no Hermes home at .*gone: it does not exist"):
         create_app_from_env()
     assert not (tmp_path / "gone").exists()
+
+
+def test_profiles_table_shows_the_delegation_tool(home: HermesHome, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "hermes-api.yaml"
+    path.write_text(yaml.safe_dump({
+        "hermes_home": str(home.root), "expose": ["default", "alpha", "beta", "gamma"],
+        "keys": [{"name": "team", "key_env": "K"}], "agent": {"profiles": ["alpha", "beta"]},
+        "delegation": {"allow": {"alpha": ["beta", "gamma"]}},
+    }))  # fmt: skip
+    assert cli.main(["profiles", "--config", str(path)], {"K": "k" * 20}) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["alpha"][4] == "memory,skills,session_search,todo,delegate_to_profile(beta|gamma)"
+    assert rows["beta"][4] == "memory,skills,session_search,todo" and rows["gamma"][4] == "-"

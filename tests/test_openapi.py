@@ -10,6 +10,7 @@ from starlette.routing import Mount, Route
 
 from hermes_api.app import ByMethod
 from hermes_api.binding import ProfileEndpoint
+from hermes_api.delegation import DEPTH_HEADER
 from hermes_api.endpoints.chat import SESSION_HEADER
 from hermes_api.headers import IDENTITY_HEADERS, ROUTING_HEADERS
 
@@ -73,4 +74,5 @@ def test_turn_routes_document_every_routing_header(path: str) -> None:
     ]
     documented = {p["name"].lower() for p in params if p["in"] == "header"}
     session = {SESSION_HEADER} if "chat" in path else set()
-    assert documented == {"x-hermes-profile", *ROUTING_HEADERS.values(), *IDENTITY_HEADERS.values(), *session}
+    expected = {"x-hermes-profile", *ROUTING_HEADERS.values(), *IDENTITY_HEADERS.values(), *session, DEPTH_HEADER}
+    assert documented == expected

@@ -116,6 +116,7 @@ def test_json_log_has_one_line_per_request_with_its_fields(json_logged) -> None:
         "upstream_status": 200,
         "upstream_error": None,
         "error": None,
+        "delegated_by": None,
     }
     assert 0 < line["ttfb_s"] <= line["duration_s"]
     failed = requests[down.headers["x-request-id"]]

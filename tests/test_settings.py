@@ -443,3 +443,83 @@ def test_store_problems_never_show_the_url(tmp_path: Path, text: str, environ: d
     problems = problems_of(tmp_path, text, environ)
     assert any(p.startswith(problem) for p in problems), problems
     assert not any("hunter2" in p for p in problems)
+
+
+def test_the_agent_section_and_its_problems(tmp_path: Path) -> None:
+    keyed = {"keys": [{"name": "team", "key_env": "K"}], "expose": ["default", "coder"]}
+    environ = {"K": "sk-team-0123456789abcdef"}
+    agent = {"profiles": "*", "turn_timeout": 30, "per_profile": {"coder": {"toolsets": ["memory", "terminal"]}}}
+    settings = load(tmp_path, {**keyed, "agent": agent}, environ)
+    assert settings.agent.serves("default") and settings.agent.serves("coder")
+    assert settings.agent.profile("coder").toolsets == ("memory", "terminal")
+    assert settings.agent.profile("coder").turn_timeout == 30  # the section's, where the profile sets none
+    assert settings.agent.profile("default").toolsets == ("memory", "skills", "session_search", "todo")
+    assert not load(tmp_path, keyed, environ).agent.serves("default")  # no agent section: every profile direct
+    agent = {"profiles": ["coder", "ghost"], "toolsets": ["memory", "terminal"], "per_profile": {"default": {}}}
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, {"expose": ["default", "coder"], "agent": agent})
+    problems = exc.value.problems
+    assert "agent.profiles: profile 'ghost' is not in expose" in problems
+    assert "agent.per_profile.default: profile 'default' is not in agent.profiles" in problems
+    assert any(p.startswith("agent.toolsets: 'terminal' reaches beyond the profile's own files") for p in problems)
+    assert any(p.startswith("agent: profiles served by the Hermes agent need API keys") for p in problems)
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, {**keyed, "agent": {"profiles": "*", "idle_timeout": float("inf")}}, environ)
+    assert exc.value.problems == ["agent.idle_timeout must be a positive number, not .inf"]
+
+
+DELEGATION_BASE = (
+    "expose: [default, researcher, coder, writer]\n"
+    "keys: [{name: team, key_env: K}]\n"
+    "agent: {profiles: [researcher, coder]}\n"
+)
+
+
+def test_delegation_is_off_by_default_and_read_as_written(tmp_path: Path) -> None:
+    assert not load_yaml(tmp_path, DELEGATION_BASE, {"K": "k" * 20}).delegation
+    text = DELEGATION_BASE + "delegation: {allow: {researcher: [coder, writer]}, max_depth: 3, timeout: 60}\n"
+    rules = load_yaml(tmp_path, text, {"K": "k" * 20}).delegation
+    assert rules.targets("researcher") == ("coder", "writer") and rules.targets("coder") == ()
+    assert (rules.max_depth, rules.timeout) == (3, 60.0)
+
+
+def test_every_delegation_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        "expose: [default, researcher, coder, writer]\n"
+        "host: 192.0.2.7\n"
+        "agent: {profiles: [researcher]}\n"
+        "delegation: {allow: {researcher: [coder, hidden, Bad], writer: [coder], hidden: [coder], Nope: []}}\n"
+    )
+    assert problems_of(tmp_path, text) == [
+        "agent: profiles served by the Hermes agent need API keys (keys or API_SERVER_KEY), also on 127.0.0.1: "
+        "its tools act for whoever can send it a request",
+        "delegation.allow.researcher: 'Bad' is not a valid profile name ([a-z0-9][a-z0-9_-]{0,63})",
+        "delegation.allow.researcher: target 'hidden' is not in expose",
+        "delegation.allow.writer: profile 'writer' is not in agent.profiles (only the Hermes agent can delegate)",
+        "delegation.allow.hidden: profile 'hidden' is not in expose",
+        "delegation.allow: 'Nope' is not a valid profile name",
+        "delegation: a delegated turn runs as the caller's API key, so delegation needs API keys "
+        "(keys or API_SERVER_KEY)",
+        "delegation: host '192.0.2.7' is not reachable on loopback, where the agents call the server back: "
+        "listen on 127.0.0.1, ::1, 0.0.0.0 or ::",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        pytest.param("{max_depth: 0}", "delegation.max_depth must be a positive number", id="depth-zero"),
+        pytest.param("{max_depth: 1.5}", "delegation.max_depth must be a positive integer", id="depth-fraction"),
+        pytest.param("{allow: {researcher: coder}}", "delegation.allow.researcher must be a list", id="not-a-list"),
+        pytest.param("{researcher: [coder]}", "delegation: unknown setting 'researcher'", id="flat"),
+    ],
+)
+def test_delegation_shapes(tmp_path: Path, section: str, problem: str) -> None:
+    problems = problems_of(tmp_path, DELEGATION_BASE + f"delegation: {section}\n", {"K": "k" * 20})
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "0.0.0.0", "::"])
+def test_delegation_on_hosts_that_answer_on_loopback(tmp_path: Path, host: str) -> None:
+    text = DELEGATION_BASE + f"host: '{host}'\ndelegation: {{allow: {{researcher: [coder]}}}}\n"
+    assert load_yaml(tmp_path, text, {"K": "k" * 20}).delegation.targets("researcher") == ("coder",)

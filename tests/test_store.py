@@ -147,7 +147,7 @@ def columns(db: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
 
 
-NAMES = ["m001_responses", "m002_session_turns", "m003_usage"]
+NAMES = ["m001_responses", "m002_session_turns", "m003_usage", "m004_usage_delegation"]
 USAGE_COLUMNS = [
     "seq",
     "id",
@@ -163,6 +163,8 @@ USAGE_COLUMNS = [
     "input_tokens",
     "output_tokens",
     "duration",
+    "delegated_by",
+    "caller_request_id",
 ]
 
 
@@ -195,20 +197,20 @@ def test_migrations_step_by_step_keep_the_data(tmp_path: Path) -> None:
         "INSERT INTO responses (id, owner, profile, created_at, input_items, messages, body)"
         " VALUES ('resp_old', 'k', 'p', 1, '[]', '[]', '{}')"
     )
-    assert migrate(db) == ["m002_session_turns", "m003_usage"]
+    assert migrate(db) == ["m002_session_turns", "m003_usage", "m004_usage_delegation"]
     assert db.execute("SELECT id FROM responses").fetchall() == [("resp_old",)]
 
 
 def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
-    def m004_broken(sql: Any) -> list[str]:
+    def m999_broken(sql: Any) -> list[str]:
         return ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"]
 
     db = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
     with pytest.raises(sqlite3.OperationalError):
-        migrate(db, [*MIGRATIONS, m004_broken])
+        migrate(db, [*MIGRATIONS, m999_broken])
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "half_done" not in tables and "usage" in tables
-    assert db.execute("SELECT count(*) FROM _migrations WHERE name = 'm004_broken'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM _migrations WHERE name = 'm999_broken'").fetchone()[0] == 0
 
 
 async def pg_tables(conn: psycopg.AsyncConnection) -> set[str]:

@@ -190,10 +190,6 @@ class WorkerPool:
             workers += [w for w in (slot.worker, *slot.retired) if w is not None]
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
 
-    def workers(self) -> dict[str, WorkerProcess]:
-        """The live worker of each profile that has one."""
-        return {name: s.worker for name, s in self._slots.items() if s.worker is not None and s.worker.alive}
-
 
 def _process_files(profile: Profile) -> tuple[tuple[int, int], ...]:
     """``(mtime_ns, size)`` of the files a worker reads once, at its start: ``.env``

@@ -56,7 +56,7 @@ class RemoteTurn:
         self.result: dict[str, Any] | None = None
         self.error: HermesAPIError | None = None
         self.interrupted_at: float | None = None  # monotonic seconds, once interrupted
-        self._items: list[str | dict[str, Any]] = []
+        self._items: list[list[str] | dict[str, Any]] = []  # a list: consecutive deltas, joined in ``take``
         self._size = 0
         self._wake = asyncio.Event()
         self._on_overflow = on_overflow
@@ -72,10 +72,10 @@ class RemoteTurn:
         if message["type"] == "delta":
             text = message["text"]
             self._size += len(text)
-            if self._items and isinstance(self._items[-1], str):
-                self._items[-1] += text
+            if self._items and isinstance(self._items[-1], list):
+                self._items[-1].append(text)  # not +=: a client that does not read would make it quadratic
             else:
-                self._items.append(text)
+                self._items.append([text])
         else:
             self._size += len(message.get("output") or "") + len(message.get("arguments") or "")
             self._items.append(message)
@@ -104,7 +104,7 @@ class RemoteTurn:
         if self.done:
             self._wake.set()  # an ended turn stays "arrived"
         items, self._items, self._size = self._items, [], 0
-        return items
+        return ["".join(item) if isinstance(item, list) else item for item in items]
 
     async def batches(self) -> AsyncIterator[list[str | dict[str, Any]]]:
         """The items, in the groups they are waiting in when asked; ends when the turn
@@ -116,15 +116,6 @@ class RemoteTurn:
                 yield items
             if self.done:
                 return
-
-    async def wait(self) -> dict[str, Any]:
-        """The ``result`` message; raises the turn's ``error``. Items are dropped."""
-        async for _ in self.batches():
-            pass
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
 
 
 class WorkerProcess:
@@ -154,7 +145,8 @@ class WorkerProcess:
     async def start(cls, spec: WorkerSpec, timeout: float) -> WorkerProcess:
         """Start the worker and wait up to ``timeout`` seconds for ``ready``. Raises
         ``AgentWorkerError`` (with the reason, never an environment value) when it does
-        not start, and kills what it started."""
+        not start, and kills what it started, as it does when the wait is cancelled
+        (``WorkerPool.aclose``)."""
         spec.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -174,6 +166,9 @@ class WorkerProcess:
                 hello = wire.decode(await process.stdout.readline(), wire.TO_PARENT)  # type: ignore[union-attr]
         except (TimeoutError, wire.ProtocolError, ValueError):
             hello = {"type": "fatal", "message": f"no 'ready' within {timeout:g}s"}
+        except BaseException:  # cancelled (the server is stopping): leave nothing running
+            _kill(process)
+            raise
         if hello["type"] != "ready" or hello.get("protocol") != wire.PROTOCOL:
             _kill(process)
             await process.wait()

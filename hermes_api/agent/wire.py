@@ -8,12 +8,20 @@ directions; it imports nothing but the standard library, because the worker load
 path into an interpreter that may not have hermes-api installed (``agent.python``).
 
 Version ``PROTOCOL`` is announced in ``ready``; the parent refuses a worker that speaks
-another. Messages, by ``type`` (every turn-scoped message carries the turn's ``id``):
+another. A field added as optional (``turn``'s ``delegation``) keeps the version: a
+worker that does not know it ignores it. Messages, by ``type`` (every turn-scoped
+message carries the turn's ``id``):
 
 parent → worker
     ``turn``       ``id``, ``messages`` (the chat request's messages), ``session``
                    (``{"namespace": str, "id": str | None}``), ``toolsets`` (list of
-                   Hermes toolset names), ``stream`` (bool: send ``delta``s)
+                   Hermes toolset names), ``stream`` (bool: send ``delta``s),
+                   ``delegation`` (optional; absent or None: the agent may not
+                   delegate): ``{"targets": [profile, ...], "url": the server's chat
+                   completions on loopback, "credential": the bearer credential of
+                   this turn (``credentials.py``), "timeout": seconds to wait for one
+                   answer, "depth": this turn's depth}``, for the
+                   ``delegate_to_profile`` tool (``delegate_tool.py``)
     ``interrupt``  ``id``, ``reason``: ``AIAgent.interrupt(reason)``
     ``shutdown``   interrupt every turn, exit
 worker → parent

@@ -25,13 +25,22 @@ import os
 import re
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
-_spec = importlib.util.spec_from_file_location("_hermes_api_wire", Path(__file__).with_name("wire.py"))
-assert _spec is not None and _spec.loader is not None
-wire = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wire)
+
+def _load(name: str) -> Any:
+    """A module of this package, by path (hermes-api itself may not be importable here)."""
+    spec = importlib.util.spec_from_file_location(f"_hermes_api_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wire = _load("wire")
+delegate_tool = _load("delegate_tool")
 
 SYSTEM_ROLES = ("system", "developer")
 _HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
@@ -73,6 +82,7 @@ class Worker:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._db: Any = None
+        self._db_lock = threading.Lock()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -117,6 +127,7 @@ class Worker:
         try:
             self.channel.send(self.execute(message))
         except Exception as exc:  # a bug here or in Hermes: the parent logs it, the turn fails
+            traceback.print_exc()  # to the worker's log (stderr)
             self.channel.send(_failure(turn, "internal", f"{type(exc).__name__}: {_redact(str(exc))}"))
         finally:
             with self._lock:
@@ -171,7 +182,8 @@ class Worker:
                 reason = self._interrupted.pop(turn, None)
             if reason is not None:
                 agent.interrupt(reason)
-            result = agent.run_conversation(user_message=user_message, conversation_history=history, task_id=sid)
+            with delegate_tool.granted(message.get("delegation")):
+                result = agent.run_conversation(user_message=user_message, conversation_history=history, task_id=sid)
             usage = {
                 "prompt_tokens": getattr(agent, "session_prompt_tokens", 0) or 0,
                 "completion_tokens": getattr(agent, "session_completion_tokens", 0) or 0,
@@ -186,7 +198,8 @@ class Worker:
     def create_agent(self, message: dict[str, Any], system: str | None, sid: str) -> Any:
         """``APIServerAdapter._create_agent``: model, provider, key, iterations, fallback and
         reasoning from the profile's own config through Hermes's helpers; the toolsets
-        hermes-api allows this profile (never the profile's own api_server list)."""
+        hermes-api allows this profile (never the profile's own api_server list), and
+        the delegation tool when the turn has a grant (``delegate_tool``)."""
         from agent.display import build_tool_preview, get_tool_emoji
         from gateway.run import (
             GatewayRunner,
@@ -227,6 +240,9 @@ class Worker:
                 }
             )  # fmt: skip
 
+        toolsets = list(message["toolsets"])
+        if message.get("delegation"):
+            toolsets.append(delegate_tool.enable(message["delegation"]))
         runtime = _resolve_runtime_agent_kwargs()
         model = runtime.pop("model", None) or _resolve_gateway_model()
         return AIAgent(
@@ -236,7 +252,7 @@ class Worker:
             quiet_mode=True,
             verbose_logging=False,
             ephemeral_system_prompt=system or None,
-            enabled_toolsets=list(message["toolsets"]),
+            enabled_toolsets=toolsets,
             session_id=sid,
             platform="api_server",
             stream_delta_callback=on_delta,
@@ -249,13 +265,18 @@ class Worker:
         )
 
     def session_db(self) -> Any:
-        """One ``SessionDB`` (``<HERMES_HOME>/state.db``) per process, like the API server's."""
-        if self._db is None:
-            from hermes_constants import get_hermes_home
-            from hermes_state import SessionDB
+        """One ``SessionDB`` (``<HERMES_HOME>/state.db``) per process, like the API server's.
+        Made under a lock: the first turns of a new worker ask for it at once, from their
+        threads, and two ``SessionDB``s creating the schema together fail ("vtable
+        constructor failed: messages_fts_trigram"). Hermes's server makes it on its one
+        event-loop thread."""
+        with self._db_lock:
+            if self._db is None:
+                from hermes_constants import get_hermes_home
+                from hermes_state import SessionDB
 
-            self._db = SessionDB(db_path=get_hermes_home() / "state.db")
-        return self._db
+                self._db = SessionDB(db_path=get_hermes_home() / "state.db")
+            return self._db
 
 
 def _json(value: Any) -> str:

@@ -170,14 +170,20 @@ async def create_chat_completion(request: Request, body: dict[str, Any]) -> Resp
     """Run one chat turn under the bound profile; ``model`` in the answer is the
     profile's id. Errors before the first byte are JSON (§5). ``X-Hermes-Session-Id``
     (sanitised like the routing headers, else 400) continues that session; an unknown
-    ``X-Hermes-Tool-Display`` is a 400 too."""
+    ``X-Hermes-Tool-Display`` is a 400 too. A delegated request continues the session
+    ``delegation.Delegation.session`` names, whatever it sends; an agent turn whose
+    profile may delegate gets its ``delegation.Grant``."""
     include_usage = validate_chat_request(body)
     state = request.state
     drain: Drain = state.drain
     display = tool_activity.tool_display(header_value(request.headers, tool_activity.HEADER))
-    session_id = header_value(request.headers, SESSION_HEADER)
-    turn = Turn(current_profile(), body, request.user.owner, session_id or None)
-    headers = {SESSION_HEADER: request.headers[SESSION_HEADER]} if session_id else {}  # the bytes as sent
+    sent_session = header_value(request.headers, SESSION_HEADER)
+    # A delegated turn continues the session its credential names, never one it picks.
+    session_id = state.delegation.session(request.user) or sent_session or None
+    profile = current_profile()
+    grant = state.delegation.grant(request, profile, body["messages"], session_id)
+    turn = Turn(profile, body, request.user.owner, session_id, grant)
+    headers = {SESSION_HEADER: request.headers[SESSION_HEADER]} if sent_session else {}  # the bytes as sent
     if body.get("stream"):
         chunks = await drain.run(state.resources.enter_async_context(state.turns.stream(turn)))
         return EventStreamResponse(

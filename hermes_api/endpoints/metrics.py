@@ -9,29 +9,12 @@ not make the world local). It is never open to the network by default.
 
 from __future__ import annotations
 
-import ipaddress
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import ForbiddenError
+from ..keys import from_loopback
 from ..metrics import CONTENT_TYPE
-
-PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
-
-
-def from_loopback(request: Request) -> bool:
-    """True when the client is on this machine and no proxy says it forwards another."""
-    client = request.client
-    if client is None or any(h in request.headers for h in PROXY_HEADERS):
-        return False
-    try:
-        address = ipaddress.ip_address(client.host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack bind
-    return address.is_loopback
 
 
 async def get_metrics(request: Request) -> Response:

@@ -84,7 +84,9 @@ async def create_response(request: Request, body: dict[str, Any]) -> Response:
     profile, owner, store = current_profile(), request.user.owner, request.state.store
     parsed, history = await _conversation(translation.parse_request(body), store, owner, profile.name)
     messages = items.turn_messages(parsed.items, history)
-    turn = Turn(profile, translation.chat_request(parsed, history, messages), owner)
+    chat_request = translation.chat_request(parsed, history, messages)
+    grant = request.state.delegation.grant(request, profile, chat_request["messages"], None)
+    turn = Turn(profile, chat_request, owner, delegation=grant)
     display = tool_activity.tool_display(header_value(request.headers, tool_activity.HEADER))
     draft = response_objects.new_response(parsed, model=profile.name)
 

@@ -87,6 +87,9 @@ class UsageRecord:
     our error code when the turn failed, also after a stream's first byte;
     ``input_tokens``/``output_tokens`` the provider's own figures (``usage.prompt_tokens``,
     ``usage.completion_tokens``), None when it sent none; ``duration`` seconds.
+    ``delegated_by`` the delegating profile of a turn one agent delegated to this
+    profile (``delegation``), and ``caller_request_id`` that delegating request's
+    ``x-request-id``; both None for a client's own turn.
     """
 
     id: str
@@ -102,6 +105,8 @@ class UsageRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     duration: float | None = None
+    delegated_by: str | None = None
+    caller_request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

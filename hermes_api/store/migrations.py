@@ -124,7 +124,16 @@ def m003_usage(sql: Dialect) -> list[str]:
     ]
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_responses, m002_session_turns, m003_usage)
+def m004_usage_delegation(sql: Dialect) -> list[str]:
+    """A delegated turn's row names its delegating profile and request
+    (``UsageRecord.delegated_by``, ``caller_request_id``); NULL for a client's own turn."""
+    return [
+        "ALTER TABLE usage ADD COLUMN delegated_by TEXT",
+        "ALTER TABLE usage ADD COLUMN caller_request_id TEXT",
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_responses, m002_session_turns, m003_usage, m004_usage_delegation)
 _LEDGER = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at {real} NOT NULL)"
 
 

@@ -48,11 +48,11 @@ APPEND_SESSION = "INSERT INTO session_turns (owner, profile, session_id, created
 
 USAGE_COLUMNS = (
     "id, created_at, key_name, profile, model, operation, stream, request_id,"
-    " status, error, input_tokens, output_tokens, duration"
+    " status, error, input_tokens, output_tokens, duration, delegated_by, caller_request_id"
 )
 # A turn's row; the same id again (the end of a turn start_usage inserted) completes it.
 RECORD_USAGE = f"""
-    INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, duration = excluded.duration
 """
@@ -101,6 +101,8 @@ def usage_params(r: UsageRecord) -> tuple[object, ...]:
         r.input_tokens,
         r.output_tokens,
         r.duration,
+        r.delegated_by,
+        r.caller_request_id,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from ..delegation import Grant
     from ..profiles import Profile
 
 ChatRequest = dict[str, Any]
@@ -34,13 +35,16 @@ Chunk = dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class Turn:
     """One turn: the bound ``profile``, the chat-completions ``request`` (``messages``
-    and the rest of the body), whose it is (``owner``: ``keys.Caller.owner``) and the
-    session it continues (None: the request carries its whole conversation)."""
+    and the rest of the body), whose it is (``owner``: ``keys.Caller.owner``), the
+    session it continues (None: the request carries its whole conversation), and what
+    its agent may delegate (``delegation.Grant``; None: nothing, and always for a
+    direct profile)."""
 
     profile: Profile
     request: ChatRequest
     owner: str = "open"
     session_id: str | None = None
+    delegation: Grant | None = None
 
 
 @dataclass(frozen=True, slots=True)

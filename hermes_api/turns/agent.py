@@ -35,7 +35,7 @@ from ..errors import AgentTimeoutError, HermesAPIError, InvalidValueError, Serve
 from ..profiles import Profile
 from ..settings import Settings
 from ..tool_activity import strip_blocks
-from ..upstream import status_error
+from ..upstream import scrub, status_error
 from . import Chunk, Completion, ToolEvent, Turn
 
 logger = logging.getLogger("hermes_api")
@@ -52,13 +52,15 @@ class AgentTurns:
 
     def _message(self, turn: Turn, stream: bool) -> dict[str, Any]:
         """The ``turn`` message for the worker (``agent/wire.py``). The namespace keeps
-        two API keys from ever sharing a ``state.db`` session."""
+        two API keys from ever sharing a ``state.db`` session; ``delegation`` offers the
+        agent its profile's delegation tool (``delegation.Grant``)."""
         namespace = hashlib.sha256(f"hermes-api\0{turn.owner}".encode()).hexdigest()[:32]
         return {
             "messages": [_without_blocks(m) for m in turn.request["messages"]],
             "session": {"namespace": namespace, "id": turn.session_id},
             "toolsets": list(self._settings.agent.profile(turn.profile.name).toolsets),
             "stream": stream,
+            "delegation": turn.delegation.wire() if turn.delegation is not None else None,
         }
 
     async def _submit(self, turn: Turn, stream: bool) -> tuple[WorkerProcess, RemoteTurn]:
@@ -212,8 +214,10 @@ def completion(name: str, result: dict[str, Any]) -> dict[str, Any]:
 def turn_error(profile: Profile, error: dict[str, Any]) -> HermesAPIError:
     """The error table's error for a turn the agent could not finish (``wire`` ``result``
     ``error``): the provider's failure is mapped as for a direct turn (``upstream``),
-    Hermes refusing the input is a 400, anything else a 500 (details in the log)."""
-    kind, message = error.get("kind"), str(error.get("message") or "")
+    Hermes refusing the input is a 400, anything else a 500 (details in the log). The
+    profile's key is scrubbed from the message as from a direct turn's provider errors: a
+    provider may echo it, and Hermes redacts only the key formats it knows."""
+    kind, message = error.get("kind"), scrub(str(error.get("message") or ""), profile)
     if kind == "input":
         return InvalidValueError(message, param=error.get("param"))
     if kind == "provider":
