@@ -53,6 +53,15 @@ def error_kind(exc: UpstreamError) -> str:
     return exc.code or "upstream_error"
 
 
+def usage_id(micros: int) -> str:
+    """A usage row's id: 32 hex digits, the Unix time in microseconds (13) then 76 random
+    bits (19). Ids made later sort later, so the store's unique index on ``id`` grows at
+    its end like the table, where random ids landed on a random page each: a commit of
+    100 rows wrote 100 index pages, and a row cost SQLite 11-15 µs instead of 4 (and
+    more as the table grew). Not uuid4: os.urandom was 9 % of a chat turn's CPU."""
+    return f"{micros:013x}{random.getrandbits(76):019x}"
+
+
 def _tokens(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -119,8 +128,9 @@ class Exchange:
         delegated = caller.delegation
         if delegated is not None:
             self.delegated_by, self.caller_request_id = delegated.profile, delegated.request
-        self.usage_id = f"{random.getrandbits(128):032x}"  # not uuid4: os.urandom was 9% of a chat turn's CPU
-        self.created_at = time.time()
+        now = time.time_ns() // 1000
+        self.usage_id = usage_id(now)
+        self.created_at = now / 1e6
         self.records_usage = records_usage
 
     def take_usage(self, usage: object) -> None:

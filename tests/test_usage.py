@@ -144,6 +144,21 @@ def test_a_refused_turn_is_recorded_and_one_that_never_reached_a_profile_is_not(
     assert [(r["profile"], r["status"], r["error"]) for r in rows] == [("alpha", 400, "invalid_value")]
 
 
+def test_usage_rows_are_ordered_by_their_ids_as_by_their_arrival(make_app, upstream, tmp_path) -> None:
+    # Time-ordered ids keep the store's unique index on `id` growing at its end.
+    upstream.post("/chat/completions").respond(json=completion())
+    with TestClient(make_app()) as c:
+        for _ in range(5):
+            assert c.post("/v1/chat/completions", json={"model": "alpha", "messages": USER}).status_code == 200
+    db = sqlite3.connect(tmp_path / "state" / "responses.db")
+    try:
+        ids = [row[0] for row in db.execute("SELECT id FROM usage ORDER BY created_at, seq")]
+    finally:
+        db.close()
+    assert len(ids) == 5 == len(set(ids)) and ids == sorted(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
 def test_record_usage_false_records_nothing(make_app, upstream, tmp_path) -> None:
     upstream.post("/chat/completions").respond(json=completion())
     with TestClient(make_app(record_usage=False)) as c:
