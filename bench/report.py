@@ -326,37 +326,83 @@ OBSERVATION = (
 OBSERVATION_LIMIT = 0.10
 
 
-def ops_md(data: dict[str, Any]) -> str:
-    """Issue 12's figures: both peers, and each variant of hermes-api beside the
-    default one, as ratios paired per round; the cost of observing a request."""
+def _beside(a: dict[str, Any] | None, b: dict[str, Any] | None, field: str, fmt: str) -> str:
+    """``a``'s median of ``field`` beside ``b``'s: "0.552 / 0.601"."""
+    return f"{_f(a[field] if a else None, fmt)} / {_f(b[field] if b else None, fmt)}"
+
+
+def variants_md(data: dict[str, Any], agg: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Each variant beside ``hermes-api``: medians side by side, and the median of the
+    per-round ratios (the steadier figure on a shared machine)."""
     runs = data["runs"]
     scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
-    targets = set(r["target"] for r in runs)
-    parts = [gateways_md(data, title="Running it as a service (issue 12): peers, store, workers, observation")]
     rows = []
     for variant, note in VARIANT_NOTES.items():
         for scenario in scenarios:
-            if not any(r["target"] == variant and r["scenario"] == scenario for r in runs):
+            mine, base = agg.get((scenario, variant)), agg.get((scenario, "hermes-api"))
+            if mine is None:
                 continue
-            rows.append([variant, note, scenario, *(
-                _f(paired_ratio(runs, scenario, variant, "hermes-api", f), "{:.2f}")
-                for f in ("rps", "cpu_ms_per_req", "p99_ms")
-            )])  # fmt: skip
-    if rows:
-        parts.append("### hermes-api's variants beside hermes-api (ratios, medians of per-round ratios)\n")
-        parts.append(table(["target", "what differs", "scenario", "req/s ×", "CPU/req ×", "p99 ×"], rows) + "\n")
+            fields = ("rps", "cpu_ms_per_req", "p99_ms")
+            ratios = [paired_ratio(runs, scenario, variant, "hermes-api", f) for f in fields]
+            rows.append([
+                variant, note, scenario,
+                _beside(mine, base, "rps", "{:.0f}"), _f(ratios[0], "{:.2f}"),
+                _beside(mine, base, "cpu_ms_per_req", "{:.3f}"), _f(ratios[1], "{:.2f}"),
+                _beside(mine, base, "p99_ms", "{:.1f}"), _f(ratios[2], "{:.2f}"),
+            ])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["target", "what differs", "scenario", "req/s (it / hermes-api)", "req/s ×"]
+    header += ["CPU ms/req (it / hermes-api)", "CPU/req ×", "p99 ms (it / hermes-api)", "p99 ×"]
+    return (
+        "### hermes-api's variants beside hermes-api: medians side by side, and the median of per-round ratios\n\n"
+        + table(header, rows)
+        + "\n"
+    )
+
+
+def observation_md(data: dict[str, Any], agg: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """CPU per request with metrics and usage rows on (each, both; and any ``--compare``
+    checkout, both on) over ``hermes-api[off]``, against ``OBSERVATION_LIMIT``."""
+    runs = data["runs"]
+    scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
+    targets = list(dict.fromkeys(r["target"] for r in runs))
+    if "hermes-api[off]" not in targets:
+        return ""
+    observed = list(OBSERVATION) + [
+        (f"metrics and usage rows, checkout {t[len('hermes-api[') : -1]}", t)
+        for t in targets
+        if t.startswith("hermes-api[") and t not in VARIANT_NOTES
+    ]
     rows = []
-    if "hermes-api[off]" in targets:
-        for scenario in scenarios:
-            for label, target in OBSERVATION:
-                r = paired_ratio(runs, scenario, target, "hermes-api[off]", "cpu_ms_per_req")
-                if r is not None:
-                    cost = r - 1
-                    met = "yes" if cost <= OBSERVATION_LIMIT else "**no**"
-                    rows.append([scenario, label, f"{100 * cost:+.1f} %", f"≤ {100 * OBSERVATION_LIMIT:.0f} %", met])
-    if rows:
-        parts.append("### What observing a request costs: CPU per request beside hermes-api[off]\n")
-        parts.append(table(["scenario", "on", "CPU per request", "target", "met"], rows) + "\n")
+    for scenario in scenarios:
+        off = agg.get((scenario, "hermes-api[off]"))
+        for label, target in observed:
+            r = paired_ratio(runs, scenario, target, "hermes-api[off]", "cpu_ms_per_req")
+            if r is None:
+                continue
+            cost = r - 1
+            met = "yes" if cost <= OBSERVATION_LIMIT else "**no**"
+            rows.append([
+                scenario, label, _beside(agg.get((scenario, target)), off, "cpu_ms_per_req", "{:.3f}"),
+                f"{100 * cost:+.1f} %", f"≤ {100 * OBSERVATION_LIMIT:.0f} %", met,
+            ])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["scenario", "on", "CPU ms/req (on / off, medians)", "cost: median of per-round ratios − 1"]
+    return (
+        "### What observing a request costs: CPU per request beside hermes-api[off]\n\n"
+        + table([*header, "target", "met"], rows)
+        + "\n"
+    )
+
+
+def ops_md(data: dict[str, Any]) -> str:
+    """Issue 12's figures: both peers, and each variant of hermes-api beside the
+    default one, medians and ratios paired per round; the cost of observing a request."""
+    agg = aggregate(data["runs"])
+    parts = [gateways_md(data, title="Running it as a service (issue 12): peers, store, workers, observation")]
+    parts += [md for md in (variants_md(data, agg), observation_md(data, agg)) if md]
     return "\n".join(parts)
 
 

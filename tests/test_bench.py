@@ -62,7 +62,7 @@ def test_ops_report_gives_each_variant_and_the_cost_of_observing() -> None:
     runs = []
     figures = (("hermes-api", 0.36, 3000), ("hermes-api[off]", 0.30, 3300), ("hermes-api[no-usage]", 0.31, 3200),
                ("hermes-api[no-metrics]", 0.32, 3100), ("hermes-api[pg]", 0.40, 2500), ("litellm", 6.0, 150),
-               ("portkey", 2.0, 600))  # fmt: skip
+               ("portkey", 2.0, 600), ("hermes-api[before]", 0.39, 2900))  # fmt: skip
     for r in (1, 2, 3):
         for target, cpu, rps in figures:
             runs.append({"round": r, "scenario": "chat c=32", "target": target, "rps": rps, "requests": 1000,
@@ -71,9 +71,11 @@ def test_ops_report_gives_each_variant_and_the_cost_of_observing() -> None:
                          "peak_rss_mb": 50.0, "other_load_cores": 0.1})  # fmt: skip
     text = report.ops_md({**report.conditions("python -m bench ops"), "runs": runs, "rounds": 3, "seconds": 10})
     assert "× Portkey" in text and "| hermes-api | 3000 (3000–3000)" in text and "DB CPU ms/req" in text
-    assert "| hermes-api[pg] | PostgreSQL store (SQLite: hermes-api) | chat c=32 | 0.83 | 1.11 | 1.00 |" in text
-    assert "| chat c=32 | metrics and usage rows | +20.0 % | ≤ 10 % | **no** |" in text
-    assert "| chat c=32 | usage rows alone | +6.7 % | ≤ 10 % | yes |" in text
+    pg = "| hermes-api[pg] | PostgreSQL store (SQLite: hermes-api) | chat c=32 |"
+    assert f"{pg} 2500 / 3000 | 0.83 | 0.400 / 0.360 | 1.11 | 2.0 / 2.0 | 1.00 |" in text
+    assert "| chat c=32 | metrics and usage rows | 0.360 / 0.300 | +20.0 % | ≤ 10 % | **no** |" in text
+    assert "| chat c=32 | usage rows alone | 0.320 / 0.300 | +6.7 % | ≤ 10 % | yes |" in text
+    assert "| chat c=32 | metrics and usage rows, checkout before | 0.390 / 0.300 | +30.0 % |" in text
 
 
 def test_every_variant_is_a_target() -> None:
