@@ -1,4 +1,4 @@
-"""``python -m bench [all|gateways|scale|streams|agent|report] [options]``: run the
+"""``python -m bench [all|gateways|ops|scale|streams|agent|report] [options]``: run the
 benchmark parts and write ``bench/results/<part>.json`` and ``bench/RESULTS.md``."""
 
 from __future__ import annotations
@@ -14,10 +14,26 @@ from pathlib import Path
 from . import agent_report, agents, clients, gateways, profile, report, scale, streams
 from .agent_targets import AgentTarget, hermes_target, start_gateway, start_hermes_api, start_multiplexer
 from .agent_targets import start_upstream as start_agent_upstream
+from .postgres import Cluster
 from .procs import LOAD_CPU, raise_own_nofile, stop
-from .targets import Target, litellm_bin, start_floor, start_hermes, start_litellm, start_upstream
+from .targets import (
+    VARIANTS,
+    Target,
+    litellm_bin,
+    portkey_script,
+    start_floor,
+    start_hermes,
+    start_litellm,
+    start_portkey,
+    start_upstream,
+)
 
-TARGETS = ("direct", "floor", "hermes-api", "litellm")
+TARGETS = ("direct", "floor", "hermes-api", "litellm", "portkey")
+KNOWN = (*TARGETS, *(f"hermes-api[{v}]" for v in VARIANTS))
+# The ops part (issue 12): both peers, the PostgreSQL store, two workers, metrics and
+# usage recording on and off, at c=32.
+OPS_TARGETS = ("direct", "hermes-api", "litellm", "portkey", *(f"hermes-api[{v}]" for v in VARIANTS))
+OPS_SCENARIOS = ("chat c=32", "chat stream c=32", "responses c=32", "responses stream c=32")
 
 
 def workdir(part: str) -> Path:
@@ -33,31 +49,58 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def run_gateways(args: argparse.Namespace, command: str) -> None:
+def missing_peers(wanted: list[str]) -> list[str]:
+    """``wanted`` less the peers that are not installed (said why)."""
+    for name, path in (("litellm", litellm_bin()), ("portkey", portkey_script())):
+        if name in wanted and not path.exists():
+            log(f"skip {name}: {path} is missing (bench/run.sh installs it)")
+            wanted = [t for t in wanted if t != name]
+    return wanted
+
+
+def start_target(name: str, work: Path, upstream: Target, stack: ExitStack, postgres: list[Cluster]) -> Target:
+    """Start target ``name`` (``KNOWN``); ``postgres`` holds the one cluster that
+    PostgreSQL variants share, made on first use and stopped with ``stack``."""
+
+    def cluster() -> Cluster:
+        if not postgres:
+            postgres.append(Cluster())
+            stack.callback(postgres[0].stop)
+            log(f"PostgreSQL ready on port {postgres[0].port} (pid {postgres[0].pid})")
+        return postgres[0]
+
+    if name == "direct":
+        return upstream
+    starters = {"floor": start_floor, "hermes-api": start_hermes, "litellm": start_litellm, "portkey": start_portkey}
+    if name in starters:
+        t = starters[name](work, upstream)
+    elif name.startswith("hermes-api[") and name[11:-1] in VARIANTS:
+        t = start_hermes(work, upstream, name=name, variant=VARIANTS[name[11:-1]], postgres=cluster)
+    else:
+        raise SystemExit(f"unknown target {name}; known: {', '.join(KNOWN)}")
+    stack.callback(stop, t.proc)
+    return t
+
+
+def run_gateways(
+    args: argparse.Namespace,
+    command: str,
+    part: str = "gateways",
+    targets_: tuple[str, ...] = TARGETS,
+    scenarios_: tuple[str, ...] = (),
+) -> None:
     data = report.conditions(command, args.banner)
-    scenarios = [s for s in gateways.SCENARIOS if not args.scenarios or s.name in args.scenarios]
-    wanted = args.targets or list(TARGETS)
-    if "litellm" in wanted and not litellm_bin().exists():
-        log(f"skip litellm: {litellm_bin()} is missing (bench/run.sh installs it)")
-        wanted = [t for t in wanted if t != "litellm"]
+    chosen = args.scenarios or scenarios_
+    scenarios = [s for s in gateways.SCENARIOS if not chosen or s.name in chosen]
+    wanted = missing_peers(args.targets or list(targets_))
     with ExitStack() as stack:
-        work = workdir("gateways")
+        work = workdir(part)
         upstream = start_upstream(work)
         stack.callback(stop, upstream.proc)
         targets: list[Target] = []
+        postgres: list[Cluster] = []
         for name in wanted:
-            if name == "direct":
-                t = upstream
-            elif name == "floor":
-                t = start_floor(work, upstream)
-            elif name == "hermes-api":
-                t = start_hermes(work, upstream)
-            elif name == "litellm":
-                t = start_litellm(work, upstream)
-            else:
-                raise SystemExit(f"unknown target {name}; known: {', '.join(TARGETS)}")
-            if t is not upstream:
-                stack.callback(stop, t.proc)
+            t = start_target(name, work, upstream, stack, postgres)
             targets.append(t)
             log(f"{name} ready on port {t.port} (pid {t.proc.pid if t.proc else '-'}) in {t.startup_s:.2f} s")
         for spec in args.compare:
@@ -77,7 +120,7 @@ def run_gateways(args: argparse.Namespace, command: str) -> None:
             log=log,
         )
     data |= result | {"rounds": args.rounds, "seconds": args.duration}
-    log(f"saved {report.save('gateways', data)}")
+    log(f"saved {report.save(part, data)}")
 
 
 def run_profile(args: argparse.Namespace) -> None:
@@ -172,6 +215,9 @@ def write_results() -> None:
     if data:
         parts["gateways"] = report.gateways_md(data, report.gateway_targets)
         targets += report.gateway_targets(data)
+    data = report.load("ops")
+    if data:
+        parts["ops"] = report.ops_md(data)
     data = report.load("scale")
     if data:
         parts["scale"] = report.scale_md(data)
@@ -195,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         "part",
         nargs="?",
         default="all",
-        choices=["all", "gateways", "scale", "streams", "agent", "report", "profile", "clients"],
+        choices=["all", "gateways", "ops", "scale", "streams", "agent", "report", "profile", "clients"],
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per target and scenario")
-    parser.add_argument("--targets", nargs="*", help=f"subset of {', '.join(TARGETS)}")
+    parser.add_argument("--targets", nargs="*", help=f"targets among {', '.join(KNOWN)}")
     parser.add_argument("--scenarios", nargs="*", help="subset of: " + ", ".join(s.name for s in gateways.SCENARIOS))
     parser.add_argument(
         "--compare",
@@ -238,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.part in ("all", "gateways"):
         run_gateways(args, command)
+    if args.part in ("all", "ops"):
+        run_gateways(args, command, "ops", OPS_TARGETS, OPS_SCENARIOS)
     if args.part in ("all", "scale"):
         run_scale(args, command)
     if args.part in ("all", "streams"):

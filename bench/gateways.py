@@ -69,6 +69,7 @@ def preflight(target: Target, scenario: Scenario) -> None:
     if (scenario.kind, scenario.stream) not in target.routes:
         raise Skip(f"{target.name} does not offer {scenario.kind}")
     headers = {"authorization": f"Bearer {target.auth}"} if target.auth else {}
+    headers |= target.headers.get((scenario.kind, scenario.stream), {})
     url = target.url(scenario.kind, scenario.stream)
     answer = httpx.post(url, json=request_body(target, scenario), headers=headers, timeout=30)
     if answer.status_code == 404 and '"not_found"' in answer.text:
@@ -105,6 +106,8 @@ def measure(target: Target, scenario: Scenario, body: Path, seconds: float, upst
     pid, up_pid = target.proc.pid, upstream.proc.pid
     clear_peak_rss(pid)
     own = [pid] if pid == up_pid else [pid, up_pid]
+    if target.aux_pid is not None:
+        own.append(target.aux_pid)
     cpu0 = [cpu_seconds(p) for p in own]
     busy0, wall0 = machine_busy()[0], time.perf_counter()
     kids0, self0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
@@ -114,6 +117,7 @@ def measure(target: Target, scenario: Scenario, body: Path, seconds: float, upst
         connections=scenario.connections,
         seconds=seconds,
         auth=target.auth,
+        headers=target.headers.get((scenario.kind, scenario.stream)),
     )
     cpu1 = [cpu_seconds(p) for p in own]
     busy1, wall1 = machine_busy()[0], time.perf_counter()
@@ -131,6 +135,10 @@ def measure(target: Target, scenario: Scenario, body: Path, seconds: float, upst
         "p90_ms": lat["p90"] / 1000,
         "p99_ms": lat["p99"] / 1000,
         "cpu_ms_per_req": 1000 * gateway_cpu / result.requests if result.requests else None,
+        # the target's own database server (PostgreSQL), apart from its CPU
+        "aux_cpu_ms_per_req": (
+            1000 * (cpu1[-1] - cpu0[-1]) / result.requests if target.aux_pid is not None and result.requests else None
+        ),
         "peak_rss_mb": memory_kib(pid) / 1024,
         "other_load_cores": max(0.0, (busy1 - busy0 - ours) / (wall1 - wall0)),
     }
@@ -179,6 +187,7 @@ def run(
                     connections=scenario.connections,
                     seconds=warmup,
                     auth=target.auth,
+                    headers=target.headers.get((scenario.kind, scenario.stream)),
                 )
     runs = []
     for r, scenario, target in plan(rounds, scenarios, targets):

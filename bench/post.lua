@@ -16,6 +16,10 @@ if profiles then
     return wrk.format(nil, nil, nil, (template:gsub("__PROFILE__", name, 1)))
   end
 end
+-- $BENCH_HEADERS: more headers, one "Name: value" a line.
+for name, value in (os.getenv("BENCH_HEADERS") or ""):gmatch("([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
+end
 local auth = os.getenv("BENCH_AUTH")
 if auth and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth

@@ -20,7 +20,7 @@ import orjson
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("summary", "gateways", "scale", "streams", "agent")
+PARTS = ("summary", "gateways", "ops", "scale", "streams", "agent")
 
 
 # -- conditions -------------------------------------------------------------------------
@@ -130,6 +130,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
             k: med(r[k] for r in rs)
             for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_ms_per_req", "other_load_cores")
         }
+        agg["aux_cpu_ms_per_req"] = med(r.get("aux_cpu_ms_per_req") for r in rs)
         agg["rps_min"], agg["rps_max"] = min(r["rps"] for r in rs), max(r["rps"] for r in rs)
         cpus = [r["cpu_ms_per_req"] for r in rs if r["cpu_ms_per_req"] is not None]
         agg["cpu_min"], agg["cpu_max"] = (min(cpus), max(cpus)) if cpus else (None, None)
@@ -177,22 +178,30 @@ def _conditions_md(data: dict[str, Any]) -> str:
     )
 
 
-def gateways_md(data: dict[str, Any], targets_check: Callable[..., list[list[str]]] | None = None) -> str:
+def gateways_md(
+    data: dict[str, Any],
+    targets_check: Callable[..., list[list[str]]] | None = None,
+    title: str = "Gateways side by side",
+) -> str:
     runs = data["runs"]
     agg = aggregate(runs)
     scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
     targets = list(dict.fromkeys(r["target"] for r in runs))
+    portkey = "portkey" in targets
+    database = any(a["aux_cpu_ms_per_req"] is not None for a in agg.values())
     parts = [
-        "## Gateways side by side\n",
+        f"## {title}\n",
         _conditions_md(data),
         f"- {data['rounds']} interleaved rounds of {data['seconds']} s per run; gateway pinned to CPU 0, "
-        "wrk and nginx (and the harness) to CPU 1; one uvicorn worker each.",
+        "wrk and nginx (and the harness) to CPU 1; one worker each (`[w2]`: two workers on CPU 0, "
+        "`[w2-2cpu]`: two workers on CPUs 0 and 1, beside wrk and nginx).",
         "- req/s and CPU: median (min–max) over rounds; latencies: medians of each run's wrk percentiles; "
         "peak RSS: the largest VmHWM seen; 'other load': CPU cores busy with work that was not the "
         "benchmark's during the runs (median) — the noise.\n",
     ]
     for scenario in scenarios:
         direct, litellm = agg.get((scenario, "direct")), agg.get((scenario, "litellm"))
+        peer = agg.get((scenario, "portkey"))
         rows = []
         for target in targets:
             a = agg.get((scenario, target))
@@ -206,9 +215,11 @@ def gateways_md(data: dict[str, Any], targets_check: Callable[..., list[list[str
                     _f(a["p90_ms"], "{:.2f}"),
                     _f(a["p99_ms"], "{:.2f}"),
                     f"{_f(a['cpu_ms_per_req'], '{:.3f}')} ({_f(a['cpu_min'], '{:.3f}')}–{_f(a['cpu_max'], '{:.3f}')})",
+                    *([_f(a["aux_cpu_ms_per_req"], "{:.3f}")] if database else []),
                     _f(a["peak_rss_mb"], "{:.0f}"),
                     _f(_ratio(a["rps"], direct["rps"] if direct else None), "{:.2f}"),
                     _f(_ratio(a["rps"], litellm["rps"] if litellm else None), "{:.1f}×"),
+                    *([_f(_ratio(a["rps"], peer["rps"] if peer else None), "{:.1f}×")] if portkey else []),
                     _f(a["other_load_cores"], "{:.2f}"),
                     str(a["errors"]),
                 ]
@@ -223,9 +234,11 @@ def gateways_md(data: dict[str, Any], targets_check: Callable[..., list[list[str
                     "p90 ms",
                     "p99 ms",
                     "CPU ms/req",
+                    *(["DB CPU ms/req"] if database else []),
                     "peak RSS MB",
                     "÷ direct",
                     "× LiteLLM",
+                    *(["× Portkey"] if portkey else []),
                     "other load",
                     "errors",
                 ],
@@ -288,6 +301,109 @@ def gateway_targets(data: dict[str, Any], name: str = "hermes-api") -> list[list
     r = _ratio(c32, c1)
     check("req/s at c=32 ÷ req/s at c=1", "≥ 1", r, None if r is None else r >= 1, "{:.2f}")
     return rows
+
+
+def paired_ratio(runs: list[dict[str, Any]], scenario: str, a: str, b: str, field: str) -> float | None:
+    """Median over rounds of ``a``'s ``field`` divided by ``b``'s in the same round."""
+    by = {(r["round"], r["target"]): r[field] for r in runs if r["scenario"] == scenario}
+    return med(by[(n, a)] / by[(n, b)] for (n, t) in by if t == a and by.get((n, b)) and by[(n, a)] is not None)
+
+
+# The variants' meaning, for the ops part's tables.
+VARIANT_NOTES = {
+    "hermes-api[pg]": "PostgreSQL store (SQLite: hermes-api)",
+    "hermes-api[w2]": "--workers 2, both on CPU 0",
+    "hermes-api[w2-2cpu]": "--workers 2 on CPUs 0 and 1 (shared with wrk, nginx)",
+    "hermes-api[off]": "metrics: false, record_usage: false",
+    "hermes-api[no-usage]": "record_usage: false (metrics on)",
+    "hermes-api[no-metrics]": "metrics: false (usage rows on)",
+}
+OBSERVATION = (
+    ("metrics and usage rows", "hermes-api"),
+    ("metrics alone", "hermes-api[no-usage]"),
+    ("usage rows alone", "hermes-api[no-metrics]"),
+)
+OBSERVATION_LIMIT = 0.10
+
+
+def _beside(a: dict[str, Any] | None, b: dict[str, Any] | None, field: str, fmt: str) -> str:
+    """``a``'s median of ``field`` beside ``b``'s: "0.552 / 0.601"."""
+    return f"{_f(a[field] if a else None, fmt)} / {_f(b[field] if b else None, fmt)}"
+
+
+def variants_md(data: dict[str, Any], agg: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Each variant beside ``hermes-api``: medians side by side, and the median of the
+    per-round ratios (the steadier figure on a shared machine)."""
+    runs = data["runs"]
+    scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
+    rows = []
+    for variant, note in VARIANT_NOTES.items():
+        for scenario in scenarios:
+            mine, base = agg.get((scenario, variant)), agg.get((scenario, "hermes-api"))
+            if mine is None:
+                continue
+            fields = ("rps", "cpu_ms_per_req", "p99_ms")
+            ratios = [paired_ratio(runs, scenario, variant, "hermes-api", f) for f in fields]
+            rows.append([
+                variant, note, scenario,
+                _beside(mine, base, "rps", "{:.0f}"), _f(ratios[0], "{:.2f}"),
+                _beside(mine, base, "cpu_ms_per_req", "{:.3f}"), _f(ratios[1], "{:.2f}"),
+                _beside(mine, base, "p99_ms", "{:.1f}"), _f(ratios[2], "{:.2f}"),
+            ])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["target", "what differs", "scenario", "req/s (it / hermes-api)", "req/s ×"]
+    header += ["CPU ms/req (it / hermes-api)", "CPU/req ×", "p99 ms (it / hermes-api)", "p99 ×"]
+    return (
+        "### hermes-api's variants beside hermes-api: medians side by side, and the median of per-round ratios\n\n"
+        + table(header, rows)
+        + "\n"
+    )
+
+
+def observation_md(data: dict[str, Any], agg: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """CPU per request with metrics and usage rows on (each, both; and any ``--compare``
+    checkout, both on) over ``hermes-api[off]``, against ``OBSERVATION_LIMIT``."""
+    runs = data["runs"]
+    scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
+    targets = list(dict.fromkeys(r["target"] for r in runs))
+    if "hermes-api[off]" not in targets:
+        return ""
+    observed = list(OBSERVATION) + [
+        (f"metrics and usage rows, checkout {t[len('hermes-api[') : -1]}", t)
+        for t in targets
+        if t.startswith("hermes-api[") and t not in VARIANT_NOTES
+    ]
+    rows = []
+    for scenario in scenarios:
+        off = agg.get((scenario, "hermes-api[off]"))
+        for label, target in observed:
+            r = paired_ratio(runs, scenario, target, "hermes-api[off]", "cpu_ms_per_req")
+            if r is None:
+                continue
+            cost = r - 1
+            met = "yes" if cost <= OBSERVATION_LIMIT else "**no**"
+            rows.append([
+                scenario, label, _beside(agg.get((scenario, target)), off, "cpu_ms_per_req", "{:.3f}"),
+                f"{100 * cost:+.1f} %", f"≤ {100 * OBSERVATION_LIMIT:.0f} %", met,
+            ])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["scenario", "on", "CPU ms/req (on / off, medians)", "cost: median of per-round ratios − 1"]
+    return (
+        "### What observing a request costs: CPU per request beside hermes-api[off]\n\n"
+        + table([*header, "target", "met"], rows)
+        + "\n"
+    )
+
+
+def ops_md(data: dict[str, Any]) -> str:
+    """Issue 12's figures: both peers, and each variant of hermes-api beside the
+    default one, medians and ratios paired per round; the cost of observing a request."""
+    agg = aggregate(data["runs"])
+    parts = [gateways_md(data, title="Running it as a service (issue 12): peers, store, workers, observation")]
+    parts += [md for md in (variants_md(data, agg), observation_md(data, agg)) if md]
+    return "\n".join(parts)
 
 
 def render(parts_md: dict[str, str]) -> str:

@@ -41,4 +41,32 @@ if $needs_litellm && [ ! -x "$cache/litellm-venv/bin/litellm" ]; then
   "$cache/litellm-venv/bin/pip" install -q 'litellm[proxy]==1.106.2'
 fi
 
+# The second peer: Portkey's open-source gateway under Node (Debian's nodejs and npm),
+# with @hono/node-server held at 1.13.8: later ones hand Portkey's stream path the
+# upstream's immutable headers (Portkey-AI/gateway issue 1389), and every stream fails.
+command -v node >/dev/null && command -v npm >/dev/null || missing_node=1
+if [ -n "${missing_node:-}" ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+fi
+portkey=$cache/portkey
+if [ ! -f "$portkey/node_modules/@portkey-ai/gateway/build/start-server.js" ]; then
+  echo "installing @portkey-ai/gateway@1.15.2 into $portkey (npm, once)"
+  mkdir -p "$portkey"
+  cat > "$portkey/package.json" <<'JSON'
+{"private": true, "dependencies": {"@portkey-ai/gateway": "1.15.2"},
+ "overrides": {"@hono/node-server": "1.13.8"}}
+JSON
+  (cd "$portkey" && npm install --no-audit --no-fund --omit=dev --silent)
+fi
+
+# The PostgreSQL store's figures (ops part): Debian's postgresql and the driver.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || {
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+}
+.venv/bin/python -c 'import psycopg, psycopg_pool' 2>/dev/null || .venv/bin/pip install -q -e '.[postgres]'
+
 exec .venv/bin/python -m bench "$@"

@@ -6,8 +6,13 @@
   a persona (``bench`` on the JSON location, ``bench-stream`` on the SSE one,
   ``bench-tools`` and ``bench-tools-stream`` on the function-call ones);
 - ``litellm``: LiteLLM proxy 1.106.2, one worker, its own venv, no database;
+- ``portkey``: Portkey's open-source gateway (npm ``@portkey-ai/gateway``) under Node,
+  its default logging, told the upstream per request (``x-portkey-provider: openai``,
+  ``x-portkey-custom-host``), as its docs show for an OpenAI-compatible host;
 - ``hermes-api[NAME]``: another checkout of hermes-api (``--compare NAME=DIR``), run
-  from the same venv with ``PYTHONPATH=DIR``, for before/after figures in one run.
+  from the same venv with ``PYTHONPATH=DIR``, for before/after figures in one run;
+- ``hermes-api[VARIANT]`` (``VARIANTS``): this checkout with other settings: the
+  PostgreSQL store, ``--workers 2``, metrics and usage recording off.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from . import fixtures
+from .postgres import Cluster
 from .procs import GATEWAY_CPU, LOAD_CPU, Proc, free_port, pinned, start, wait_listening
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -47,6 +55,9 @@ class Target:
     port: int
     auth: str = ""
     proc: Proc | None = None
+    # kind, stream -> headers sent besides auth (Portkey is told its upstream in them)
+    headers: dict[tuple[str, bool], dict[str, str]] = field(default_factory=dict)
+    aux_pid: int | None = None  # a process of its own whose CPU is reported apart (PostgreSQL)
     # kind ("chat" | "responses" | "tools", stream) -> (path, model)
     routes: dict[tuple[str, bool], tuple[str, str]] = field(default_factory=dict)
     startup_s: float = 0.0
@@ -136,15 +147,55 @@ def hermes_env(src: Path | None) -> dict[str, str]:
     return env
 
 
-def start_hermes(work: Path, upstream: Target, *, name: str = "hermes-api", src: Path | None = None) -> Target:
+@dataclass(frozen=True)
+class Variant:
+    """hermes-api with other settings: ``settings`` added to its config, ``workers``
+    processes, pinned to ``cpus``; ``postgres``: its store on a PostgreSQL cluster of
+    the bench's own."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    cpus: str = str(GATEWAY_CPU)
+    postgres: bool = False
+
+
+VARIANTS = {
+    "pg": Variant(postgres=True),
+    "w2": Variant(workers=2),
+    "w2-2cpu": Variant(workers=2, cpus=f"{GATEWAY_CPU},{LOAD_CPU}"),
+    "off": Variant({"metrics": False, "record_usage": False}),
+    "no-usage": Variant({"record_usage": False}),
+    "no-metrics": Variant({"metrics": False}),
+}
+
+
+def start_hermes(
+    work: Path,
+    upstream: Target,
+    *,
+    name: str = "hermes-api",
+    src: Path | None = None,
+    variant: Variant = Variant(),
+    postgres: Callable[[], Cluster] | None = None,
+) -> Target:
+    """hermes-api (``src``: another checkout) pinned to the gateway CPU, or as ``variant``
+    says; ``postgres`` gives the cluster a PostgreSQL variant's store lives in."""
     port = free_port()
     home = work / "hermes-home"
     if not home.exists():
         write_hermes_home(home, upstream.port)
-    config = hermes_config(work, home, port, list(PROFILES))
+    settings, aux_pid = dict(variant.settings), None
+    if variant.postgres:
+        assert postgres is not None, "a PostgreSQL variant needs the cluster"
+        cluster = postgres()
+        settings["store"], aux_pid = cluster.create_database(f"bench_{port}"), cluster.pid
+    config = hermes_config(work, home, port, list(PROFILES), **settings)
     argv = [sys.executable, "-m", "hermes_api", "serve", "--config", str(config)]
-    proc = start(name, pinned(GATEWAY_CPU, argv), log=work / f"{name}.log", env=hermes_env(src), cwd=work)
-    t = Target(name, port, auth=HERMES_KEY, proc=proc)
+    if variant.workers > 1:
+        argv += ["--workers", str(variant.workers)]
+    argv = ["taskset", "-c", variant.cpus, *argv] if (os.cpu_count() or 1) >= 2 else argv
+    proc = start(name, argv, log=work / f"{name}.log", env=hermes_env(src), cwd=work)
+    t = Target(name, port, auth=HERMES_KEY, proc=proc, aux_pid=aux_pid)
     for kind, path in (("chat", "/v1/chat/completions"), ("responses", "/v1/responses")):
         t.routes[(kind, False)] = (path, "bench")
         t.routes[(kind, True)] = (path, "bench-stream")
@@ -188,4 +239,25 @@ def start_litellm(work: Path, upstream: Target) -> Target:
         ("chat", True): ("/v1/chat/completions", "bench-stream"),
     }
     t.startup_s = wait_listening(proc, port, timeout=180)
+    return t
+
+
+def portkey_script() -> Path:
+    cache = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "hermes-api-bench"))
+    return cache / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+
+
+def start_portkey(work: Path, upstream: Target) -> Target:
+    """Portkey's gateway on the gateway CPU, headless, on 127.0.0.1 only (its server
+    binds every address; ``loopback.mjs`` narrows that)."""
+    port = free_port()
+    argv = ["node", "--import", str(BENCH_DIR / "loopback.mjs"), str(portkey_script()), f"--port={port}", "--headless"]
+    env = {**os.environ, "NODE_ENV": "production"}
+    proc = start("portkey", pinned(GATEWAY_CPU, argv), log=work / "portkey.log", env=env, cwd=work)
+    t = Target("portkey", port, auth=UPSTREAM_KEY, proc=proc)
+    base = f"http://127.0.0.1:{upstream.port}"
+    t.routes = {("chat", False): ("/v1/chat/completions", "bench"), ("chat", True): ("/v1/chat/completions", "bench")}
+    for stream, path in ((False, "/v1"), (True, "/stream/v1")):
+        t.headers[("chat", stream)] = {"x-portkey-provider": "openai", "x-portkey-custom-host": base + path}
+    t.startup_s = wait_listening(proc, port, timeout=60)
     return t

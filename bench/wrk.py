@@ -33,16 +33,25 @@ class WrkResult:
 
 
 def run_wrk(
-    url: str, body: Path, *, connections: int, seconds: float, auth: str = "", profiles: int | None = None
+    url: str,
+    body: Path,
+    *,
+    connections: int,
+    seconds: float,
+    auth: str = "",
+    profiles: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> WrkResult:
     """``wrk -t1 -c<connections> -d<seconds>s`` POSTing ``body`` to ``url``, pinned to
     the load CPU. A timeout of 10 s per request; the run is bounded by ``seconds``.
-    ``profiles``: each request names a random one of that many (``__PROFILE__`` in the body)."""
+    ``profiles``: each request names a random one of that many (``__PROFILE__`` in the body);
+    ``headers``: sent besides ``Authorization``."""
     argv = pinned(
         LOAD_CPU,
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(SCRIPT), url],
     )
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_AUTH": auth}
+    env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     if profiles is not None:
         env["BENCH_PROFILES"] = str(profiles)
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)

@@ -39,7 +39,7 @@ from .exchange import ExchangeMiddleware
 from .headers import ROUTING_HEADERS
 from .keys import KeyRing, on_auth_error
 from .limits import ConcurrencyLimiter
-from .meters import MeteredStore, MeteredTurns, StatusTransport
+from .meters import MeteredStore, ObservedTurns, StatusTransport
 from .metrics import Metrics
 from .registry import ProfileRegistry
 from .request_ids import CLIENT_REQUEST_ID, new_request_id
@@ -183,16 +183,19 @@ def create_app(
     one, which watches uvicorn's server); ``metrics`` records what the server does
     (default: ``Metrics.from_environ()``, multiprocess when ``PROMETHEUS_MULTIPROC_DIR``
     is set): pass one to share it, e.g. with a turn runner that reports its worker
-    processes (``Metrics.agent_worker``). The turn runner, the store and the transport
-    are wrapped in ``meters`` for it."""
+    processes (``Metrics.agent_worker``). Each request's ``exchange.Exchange`` feeds the
+    metrics, the JSON log and the usage rows; the turn runner, the store and the
+    transport are wrapped in ``meters`` to fill it."""
     environ = os.environ if environ is None else environ
     drain = Drain(settings.shutdown_grace) if drain is None else drain
     credentials = Credentials(settings.state_dir)
     keyring = KeyRing(settings.keys, credentials if settings.delegation else None)
     meter = Metrics.from_environ() if metrics is None else metrics
-    # Requests are observed for the metrics, the JSON log and the figures of rate-limited
-    # keys' turns (quotas.complete_turn); with none of them, not at all.
-    observed = settings.metrics or settings.log_format == "json" or settings.rate_limited
+    # One record per request (exchange.Exchange) feeds the metrics, the JSON log line and
+    # the turns' usage rows (which the keys' rate limits count); with none of them on,
+    # requests are not observed at all.
+    logged = settings.log_format == "json"
+    observed = settings.metrics or logged or settings.record_usage
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -202,8 +205,10 @@ def create_app(
             await run_sync(credentials.open)
         response_store = await store(settings)
         upstream_transport = transport or AiohttpTransport()
-        upstream = Upstream(settings, transport=StatusTransport(upstream_transport) if observed else upstream_transport)
-        if observed:
+        if logged:  # the provider's status: for the log line (no metric has it)
+            upstream_transport = StatusTransport(upstream_transport)
+        upstream = Upstream(settings, transport=upstream_transport)
+        if settings.metrics:
             response_store = MeteredStore(response_store, meter)
         tasks = [asyncio.create_task(t) for t in (registry.sweep(), drain.watch(), meter.flush_regularly())]
         pool = None
@@ -212,7 +217,7 @@ def create_app(
             tasks.append(asyncio.create_task(pool.sweep()))
         turns: TurnRunner = Turns(turn_runner(upstream, response_store), AgentTurns(pool, settings) if pool else None)
         if observed:
-            turns = MeteredTurns(turns, meter)
+            turns = ObservedTurns(turns, meter if settings.metrics else None)
         try:
             yield {
                 "settings": settings,
@@ -245,16 +250,17 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/health", health.get_health, methods=["GET"]),
         Route("/ready", health.get_ready, methods=["GET"]),
-        *([Route("/metrics", get_metrics, methods=["GET"])] if settings.metrics else []),
         *v1_routes(),
         Mount("/p/{profile}", routes=v1_routes()),
+        # last: the router tries routes in order, and every turn would pass it first
+        *([Route("/metrics", get_metrics, methods=["GET"])] if settings.metrics else []),
     ]
     return Starlette(
         routes=routes,
         middleware=[
             Middleware(Unbound),
             Middleware(RequestIdMiddleware),
-            *observe(settings, meter if settings.metrics else None, observed),
+            *observe(settings, meter if settings.metrics else None),
             *cors_middleware(settings.cors),
             Middleware(AuthenticationMiddleware, backend=keyring, on_error=on_auth_error),
         ],
@@ -267,12 +273,13 @@ def create_app(
     )
 
 
-def observe(settings: Settings, metrics: Metrics | None, observed: bool) -> list[Middleware]:
+def observe(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
     """``ExchangeMiddleware`` when requests are observed: for ``metrics`` (None: not
-    recorded) and for the JSON request log."""
-    if not observed:
+    recorded), the usage rows and the JSON request log."""
+    logged = settings.log_format == "json"
+    if metrics is None and not logged and not settings.record_usage:
         return []
-    return [Middleware(ExchangeMiddleware, metrics=metrics, log_requests=settings.log_format == "json")]
+    return [Middleware(ExchangeMiddleware, metrics=metrics, record_usage=settings.record_usage, log_requests=logged)]
 
 
 def create_app_from_env() -> Starlette:

@@ -20,11 +20,12 @@ cancels the handler of a turn-running route while it waits on the provider, and
 ``sse.EventStreamResponse`` the sending of a stream; either way the upstream request is
 closed and the concurrency slot freed by the same exit of ``resources``.
 
-Every turn (``runs_turns``) passes here once its profile is known, so this is where
-its usage row is made (``usage.TurnMeter``), admitted under its key's rate limits
-(``quotas.admit``: the check and the row's insert are one store transaction), and
-queued in the store after the response is over and its concurrency slot released, so
-recording delays neither.
+Every request passes here once its profile is known, so this is where the request's
+record (``exchange.Exchange``, when requests are observed) learns its profile, and a
+turn (``runs_turns``) its model, operation and stream; a turn is admitted under its
+key's rate limits here (``quotas.admit``: the check and the usage row's insert are one
+store transaction). ``exchange.ExchangeMiddleware`` queues the row in the store after
+the response is over and its concurrency slot released, so recording delays neither.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
+from starlette.datastructures import State
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -51,9 +53,9 @@ from .errors import (
     RouteNotFoundError,
     error_response,
 )
+from .exchange import Exchange, current_exchange
 from .profiles import Profile
 from .registry import Selection
-from .usage import TurnMeter, error_code, save
 
 logger = logging.getLogger("hermes_api")
 
@@ -143,7 +145,7 @@ class ProfileEndpoint:
     the request passes the delegation rules (``delegation.Delegation.admit``: depth, a
     delegated request's target), holds a concurrency slot (``limits.ConcurrencyLimiter``)
     until its response has been sent or abandoned, is admitted under its key's rate
-    limits (``quotas``), gets a usage row (``usage``), and the handler is cancelled when
+    limits (``quotas``), gets a usage row (``exchange``), and the handler is cancelled when
     the client goes away (``until_disconnect``).
     """
 
@@ -185,61 +187,51 @@ class ProfileEndpoint:
             selection = Selection((("stored", await self.implied(request)),))
         profile = await state.registry.ready(state.registry.resolve(selection, request.user))
         header = (b"x-hermes-profile", profile.name.encode())
-        meter = self._meter(request, body, profile) if self.runs_turns else None
+        exchange = self._observe(request, state, body, profile)
 
         async def send_with_profile(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), header]}
-            if meter is not None:
-                meter.sent(message)
             await send(message)
 
-        refused = False
-        try:
-            async with AsyncExitStack() as resources:
-                state.resources = resources
-                with use_profile(profile):
-                    try:
-                        if self.runs_turns:
-                            state.delegation.admit(request, profile)  # before a slot: a refusal holds none
-                            resources.enter_context(state.limiter.slot(profile.name))
-                            if meter is not None:
-                                await quotas.admit(state.store, request.user.key, meter.record())
-                            response = await until_disconnect(self.handler(request, body), receive)
-                            if response is None:
-                                return  # the client has gone: nothing to send; the exit frees the slot
-                        else:
-                            response = await self.handler(request, body)
-                    except KeyRateLimitError as exc:  # refused by a limit: spends nothing, records nothing
-                        refused, response = True, error_response(exc)
-                    except HermesAPIError as exc:  # routed: the answer names its profile
-                        if meter is not None:
-                            meter.error = meter.error or error_code(exc)
-                        response = error_response(exc)
-                    await response(scope, meter.watch(receive) if meter else receive, send_with_profile)
-        except Exception as exc:
-            if meter is not None:  # a bug: Starlette's handler answers 500
-                meter.status, meter.error = meter.status or 500, meter.error or error_code(exc)
-            raise
-        finally:
-            if meter is not None and not refused:  # after the answer and the slot: recording delays neither
-                save(state.store, meter.finish(draining=state.drain.draining))
+        async with AsyncExitStack() as resources:
+            state.resources = resources
+            with use_profile(profile):
+                try:
+                    if self.runs_turns:
+                        state.delegation.admit(request, profile)  # before a slot: a refusal holds none
+                        resources.enter_context(state.limiter.slot(profile.name))
+                        key = request.user.key
+                        if exchange is not None and exchange.records_usage and quotas.limited(key, profile.name):
+                            await quotas.admit(state.store, key, exchange.usage_record())
+                        response = await until_disconnect(self.handler(request, body), receive)
+                        if response is None:
+                            return  # the client has gone: nothing to send; the exit frees the slot
+                    else:
+                        response = await self.handler(request, body)
+                except HermesAPIError as exc:  # routed: the answer names its profile
+                    if exchange is not None:
+                        if isinstance(exc, KeyRateLimitError):  # refused by a limit: spends nothing, no row
+                            exchange.records_usage = False
+                        exchange.failed(exc)
+                    response = error_response(exc)
+                if exchange is not None and exchange.streaming:  # how a stream ended depends on it
+                    receive = exchange.watch(receive)
+                await response(scope, receive, send_with_profile)
 
-    def _meter(self, request: Request, body: Body, profile: Profile) -> TurnMeter | None:
-        """The turn's meter, also ``request.state.turn_meter``; the handler's turns go
-        through it (``request.state.turns``). None when usage is not recorded."""
-        state = request.state
-        if not state.settings.record_usage:
+    def _observe(self, request: Request, state: State, body: Body, profile: Profile) -> Exchange | None:
+        """The request's record, told its profile, and for a turn what the turn is
+        (``exchange.Exchange.begin_turn``). None when requests are not observed."""
+        exchange = current_exchange()
+        if exchange is None:
             return None
-        delegated = request.user.delegation
-        meter = TurnMeter(
-            key_name=request.user.display_name,
-            profile=profile,
-            operation=self.handler.__name__,
-            stream=body.get("stream") is True,
-            request_id=state.request_id,
-            delegated_by=delegated.profile if delegated is not None else None,
-            caller_request_id=delegated.request if delegated is not None else None,
-        )
-        state.turn_meter, state.turns = meter, meter.runner(state.turns)
-        return meter
+        exchange.profile = profile.name
+        if self.runs_turns:
+            exchange.begin_turn(
+                request.user,
+                model=profile.model,
+                operation=self.handler.__name__,
+                stream=body.get("stream") is True,
+                records_usage=state.settings.record_usage,
+            )
+        return exchange

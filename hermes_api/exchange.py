@@ -1,34 +1,69 @@
-"""One request and its answer, observed in one place: ``ExchangeMiddleware``.
+"""One request and its answer, one record: ``Exchange``, made and finished by ``ExchangeMiddleware``.
 
-The middleware makes an ``Exchange`` for every HTTP request, makes it the current one
-(``current_exchange``) for the code that runs the request, and when the answer is over
-records it: ``metrics.Metrics.observe`` and, with ``log_format: json``, one JSON log
-line. It reads what it needs from the ASGI messages and the scope, so no endpoint
-carries metrics code: the status and ``X-Hermes-Profile`` from ``http.response.start``,
-the error code from the body of an error answer, the key from Starlette's
-authentication (``scope["user"]``), the operationId from the route that matched
-(``scope["endpoint"]``). The turn runner, the store and the upstream transport are
-wrapped in ``meters`` and note tokens, upstream errors and the provider's status on the
-current exchange.
+The middleware makes an ``Exchange`` for every HTTP request and makes it the current
+one (``current_exchange``) for the code that runs the request. What runs the request
+adds what it knows: ``binding.ProfileEndpoint`` the profile and, for a turn, its
+model, operation and whether it streams (``begin_turn``); the wrappers of ``meters``
+the provider's token figures, its HTTP status and its errors. The middleware itself
+reads the status, the first byte and an error answer's code from the ASGI messages,
+the key from Starlette's authentication (``scope["user"]``) and the operationId from
+the route that matched (``scope["endpoint"]``). When the answer is over it finishes
+the record once and hands it to each consumer that is on:
+
+- the usage row of a turn (``usage_record``, ``record_usage``), queued in the store
+  after the response has been sent (``UsageRows``), so recording never delays an answer;
+- the Prometheus metrics (``metrics.Metrics.observe``, ``metrics``);
+- the JSON request log line (``log_fields``, ``log_format: json``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import HermesAPIError, StoreUnavailableError, UpstreamError, UpstreamRejectedError
 from .keys import Caller
-from .metrics import Metrics
+from .store import QueuedRow, ResponseStore, UsageRecord
 
+logger = logging.getLogger("hermes_api")
 access_logger = logging.getLogger("hermes_api.access")
 
 _exchange: ContextVar[Exchange | None] = ContextVar("hermes_exchange", default=None)
+
+
+def error_code(exc: BaseException) -> str:
+    """The code a client is given for ``exc``: its own for our errors, else ``server_error``."""
+    return (exc.code or "server_error") if isinstance(exc, HermesAPIError) else "server_error"
+
+
+def error_kind(exc: UpstreamError) -> str:
+    """The ``upstream_error`` of a failed provider call: its code (errors.py), except a
+    4xx the provider's own code passes on with, which is ``upstream_rejected`` (its
+    codes are the provider's, an open set)."""
+    if isinstance(exc, UpstreamRejectedError):
+        return "upstream_rejected"
+    return exc.code or "upstream_error"
+
+
+def usage_id(micros: int) -> str:
+    """A usage row's id: 32 hex digits, the Unix time in microseconds (13) then 76 random
+    bits (19). Ids made later sort later, so the store's unique index on ``id`` grows at
+    its end like the table, where random ids landed on a random page each: a commit of
+    100 rows wrote 100 index pages, and a row cost SQLite 11-15 µs instead of 4 (and
+    more as the table grew). Not uuid4: os.urandom was 9 % of a chat turn's CPU."""
+    return f"{micros:013x}{random.getrandbits(76):019x}"
+
+
+def _tokens(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @dataclass(slots=True)
@@ -37,11 +72,22 @@ class Exchange:
 
     ``endpoint`` the OpenAI operationId of the route (``none``: no route matched);
     ``profile`` the profile that answered ("" when none); ``key`` the API key's name
-    (``anonymous`` on a server without keys, "" when no key was checked); tokens as
-    the provider counted them (None: it said nothing); ``upstream_status`` the
-    provider's HTTP status; ``upstream_error`` the code of the upstream error
-    (``upstream_rejected`` for a 4xx passed on); ``error_code`` the code of our own
-    error answer, when the answer was one before its first byte.
+    (``anonymous`` on a server without keys, "" when no key was checked); ``status``
+    the HTTP status sent (0: none yet); ``stream`` the client asked for a stream;
+    tokens as the provider counted them (None: it said nothing); ``upstream_status``
+    the provider's HTTP status; ``upstream_error`` the code of a failed provider call
+    (``error_kind``); ``error`` the code the request ended with: our error answer's,
+    or the one that ended a stream after its first byte, or for a stream that stopped
+    before the provider's end without one ``client_disconnected``,
+    ``server_shutting_down`` or ``incomplete``.
+
+    A turn (``begin_turn``) also has ``model`` (the profile's upstream model id),
+    ``usage_id`` and ``created_at`` (Unix seconds) for its usage row, and
+    ``records_usage``: the row is to be written (not when usage is off, nor for a turn
+    refused by its key's rate limit). A request one agent profile delegated to another
+    (``delegation``) has ``delegated_by``, the delegating profile, and for a turn
+    ``caller_request_id``, the delegating request's ``x-request-id``; both None for a
+    client's own request.
     """
 
     started: float
@@ -59,13 +105,82 @@ class Exchange:
     output_tokens: int | None = None
     upstream_status: int | None = None
     upstream_error: str | None = None
-    error_code: str | None = None
+    error: str | None = None
     delegated_by: str | None = None
+    caller_request_id: str | None = None
+    model: str = ""
+    usage_id: str = ""
+    created_at: float = 0.0
+    records_usage: bool = False
+    streaming: bool = False  # a stream from the provider is open
+    ended: bool = False  # that stream reached its end
+    disconnected: bool = False  # the client went away
 
     @property
     def duration(self) -> float:
         """Seconds from arrival to the end of the answer."""
         return self.finished - self.started
+
+    def begin_turn(self, caller: Caller, *, model: str, operation: str, stream: bool, records_usage: bool) -> None:
+        """This request runs a turn for ``caller`` (``binding.ProfileEndpoint``, once its
+        profile is known); a delegated one is marked with its delegating profile and request."""
+        self.key, self.model, self.endpoint, self.stream = caller.display_name, model, operation, stream
+        delegated = caller.delegation
+        if delegated is not None:
+            self.delegated_by, self.caller_request_id = delegated.profile, delegated.request
+        now = time.time_ns() // 1000
+        self.usage_id = usage_id(now)
+        self.created_at = now / 1e6
+        self.records_usage = records_usage
+
+    def take_usage(self, usage: object) -> None:
+        """Keep the provider's figures from a ``usage`` object (chat-completions shape:
+        ``prompt_tokens``, ``completion_tokens``; not a non-negative integer: None)."""
+        if isinstance(usage, dict):
+            self.input_tokens = _tokens(usage.get("prompt_tokens"))
+            self.output_tokens = _tokens(usage.get("completion_tokens"))
+
+    def failed(self, exc: BaseException) -> None:
+        """The turn runner, a stream or the handler raised ``exc``: its code is the
+        request's error (the first one noted stands), a provider's failure also its
+        ``upstream_error``. A cancellation (the client left) is no error of its own."""
+        if not isinstance(exc, Exception):
+            return
+        if self.error is None:
+            self.error = error_code(exc)
+        if isinstance(exc, UpstreamError):
+            self.upstream_error = error_kind(exc)
+
+    def watch(self, receive: Receive) -> Receive:
+        """``receive``, noting when the client goes away."""
+
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+            return message
+
+        return watched
+
+    def usage_record(self) -> UsageRecord:
+        """The turn's usage row as it stands (status None while nothing was sent)."""
+        return UsageRecord(
+            id=self.usage_id,
+            created_at=self.created_at,
+            key_name=self.key,
+            profile=self.profile,
+            model=self.model,
+            operation=self.endpoint,
+            stream=self.stream,
+            request_id=self.request_id,
+            status=self.status or None,
+            error=self.error,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            duration=self.duration if self.finished else None,
+            delegated_by=self.delegated_by,
+            caller_request_id=self.caller_request_id,
+        )
 
     def log_fields(self) -> dict[str, Any]:
         """The JSON log line's fields (logs.JSONFormatter): names and numbers, never a secret."""
@@ -84,13 +199,20 @@ class Exchange:
             "output_tokens": self.output_tokens,
             "upstream_status": self.upstream_status,
             "upstream_error": self.upstream_error,
-            "error": self.error_code,
+            "error": self.error,
             "delegated_by": self.delegated_by,
         }
 
 
+class Observer(Protocol):
+    """What takes each finished exchange: ``metrics.Metrics``."""
+
+    def observe(self, exchange: Exchange) -> None: ...
+
+
 def current_exchange() -> Exchange | None:
-    """The exchange of the request this code runs for; None outside a request."""
+    """The exchange of the request this code runs for; None outside a request, or when
+    no request is observed (``ExchangeMiddleware`` is not installed)."""
     return _exchange.get()
 
 
@@ -115,65 +237,114 @@ def _error_code(body: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
-class ExchangeMiddleware:
-    """Plain ASGI middleware (a streamed body passes through untouched) that observes
-    every HTTP request; it sits inside ``RequestIdMiddleware`` and outside
-    authentication, so it also sees the 401s. ``metrics`` None: the JSON log only."""
+class UsageRows:
+    """Queues each turn's usage row in the store and returns at once: the store writes
+    it within a few milliseconds with others (and before it closes), and a failure is
+    logged, never raised, since the answer has been sent. The rows the store queues
+    together share one future (``store.QueuedRow.group``), followed here by one
+    callback, each row by its ids alone."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None, *, log_requests: bool = False) -> None:
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Future[Any], list[tuple[str, str]]] = {}
+
+    def save(self, store: ResponseStore, record: UsageRecord) -> None:
+        try:
+            queued = store.record_usage(record)
+            written = queued.group if isinstance(queued, QueuedRow) else asyncio.ensure_future(queued)
+        except Exception:
+            logger.exception("could not record the usage of request %s", record.request_id)
+            return
+        rows = self._waiting.get(written)
+        if rows is None:
+            rows = self._waiting[written] = []
+            written.add_done_callback(self._logged)
+        rows.append((record.id, record.request_id))
+
+    def _logged(self, written: asyncio.Future[Any]) -> None:
+        rows = self._waiting.pop(written, [])
+        error = None if written.cancelled() else written.exception()
+        failed = written.result() if error is None and not written.cancelled() else None
+        for row_id, request_id in rows:
+            problem = error or (failed.get(row_id) if isinstance(failed, dict) else None)
+            if isinstance(problem, StoreUnavailableError):  # the store logged the outage once
+                logger.warning("could not record the usage of request %s: the store is unavailable", request_id)
+            elif problem is not None:
+                logger.error("could not record the usage of request %s", request_id, exc_info=problem)
+
+
+class ExchangeMiddleware:
+    """Plain ASGI middleware (a streamed body passes through untouched) that makes and
+    finishes every HTTP request's ``Exchange``; it sits inside ``RequestIdMiddleware``
+    and outside authentication, so it also sees the 401s. ``metrics`` (``metrics.Metrics``)
+    observes each one, None: no metrics;
+    ``record_usage``: turns' usage rows go to the store (the lifespan's ``store``);
+    ``log_requests``: one JSON log line per request."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Observer | None, *, record_usage: bool = False, log_requests: bool = False
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.record_usage = record_usage
         self.log_requests = log_requests
         self._operations: dict[tuple[int, str], str] = {}
+        self._usage = UsageRows()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = Exchange(time.perf_counter())
+        exchange = Exchange(time.perf_counter(), scope["state"]["request_id"])
         token = _exchange.set(exchange)
 
         async def observed(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
+            if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-                for name, value in message.get("headers", ()):
-                    if name == b"x-hermes-profile":
-                        exchange.profile = value.decode()
-                    elif name == b"content-type":
-                        exchange.stream = value.startswith(b"text/event-stream")
-            elif kind == "http.response.body" and exchange.first_byte is None and message.get("body"):
+            elif exchange.first_byte is None and message.get("body"):
                 exchange.first_byte = time.perf_counter()
-                if exchange.status >= 400 and not exchange.stream:
-                    exchange.error_code = _error_code(message["body"])
+                if exchange.status >= 400 and exchange.error is None:
+                    exchange.error = _error_code(message["body"])
             await send(message)
 
+        crashed = True
         try:
             await self.app(scope, receive, observed)
+            crashed = False
         finally:
             _exchange.reset(token)
             exchange.finished = time.perf_counter()
-            if not exchange.status:  # an exception left before any answer: ServerErrorMiddleware's 500
-                exchange.status, exchange.error_code = 500, "server_error"
-            self._finish(exchange, scope)
+            self._finish(exchange, scope, crashed)
 
-    def _finish(self, exchange: Exchange, scope: Scope) -> None:
-        endpoint = scope.get("endpoint")
-        if endpoint is not None:
-            method = scope["method"]
-            cached = (id(endpoint), method)
-            name = self._operations.get(cached)
-            if name is None:
-                name = self._operations[cached] = operation_id(endpoint, method)
-            exchange.endpoint = name
+    def _finish(self, exchange: Exchange, scope: Scope, crashed: bool) -> None:
+        state = scope["state"]
+        if crashed:  # Starlette's ServerErrorMiddleware answers 500 (if nothing was sent yet)
+            exchange.status = exchange.status or 500
+            exchange.error = exchange.error or "server_error"
+        elif exchange.error is None and exchange.streaming and not exchange.ended:
+            exchange.error = (
+                "client_disconnected" if exchange.disconnected
+                else "server_shutting_down" if state["drain"].draining
+                else "incomplete"
+            )  # fmt: skip
+        if exchange.endpoint == "none" and (endpoint := scope.get("endpoint")) is not None:
+            exchange.endpoint = self._operation(endpoint, scope["method"])
+        if exchange.records_usage and self.record_usage:
+            self._usage.save(state["store"], exchange.usage_record())
+        if not exchange.status:  # the client left before any answer
+            exchange.status, exchange.error = 500, exchange.error or "server_error"
         user = scope.get("user")
         if isinstance(user, Caller):
-            exchange.key = user.key.name if user.key is not None else "anonymous"
+            exchange.key = user.display_name
             if user.delegation is not None:
                 exchange.delegated_by = user.delegation.profile
         if self.metrics is not None:
             self.metrics.observe(exchange)
         if self.log_requests and access_logger.isEnabledFor(logging.INFO):
-            exchange.request_id = scope.get("state", {}).get("request_id", "")
             exchange.method, exchange.path = scope["method"], scope["path"]
             access_logger.info("request", extra={"fields": exchange.log_fields()})
+
+    def _operation(self, endpoint: Any, method: str) -> str:
+        name = self._operations.get((id(endpoint), method))
+        if name is None:
+            name = self._operations[(id(endpoint), method)] = operation_id(endpoint, method)
+        return name

@@ -1,118 +1,123 @@
-"""Wrappers that note what the app's parts did for the current request.
+"""Wrappers that note on the current request's ``exchange.Exchange`` what the app's parts did.
 
 ``app.create_app`` wraps the turn runner, the store and the upstream transport in these,
-so the endpoints stay free of metrics code. What they learn goes on the request's
-``exchange.Exchange`` (recorded when the answer is over) or, for what is not tied to
-one answer (turns in flight, store writes), straight to ``metrics.Metrics``.
+so the endpoints stay free of metrics and usage code. What is not tied to one answer
+(turns in flight, store writes) goes straight to ``metrics.Metrics``.
 
-- ``MeteredTurns``: the provider's token counts (``usage`` of the answer, or of the
-  last stream chunk that has one), the upstream error's code, turns in flight.
+- ``ObservedTurns``: the provider's token figures (``usage`` of the answer, or of the
+  stream's usage chunk, which every streamed turn asks the provider for:
+  ``stream_options.include_usage``, OpenAI's chat-completions API reference; the chat
+  endpoint passes it on only when the client asked for it), the error that ended the
+  turn, whether its stream reached its end; turns in flight.
 - ``MeteredStore``: every write to the store and whether it failed.
 - ``StatusTransport``: the HTTP status the provider answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from .errors import UpstreamError, UpstreamRejectedError
 from .exchange import Exchange, current_exchange
 from .metrics import Metrics
-from .turns import Completion, StreamItem, Turn, TurnRunner, batches
+from .store import QueuedRow, UsageRecord
+from .turns import ChatRequest, Completion, StreamItem, Turn, TurnRunner, batches
 
 # The store's methods that write; everything else passes through unmetered.
 STORE_WRITES = ("put_response", "delete_response", "append_session", "record_usage")
 
 
-def error_kind(exc: UpstreamError) -> str:
-    """The ``kind`` label of an upstream error: its code (errors.py), except a 4xx the
-    provider's own code passes on with, which is ``upstream_rejected`` (its codes are
-    the provider's, an open set)."""
-    if isinstance(exc, UpstreamRejectedError):
-        return "upstream_rejected"
-    return exc.code or "upstream_error"
+def with_usage_chunk(request: ChatRequest) -> ChatRequest:
+    """A streamed chat request that asks the provider for its usage chunk."""
+    options = request.get("stream_options")
+    return {**request, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
 
 
-def _note_usage(exchange: Exchange | None, usage: object) -> None:
-    """Take the token counts of an OpenAI ``usage`` object (chat completions' names)."""
-    if exchange is None or not isinstance(usage, dict):
-        return
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and not isinstance(prompt, bool):
-        exchange.input_tokens = prompt
-    if isinstance(completion, int) and not isinstance(completion, bool):
-        exchange.output_tokens = completion
+class ObservedTurns:
+    """A ``turns.TurnRunner`` that tells the current exchange what the one it wraps
+    answered; ``metrics`` (None: off) counts the turns in flight."""
 
-
-def _note_error(exchange: Exchange | None, exc: BaseException) -> None:
-    if exchange is not None and isinstance(exc, UpstreamError):
-        exchange.upstream_error = error_kind(exc)
-
-
-class MeteredTurns:
-    """A ``turns.TurnRunner`` that meters the one it wraps."""
-
-    def __init__(self, runner: TurnRunner, metrics: Metrics) -> None:
+    def __init__(self, runner: TurnRunner, metrics: Metrics | None) -> None:
         self.runner = runner
         self._metrics = metrics
 
     async def complete(self, turn: Turn) -> Completion:
         exchange = current_exchange()
-        name = turn.profile.name
-        self._metrics.turn_started(name)
-        try:
+        with _Running(self._metrics, turn.profile.name, exchange):
             completion = await self.runner.complete(turn)
-        except BaseException as exc:
-            _note_error(exchange, exc)
-            raise
-        finally:
-            self._metrics.turn_ended(name)
-        _note_usage(exchange, completion.body.get("usage"))
+        if exchange is not None:
+            exchange.take_usage(completion.body.get("usage"))
         return completion
 
     def stream(self, turn: Turn) -> AbstractAsyncContextManager[AsyncIterator[StreamItem]]:
-        return self._stream(turn)
+        return self._stream(replace(turn, request=with_usage_chunk(turn.request)))
 
     @asynccontextmanager
     async def _stream(self, turn: Turn) -> AsyncIterator[AsyncIterator[StreamItem]]:
         exchange = current_exchange()
-        name = turn.profile.name
-        self._metrics.turn_started(name)
-        try:
+        with _Running(self._metrics, turn.profile.name, exchange):
             async with self.runner.stream(turn) as chunks:
-                yield _MeteredChunks(chunks, exchange)
-        except BaseException as exc:
-            _note_error(exchange, exc)
-            raise
-        finally:
-            self._metrics.turn_ended(name)
+                if exchange is None:
+                    yield chunks
+                else:
+                    exchange.streaming = True
+                    yield _ObservedChunks(chunks, exchange)
 
 
-class _MeteredChunks:
-    """A turn's stream, one by one or in ``batches()``, noting usage and failures."""
+class _Running:
+    """Around a turn: counted in flight (``metrics``, None: off), its failure told to
+    ``exchange``."""
 
-    def __init__(self, chunks: AsyncIterator[StreamItem], exchange: Exchange | None) -> None:
+    __slots__ = ("metrics", "profile", "exchange")
+
+    def __init__(self, metrics: Metrics | None, profile: str, exchange: Exchange | None) -> None:
+        self.metrics, self.profile, self.exchange = metrics, profile, exchange
+
+    def __enter__(self) -> None:
+        if self.metrics is not None:
+            self.metrics.turn_started(self.profile)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self.metrics is not None:
+            self.metrics.turn_ended(self.profile)
+        if exc is not None and self.exchange is not None:
+            self.exchange.failed(exc)
+
+
+class _ObservedChunks:
+    """A turn's stream, in ``batches()`` or one by one, with the usage chunk noted, and
+    the stream's end or error told to the exchange."""
+
+    def __init__(self, chunks: AsyncIterator[StreamItem], exchange: Exchange) -> None:
         self._chunks = chunks
         self._exchange = exchange
+        self._each: AsyncIterator[StreamItem] | None = None
 
     async def batches(self) -> AsyncIterator[list[StreamItem]]:
         exchange = self._exchange
         try:
             async for batch in batches(self._chunks):
                 for chunk in batch:
-                    if isinstance(chunk, dict) and chunk.get("usage"):
-                        _note_usage(exchange, chunk["usage"])
+                    if isinstance(chunk, dict) and chunk.get("usage") is not None:
+                        exchange.take_usage(chunk["usage"])
                 yield batch
         except BaseException as exc:
-            _note_error(exchange, exc)
+            exchange.failed(exc)
             raise
+        exchange.ended = True
 
-    def __aiter__(self) -> AsyncIterator[StreamItem]:
-        return self._one_by_one()
+    def __aiter__(self) -> _ObservedChunks:
+        return self
+
+    async def __anext__(self) -> StreamItem:
+        if self._each is None:
+            self._each = self._one_by_one()
+        return await anext(self._each)
 
     async def _one_by_one(self) -> AsyncIterator[StreamItem]:
         async for batch in self.batches():
@@ -123,14 +128,16 @@ class _MeteredChunks:
 class MeteredStore:
     """The store, each write counted (``hermes_api_store_writes_total``) and each failed
     one too (``hermes_api_store_write_failures_total``); every other attribute is the
-    wrapped store's."""
+    wrapped store's. Usage rows are counted when their group's commit is over, one
+    callback a group (``store.QueuedRow.group``)."""
 
     def __init__(self, store: Any, metrics: Metrics) -> None:
         self.store = store
         self._metrics = metrics
+        self._rows: dict[asyncio.Future[Any], int] = {}
         for name in STORE_WRITES:
             method = getattr(store, name, None)
-            if method is not None:
+            if method is not None and name != "record_usage":
                 setattr(self, name, self._metered(name, method))
 
     def _metered(self, name: str, method: Any) -> Any:
@@ -147,6 +154,21 @@ class MeteredStore:
 
         write.__name__ = name
         return write
+
+    def record_usage(self, record: UsageRecord) -> Any:
+        queued = self.store.record_usage(record)
+        if not isinstance(queued, QueuedRow):
+            return self._metered("record_usage", lambda: queued)()
+        count = self._rows.get(queued.group)
+        if count is None:
+            queued.group.add_done_callback(self._rows_written)
+        self._rows[queued.group] = (count or 0) + 1
+        return queued
+
+    def _rows_written(self, group: asyncio.Future[Any]) -> None:
+        count = self._rows.pop(group, 0)
+        failed = count if group.cancelled() or group.exception() is not None else len(group.result())
+        self._metrics.store_writes_done("record_usage", count, failed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

@@ -147,7 +147,7 @@ class Metrics:
         """Record one finished request: its count, latencies, tokens, upstream error and
         refusal. Called once per request by ``exchange.ExchangeMiddleware``; kept in
         ``tallies`` until the next ``flush``."""
-        self.tallies.add(exchange, exchange.error_code in REFUSAL_CODES)
+        self.tallies.add(exchange, exchange.error in REFUSAL_CODES)
 
     def turn_started(self, profile: str) -> None:
         self.tallies.turn(profile, 1)
@@ -184,9 +184,13 @@ class Metrics:
 
     def store_write(self, operation: str, *, failed: bool) -> None:
         """One write to the store (``operation``: the store method), and whether it failed."""
-        self._child(self.store_writes, operation).inc()
+        self.store_writes_done(operation, 1, int(failed))
+
+    def store_writes_done(self, operation: str, count: int, failed: int) -> None:
+        """``count`` writes of ``operation`` done, ``failed`` of them failed."""
+        self._child(self.store_writes, operation).inc(count)
         if failed:
-            self._child(self.store_failures, operation).inc()
+            self._child(self.store_failures, operation).inc(failed)
 
     def agent_worker(self, profile: str, event: WorkerEvent) -> None:
         """For the agent runtime: a worker process of ``profile`` was started, restarted

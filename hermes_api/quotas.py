@@ -14,8 +14,8 @@ and the next one is refused. A refused turn gets 429 ``key_rate_limit_exceeded``
 ``Retry-After``: the whole seconds until the oldest turn counted leaves the window
 (the earliest a retry can pass; a token bound may need more turns to leave).
 
-``binding.ProfileEndpoint`` passes each turn's usage row (``usage.TurnMeter``) to
-``admit``; the turn's end completes the same row (``usage.save``). Rate limits need
+``binding.ProfileEndpoint`` passes each turn's usage row (``exchange.Exchange.usage_record``) to
+``admit``; the turn's end completes the same row (``exchange.UsageRows``). Rate limits need
 usage recording (``record_usage``, on by default).
 """
 
@@ -43,6 +43,11 @@ def limits_for(key: APIKey, profile: str) -> tuple[tuple[RateLimits, str | None]
         if name == profile:
             found += ((limits, profile),)
     return found
+
+
+def limited(key: APIKey | None, profile: str) -> bool:
+    """True when ``key`` has limits for its turns on ``profile`` (then they need ``admit``)."""
+    return key is not None and (bool(key.limits) or any(name == profile for name, _ in key.profile_limits))
 
 
 def quotas(key: APIKey, profile: str, now: float) -> list[Quota]:

@@ -72,7 +72,7 @@ class Tallies:
             key = (e.profile, e.upstream_error)
             self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
         if refusal:
-            key = (e.profile, e.key, str(e.error_code))
+            key = (e.profile, e.key, str(e.error))
             self.refusals[key] = self.refusals.get(key, 0) + 1
         if e.delegated_by is not None:
             asked = (e.profile, e.delegated_by, e.key, e.status)

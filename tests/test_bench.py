@@ -21,7 +21,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.mark.parametrize(
     "module",
-    ["clients", "gateways", "procs", "profile", "report", "scale", "streams", "targets", "wrk",
+    ["clients", "gateways", "postgres", "procs", "profile", "report", "scale", "streams", "targets", "wrk",
      "agents", "agent_report", "agent_targets", "agent_turns", "agent_upstream"],
 )  # fmt: skip
 def test_bench_modules_import(module: str) -> None:
@@ -52,6 +52,38 @@ def test_fixtures_are_realistic_and_servable_by_nginx(tmp_path: Path) -> None:
 def test_scripts_parse() -> None:
     subprocess.run(["bash", "-n", str(BENCH / "run.sh")], check=True)
     assert "function done(summary, latency, requests)" in (BENCH / "post.lua").read_text()
+    assert "BENCH_HEADERS" in (BENCH / "post.lua").read_text()
+    assert "127.0.0.1" in (BENCH / "loopback.mjs").read_text()  # Portkey listens on the loopback only
+
+
+def test_ops_report_gives_each_variant_and_the_cost_of_observing() -> None:
+    """The ops part: peers' ratios, each hermes-api variant beside hermes-api, and the
+    observation cost checked against its 10 % target, from per-round pairs."""
+    runs = []
+    figures = (("hermes-api", 0.36, 3000), ("hermes-api[off]", 0.30, 3300), ("hermes-api[no-usage]", 0.31, 3200),
+               ("hermes-api[no-metrics]", 0.32, 3100), ("hermes-api[pg]", 0.40, 2500), ("litellm", 6.0, 150),
+               ("portkey", 2.0, 600), ("hermes-api[before]", 0.39, 2900))  # fmt: skip
+    for r in (1, 2, 3):
+        for target, cpu, rps in figures:
+            runs.append({"round": r, "scenario": "chat c=32", "target": target, "rps": rps, "requests": 1000,
+                         "errors": 0, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 2.0, "cpu_ms_per_req": cpu,
+                         "aux_cpu_ms_per_req": 0.05 if target == "hermes-api[pg]" else None,
+                         "peak_rss_mb": 50.0, "other_load_cores": 0.1})  # fmt: skip
+    text = report.ops_md({**report.conditions("python -m bench ops"), "runs": runs, "rounds": 3, "seconds": 10})
+    assert "× Portkey" in text and "| hermes-api | 3000 (3000–3000)" in text and "DB CPU ms/req" in text
+    pg = "| hermes-api[pg] | PostgreSQL store (SQLite: hermes-api) | chat c=32 |"
+    assert f"{pg} 2500 / 3000 | 0.83 | 0.400 / 0.360 | 1.11 | 2.0 / 2.0 | 1.00 |" in text
+    assert "| chat c=32 | metrics and usage rows | 0.360 / 0.300 | +20.0 % | ≤ 10 % | **no** |" in text
+    assert "| chat c=32 | usage rows alone | 0.320 / 0.300 | +6.7 % | ≤ 10 % | yes |" in text
+    assert "| chat c=32 | metrics and usage rows, checkout before | 0.390 / 0.300 | +30.0 % |" in text
+
+
+def test_every_variant_is_a_target() -> None:
+    from bench.__main__ import KNOWN, OPS_TARGETS
+    from bench.targets import VARIANTS
+
+    assert set(OPS_TARGETS) <= set(KNOWN) and {"litellm", "portkey"} <= set(OPS_TARGETS)
+    assert {f"hermes-api[{v}]" for v in VARIANTS} == set(report.VARIANT_NOTES)
 
 
 def test_report_renders_and_checks_targets() -> None:

@@ -14,7 +14,7 @@ Every response and session row carries its ``owner`` (``keys.Caller.owner``) and
 committed and durable. Retention (``settings.Retention``) is applied on writes and at
 start, and reads skip rows past the age limit, so an expired row is never served.
 
-Usage records (``UsageRecord``) are one row per turn, written by ``usage.TurnMeter``;
+Usage records (``UsageRecord``) are one row per turn, written from each turn's ``exchange.Exchange``;
 ``usage_since`` totals one key's rows (optionally for one profile) since a time, over
 every process that shares the store, and ``start_usage`` inserts a turn's row only if
 the key's quotas allow it, atomically, so limits hold exactly across workers and replicas.
@@ -22,7 +22,8 @@ the key's quotas allow it, atomically, so limits hold exactly across workers and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import asyncio
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -30,6 +31,27 @@ from ..settings import Settings
 
 Message = dict[str, Any]
 UsageGrouping = Literal["key", "profile", "day"]
+
+
+class QueuedRow:
+    """A usage row queued by ``record_usage``: awaiting it returns None once the row is
+    committed, or raises what kept it out. ``group`` is the future of every row queued
+    with it (one transaction): the ids of those that failed, with their errors ({}:
+    all were written; an exception: none was), for a caller that follows many rows
+    with one callback instead of a future each (``exchange.UsageRows``)."""
+
+    __slots__ = ("group", "id")
+
+    def __init__(self, group: asyncio.Future[dict[str, BaseException]], row_id: str) -> None:
+        self.group = group
+        self.id = row_id
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # shielded: a caller that stops waiting must not cancel the others' future
+        failed = yield from asyncio.shield(self.group).__await__()
+        error = failed.get(self.id)
+        if error is not None:
+            raise error
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +197,11 @@ class ResponseStore(Protocol):
         """Add one turn's messages to a chat session; returns once durable."""
         ...
 
-    def record_usage(self, record: UsageRecord) -> Awaitable[None]:
+    def record_usage(self, record: UsageRecord) -> QueuedRow:
         """Store a turn's usage row, or complete the row of the same ``id`` that
         ``start_usage`` inserted. The row is queued when this is called (so it is
         written even if the caller stops waiting), and written with others in one
-        transaction within a few milliseconds; the awaitable is done once it is
+        transaction within a few milliseconds; the ``QueuedRow`` is done once it is
         committed (on SQLite with ``synchronous=NORMAL``: see ``sqlite``)."""
         ...
 

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +38,7 @@ from ..errors import StoreUnavailableError
 from ..settings import Retention, StoreConfig
 from . import (
     Message,
+    QueuedRow,
     Quota,
     StoredResponse,
     UsageGrouping,
@@ -88,7 +89,7 @@ def _pruning(insert: str, table: str) -> str:
 PUT_RESPONSE = _pruning(q.PUT_RESPONSE, "responses")
 APPEND_SESSION = _pruning(q.APPEND_SESSION, "session_turns")
 RECORD_USAGE = POSTGRESQL.sql(q.RECORD_USAGE)
-LINGER = 0.02  # seconds a usage row waits for others to share its transaction
+LINGER = 0.1  # seconds a usage row waits for others to share its transaction (writes.ROW_LINGER)
 AGE_PRUNE_EVERY = 1.0  # seconds between deletions of expired usage rows by one process
 PRUNE = "DELETE FROM {table} WHERE created_at < %s OR seq <= (SELECT max(seq) FROM {table}) - %s"
 
@@ -108,7 +109,8 @@ class PostgreSQLStore:
         self._clock = clock
         self._down = False
         self._checking: asyncio.Task[None] | None = None
-        self._rows: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
+        self._rows: list[tuple[object, ...]] = []  # usage rows waiting for _flush_soon
+        self._group: asyncio.Future[dict[str, BaseException]] | None = None  # their future
         self._flushing: set[asyncio.Task[None]] = set()
         self._aged_at = float("-inf")
         password = conninfo_to_dict(config.url or "").get("password")
@@ -233,36 +235,38 @@ class PostgreSQLStore:
 
     # -- usage ----------------------------------------------------------------------
 
-    def record_usage(self, record: UsageRecord) -> Awaitable[None]:
+    def record_usage(self, record: UsageRecord) -> QueuedRow:
         """Queued, and written with the others of the next ``LINGER`` seconds in one
-        transaction (``executemany``, pipelined by psycopg): one round trip for many."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._rows.append((q.usage_params(record), future))
-        if len(self._rows) == 1:
-            loop.call_later(LINGER, self._flush_soon)
-        return future
+        transaction (``executemany``, pipelined by psycopg): one round trip for many,
+        and one future (``QueuedRow.group``) for all of them."""
+        if self._group is None:
+            self._group = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(LINGER, self._flush_soon)
+        self._rows.append(q.usage_params(record))
+        return QueuedRow(self._group, record.id)
 
     def _flush_soon(self) -> None:
-        if self._rows:
-            rows, self._rows = self._rows, []
-            task = asyncio.get_running_loop().create_task(self._flush(rows))
+        if self._group is not None:
+            rows, group, self._rows, self._group = self._rows, self._group, [], None
+            task = asyncio.get_running_loop().create_task(self._flush(rows, group))
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def _flush(self, rows: list[tuple[tuple[object, ...], asyncio.Future[None]]]) -> None:
-        error: BaseException | None = None
+    async def _flush(self, rows: list[tuple[object, ...]], group: asyncio.Future[dict[str, BaseException]]) -> None:
+        """One transaction: every row is written, or none (the group's exception)."""
         try:
             async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                await cursor.executemany(RECORD_USAGE, [params for params, _ in rows])
+                await cursor.executemany(RECORD_USAGE, rows)
                 if time.monotonic() - self._aged_at >= AGE_PRUNE_EVERY:
                     self._aged_at = time.monotonic()
                     await cursor.execute(PRUNE.format(table="usage"), (self._cutoff(), None))
         except Exception as exc:
-            error = exc
-        for _, future in rows:
-            if not future.done():
-                future.set_result(None) if error is None else future.set_exception(error)
+            group.set_exception(exc)
+        else:
+            group.set_result({})
+        finally:
+            if not group.done():  # the flush itself was cancelled (the loop is closing)
+                group.cancel()
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:
         async with self._connection() as conn, conn.transaction():

@@ -30,7 +30,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +42,7 @@ from ..context import run_sync
 from ..settings import Retention
 from . import (
     Message,
+    QueuedRow,
     Quota,
     StoredResponse,
     UsageGrouping,
@@ -51,7 +52,7 @@ from . import (
 )
 from . import queries as q
 from .migrations import SQLITE, migrate
-from .writes import Job, Pending, WriteQueue
+from .writes import Job, Rows, WriteQueue
 
 logger = logging.getLogger("hermes_api")
 
@@ -130,39 +131,44 @@ class SQLiteStore:
         return await self._writes.enqueue(job, table)
 
     def _commit(self) -> None:
-        """One transaction for every write waiting (on the store's thread)."""
-        writes = self._writes.take()
+        """One transaction for every write and usage row waiting (on the store's thread)."""
+        writes, rows = self._writes.take()
         try:
             self._sync("FULL" if any(p.durable for p in writes) else "NORMAL")
             with self._transaction() as db:
-                self._insert_rows(db, [p for p in writes if p.row is not None])
+                self._insert_rows(db, rows)
                 for p in writes:
-                    if p.job is not None:
-                        p.result = self._in_savepoint(db, functools.partial(p.job, db))
+                    p.result = self._in_savepoint(db, functools.partial(p.job, db))
                 now = time.monotonic()
                 age = now - self._aged_at >= AGE_PRUNE_EVERY
-                self._prune(db, {p.table for p in writes if p.table}, age=age)
+                self._prune(db, {p.table for p in writes if p.table} | ({"usage"} if rows else set()), age=age)
                 if age:
                     self._aged_at = now
         except Exception as exc:  # BEGIN or COMMIT failed (a full disk, a lock held too long)
             for p in writes:
                 p.result = (None, exc)
-        self._writes.settle(writes)
+            for r in rows:
+                r.error = exc
+        self._writes.settle(writes, rows)
 
-    def _insert_rows(self, db: sqlite3.Connection, rows: list[Pending]) -> None:
+    def _insert_rows(self, db: sqlite3.Connection, groups: list[Rows]) -> None:
         """Usage rows in multi-row INSERTs: one call releases the GIL once, where
         executemany handed it to the busy event loop and back for every row. Chunks of
         a power of two rows (46 = 32 + 8 + 4 + 2), so that sqlite3's statement cache
-        holds a few statements, not one of every size."""
+        holds a few statements, not one of every size. A chunk that fails is written
+        row by row, and the rows refused are noted in their group's ``failed``."""
+        rows = [(group, row) for group in groups for row in group.params]
         i = 0
         while i < len(rows):
             size = min(ROWS_PER_STATEMENT, 1 << ((len(rows) - i).bit_length() - 1))
             chunk, i = rows[i : i + size], i + size
-            params = [value for p in chunk for value in p.row or ()]
+            params = [value for _, row in chunk for value in row]
             if self._in_savepoint(db, functools.partial(db.execute, q.record_usage_rows(size), params))[1] is None:
                 continue
-            for p in chunk:  # one of them fails: find it
-                p.result = (None, self._in_savepoint(db, functools.partial(db.execute, q.RECORD_USAGE, p.row))[1])
+            for group, row in chunk:  # one of them fails: find it
+                error = self._in_savepoint(db, functools.partial(db.execute, q.RECORD_USAGE, row))[1]
+                if error is not None:
+                    group.failed[str(row[0])] = error
 
     @staticmethod
     def _in_savepoint(db: sqlite3.Connection, call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
@@ -243,8 +249,8 @@ class SQLiteStore:
 
     # -- usage ----------------------------------------------------------------------
 
-    def record_usage(self, record: UsageRecord) -> Awaitable[None]:
-        return self._writes.enqueue(None, "usage", row=q.usage_params(record), durable=False)
+    def record_usage(self, record: UsageRecord) -> QueuedRow:
+        return self._writes.add_row(q.usage_params(record))
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:
         def job(db: sqlite3.Connection) -> Quota | None:  # BEGIN IMMEDIATE: no other writer meanwhile

@@ -3,9 +3,13 @@
 Every write is queued (``enqueue``) with a future the caller awaits; the store's thread
 takes all that are waiting (``take``) into one transaction and answers every caller at
 once (``settle``), waking each event loop once, not once per write. A durable write
-starts a commit at once; one that is not (a usage row) waits up to ``LINGER`` seconds
-for others, so that under load one hand-off to the thread carries many: the hand-off,
-not SQLite, was most of a usage row's cost.
+starts a commit at once, one that is not (a turn's admission, ``start_usage``) within
+``LINGER`` seconds; a usage row (``add_row``), which nobody waits for, within
+``ROW_LINGER`` seconds, so that under load one hand-off to the thread and one
+transaction carry many: the hand-off and the commit, not the rows, were most of a
+usage row's cost. The rows queued together share one future
+(``Rows``): a row costs a tuple in a list, not a future of its own, which under load
+lived long enough to be promoted through the garbage collector's generations.
 """
 
 from __future__ import annotations
@@ -15,26 +19,43 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from . import QueuedRow
 
 Job = Callable[[sqlite3.Connection], Any]
 LINGER = 0.02  # seconds a write that is not durable waits for others to share its commit
+# Seconds a usage row waits: at 1,000 turns a second, 100 rows a commit. The row is
+# committed when the server stops, not lost; a SIGKILL loses this much more of them.
+ROW_LINGER = 0.1
 
 
 @dataclass(slots=True)
 class Pending:
-    """A queued write: ``job`` a function of the connection, or ``row`` the parameters
-    of one usage row; ``table`` it writes (None: none); ``durable``: its commit must be
-    ``synchronous=FULL``; ``result`` ``(value, None)`` or ``(None, error)``, once run."""
+    """A queued write: ``job`` a function of the connection; ``table`` it writes (None:
+    none); ``durable``: its commit must be ``synchronous=FULL``; ``result``
+    ``(value, None)`` or ``(None, error)``, once run."""
 
-    job: Job | None
-    row: tuple[object, ...] | None
+    job: Job
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     table: str | None
     durable: bool
     result: tuple[Any, BaseException | None] = (None, None)
+
+
+@dataclass(slots=True)
+class Rows:
+    """Usage rows queued from one event loop for the next commit: their parameters
+    (the row's id first), and the one future they share (``QueuedRow.group``);
+    ``failed`` the rows refused, ``error`` what failed the whole commit."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[dict[str, BaseException]]
+    params: list[tuple[object, ...]] = field(default_factory=list)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    error: BaseException | None = None
 
 
 class WriteQueue:
@@ -44,18 +65,17 @@ class WriteQueue:
         self._executor = executor
         self._commit = commit
         self._pending: list[Pending] = []
+        self._rows: dict[asyncio.AbstractEventLoop, Rows] = {}
         self._lock = threading.Lock()
         self._queued = False  # a commit is queued and has not taken the writes yet
 
-    def enqueue(
-        self, job: Job | None, table: str | None, *, row: tuple[object, ...] | None = None, durable: bool = True
-    ) -> asyncio.Future[Any]:
+    def enqueue(self, job: Job, table: str | None, *, durable: bool = True) -> asyncio.Future[Any]:
         """Queue a write now (it is written even if the caller stops waiting); the
         future of its result is set once it is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            self._pending.append(Pending(job, row, future, loop, table, durable))
+            self._pending.append(Pending(job, future, loop, table, durable))
             start = not self._queued and (durable or len(self._pending) == 1)
             if start and durable:
                 self._queued = True
@@ -64,31 +84,47 @@ class WriteQueue:
             loop.call_later(LINGER, self.commit_soon)
         return future
 
+    def add_row(self, row: tuple[object, ...]) -> QueuedRow:
+        """Queue a usage row (``row[0]`` its id) for a commit within ``ROW_LINGER`` seconds."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            rows = self._rows.get(loop)
+            first = rows is None
+            if rows is None:
+                rows = self._rows[loop] = Rows(loop, loop.create_future())
+            rows.params.append(row)
+        if first:
+            loop.call_later(ROW_LINGER, self.commit_soon)
+        return QueuedRow(rows.future, str(row[0]))
+
     def commit_soon(self) -> None:
         """Queue a commit of what is waiting, unless one is queued already."""
         with self._lock:
-            if self._pending and not self._queued:
+            if (self._pending or self._rows) and not self._queued:
                 self._queued = True
                 self._executor.submit(self._commit)
 
-    def take(self) -> list[Pending]:
-        """Every write waiting (on the store's thread, as a commit starts)."""
+    def take(self) -> tuple[list[Pending], list[Rows]]:
+        """Every write and row waiting (on the store's thread, as a commit starts)."""
         with self._lock:
             taken, self._pending = self._pending, []
+            rows, self._rows = list(self._rows.values()), {}
             self._queued = False
-        return taken
+        return taken, rows
 
     @staticmethod
-    def settle(writes: list[Pending]) -> None:
+    def settle(writes: list[Pending], rows: list[Rows]) -> None:
         """Hand each caller its result: one wake-up of each event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Pending], list[Rows]]] = {}
         for p in writes:
-            by_loop.setdefault(p.loop, []).append(p)
-        for loop, done in by_loop.items():
-            loop.call_soon_threadsafe(_settle, done)
+            by_loop.setdefault(p.loop, ([], []))[0].append(p)
+        for r in rows:
+            by_loop.setdefault(r.loop, ([], []))[1].append(r)
+        for loop, (done, groups) in by_loop.items():
+            loop.call_soon_threadsafe(_settle, done, groups)
 
 
-def _settle(done: list[Pending]) -> None:
+def _settle(done: list[Pending], groups: list[Rows]) -> None:
     for p in done:
         value, error = p.result
         if p.future.done():  # the caller was cancelled; the write happened all the same
@@ -97,3 +133,10 @@ def _settle(done: list[Pending]) -> None:
             p.future.set_result(value)
         else:
             p.future.set_exception(error)
+    for r in groups:
+        if r.future.done():
+            continue
+        if r.error is None:
+            r.future.set_result(r.failed)
+        else:
+            r.future.set_exception(r.error)
