@@ -14,7 +14,8 @@ interrupts: its thread would hold the process).
 With ``agent.spare_worker`` (the default) the pool keeps one spare worker
 (``spare.Spare``) started ahead: the first sweep after start-up starts it (so it does
 not slow the server's own start), a profile's next new worker is that spare bound to
-it, and the next sweep with no worker starting starts another. A spare that cannot be
+it, and a sweep with no worker starting, none started in the last ``SPARE_QUIET`` seconds
+(its first turn would compete with the spare for the CPU), starts another. A spare that cannot be
 bound is killed and the worker is started the usual way; one that cannot be started is
 tried again after 1, 2, 4 ... up to ``MAX_SPARE_BACKOFF`` seconds.
 """
@@ -41,6 +42,7 @@ logger = logging.getLogger("hermes_api")
 
 MAX_BACKOFF = 30.0  # seconds
 MAX_SPARE_BACKOFF = 300.0  # seconds
+SPARE_QUIET = 5.0  # seconds after a worker started (its first turn runs) before a new spare starts
 INTERRUPT_GRACE = 10.0  # seconds an interrupted turn may take to end before its worker is retired
 SWEEP_EVERY = 1.0  # seconds between idle and stuck checks
 
@@ -122,6 +124,7 @@ class WorkerPool:
         finally:
             slot.starting = None
         slot.worker, slot.profile = worker, profile
+        self._spare_after = max(self._spare_after, time.monotonic() + SPARE_QUIET)
         self._on_event(profile.name, "restart" if slot.failures else "start")
         asyncio.get_running_loop().create_task(self._watch(slot, worker))
         return worker
@@ -139,7 +142,7 @@ class WorkerPool:
 
     async def _keep_spare(self, now: float) -> None:
         """Start a spare when there is none, none is starting, no profile's worker is
-        starting (it would compete for the CPU) and the backoff has passed."""
+        starting or has just started (module docstring) and the backoff has passed."""
         if self._spare is not None and not self._spare.alive:
             self._spare = None
         busy = any(slot.starting is not None for slot in self._slots.values())
