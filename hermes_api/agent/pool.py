@@ -14,10 +14,10 @@ interrupts: its thread would hold the process).
 With ``agent.spare_worker`` (the default) the pool keeps one spare worker
 (``spare.Spare``) started ahead: the first sweep after start-up starts it (so it does
 not slow the server's own start), a profile's next new worker is that spare bound to
-it, and a sweep with no worker starting, none started in the last ``SPARE_QUIET`` seconds
-(its first turn would compete with the spare for the CPU), starts another. A spare that cannot be
-bound is killed and the worker is started the usual way; one that cannot be started is
-tried again after 1, 2, 4 ... up to ``MAX_SPARE_BACKOFF`` seconds.
+it, and a sweep with no worker starting and none started in the last ``SPARE_QUIET``
+seconds (its first turn would share the CPU with the spare's imports) starts another.
+A spare that cannot be bound is killed and the worker started the usual way; one that
+cannot be started is tried again after 1, 2, 4 ... up to ``MAX_SPARE_BACKOFF`` seconds.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class WorkerPool:
         except AgentWorkerError:
             return None
 
-    async def _keep_spare(self, now: float) -> None:
+    def _keep_spare(self, now: float) -> None:
         """Start a spare when there is none, none is starting, no profile's worker is
         starting or has just started (module docstring) and the backoff has passed."""
         if self._spare is not None and not self._spare.alive:
@@ -200,7 +200,7 @@ class WorkerPool:
         past ``INTERRUPT_GRACE`` after its interrupt."""
         now = time.monotonic() if now is None else now
         if self._settings.agent.spare_worker:
-            await self._keep_spare(now)
+            self._keep_spare(now)
         stopping = []
         for slot in self._slots.values():
             worker = slot.worker

@@ -8,8 +8,8 @@ directions; it imports nothing but the standard library, because the worker load
 path into an interpreter that may not have hermes-api installed (``agent.python``).
 
 Version ``PROTOCOL`` is announced in ``ready`` (and ``spare``); the parent refuses a
-worker that speaks another. A field added as optional (``turn``'s ``delegation``) keeps the version: a
-worker that does not know it ignores it. Messages, by ``type`` (every turn-scoped
+worker that speaks another. A field added as optional (``turn``'s ``delegation``) keeps
+the version: a worker that does not know it ignores it. Messages, by ``type`` (every turn-scoped
 message carries the turn's ``id``):
 
 parent → worker
