@@ -1,7 +1,7 @@
 """Driving Open WebUI in headless Chromium with Playwright (Python).
 
 Debian's chromium (``/usr/bin/chromium``), never a Playwright browser download (that
-fails on these machines). Flags and selectors from shared/recipes/README.md: a fresh
+fails on these machines). Flags and selectors as Open WebUI 0.12.4's front end has them: a fresh
 user-data dir, the "What's New" dialog dismissed with "Okay, Let's Go!", the model
 picker ``#model-selector-model-button``, the chat box ``#chat-input``; never wait for
 "networkidle" (socket.io keeps the network busy).
@@ -101,3 +101,11 @@ def wait_for_reply(page: Page, timeout: float = 180.0) -> tuple[str, float]:
     finished = time.monotonic()
     reply = page.locator("#response-content-container").last
     return reply.inner_text(), finished
+
+
+def open_tool_row(page: Page, tool: str) -> str:
+    """Click open the last "View Result from <tool>" row (how Open WebUI shows a tool that
+    ran, with its INPUT and OUTPUT); the answer's visible text once the row is open."""
+    page.get_by_text(f"View Result from {tool}").last.click()
+    page.get_by_text("Output", exact=True).last.wait_for(state="visible")  # shown upper-case by CSS
+    return page.locator("#response-content-container").last.inner_text()

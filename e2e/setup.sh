@@ -9,7 +9,8 @@
 # Venvs live under $HERMES_E2E_CACHE (default ~/.cache/hermes-api-e2e), outside the
 # checkout, so a second run (or CI on the same machine) reuses them; each venv is only
 # marked done after its install succeeded. pip's own wheel cache makes a rebuild quick.
-# Recipe: shared/recipes/README.md, "Open WebUI 0.12.4, headless and offline".
+# Open WebUI runs headless and offline with the settings e2e/stack.py gives it
+# (Open WebUI's backend/open_webui/env.py and config.py name them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source e2e/versions.sh
@@ -74,6 +75,7 @@ done
 
 if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
     say "installing the e2e extra (playwright) into .venv"
-    .venv/bin/pip install -q -e '.[test,demo,e2e]'
+    # llama.cpp for any CPU of this kind, as the README's commands build it (README, "Why CMAKE_ARGS").
+    CMAKE_ARGS=-DGGML_NATIVE=OFF .venv/bin/pip install -q -e '.[test,demo,e2e]'
 fi
 say "ready (cache: $CACHE)"

@@ -2,8 +2,9 @@
 a loopback port, started with a log file and stopped by PID (its own process group).
 
 Installed by ``e2e/setup.sh`` under ``$HERMES_E2E_CACHE`` (default
-``~/.cache/hermes-api-e2e``). Recipe: shared/recipes/README.md, "Open WebUI 0.12.4,
-headless and offline".
+``~/.cache/hermes-api-e2e``). Open WebUI 0.12.4 runs headless and offline with the
+environment ``open_webui_env`` gives it (its settings: Open WebUI's
+``backend/open_webui/env.py`` and ``config.py``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,65 @@ def write_home(root: Path, upstream: str, profiles: Mapping[str, str], max_token
         config = {"model": model_config}
         (home / "config.yaml").write_text(yaml.safe_dump(config))
         (home / "SOUL.md").write_text(f"You are {name.upper()}-PERSONA.")
+    return root
+
+
+SCRIPTED_UPSTREAM = ROOT / "tests" / "scriptedupstream.py"
+
+
+class ScriptedUpstream:
+    """``tests/scriptedupstream.py`` in its own process: a provider that answers the
+    ``[[tool:NAME {json}]]`` marker of the last user message with that tool call, then,
+    once the tool's result comes back, ``done: <the result>`` (what the Hermes agent needs
+    to run a real tool; a 135M model cannot drive one). ``chats()``: every chat request
+    it got, in order. Stopped by closing its stdin, then by PID."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> ScriptedUpstream:
+        self.process = subprocess.Popen(
+            [sys.executable, str(SCRIPTED_UPSTREAM), str(self.record)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}/v1"
+        return self
+
+    def chats(self) -> list[dict[str, Any]]:
+        """The chat-completions request bodies so far, oldest first."""
+        if not self.record.exists():
+            return []
+        lines = [json.loads(line) for line in self.record.read_text().splitlines() if line]
+        return [r["body"] for r in lines if r["method"] == "POST" and r["path"].endswith("/chat/completions")]
+
+    def __exit__(self, *exc: object) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+def write_agent_home(root: Path, upstream: str, name: str) -> Path:
+    """A Hermes home whose profile ``name`` is the agent's: its provider the keyless
+    scripted ``upstream``, with the two settings that spare Hermes its slow probes of a
+    new worker's first turn (``model.context_length``, ``agent.environment_probe``)."""
+    home = root / "profiles" / name
+    (home / "memories").mkdir(parents=True, exist_ok=True)
+    model = {"default": "scripted-model", "provider": "custom", "base_url": upstream, "context_length": 65536}
+    (home / "config.yaml").write_text(yaml.safe_dump({"model": model, "agent": {"environment_probe": False}}))
+    (home / "SOUL.md").write_text(f"You are {name.upper()}-PERSONA.")
     return root
 
 

@@ -1,10 +1,11 @@
 """``create_app(settings)``: routes, middleware, the error handler and the lifespan.
 
-No app exists at import time (STYLE.md 1). ``serve`` builds one from the command line;
-``uvicorn --factory hermes_api.app:create_app_from_env`` builds one from the
-environment (``HERMES_API_CONFIG``). The lifespan opens what requests share, the
+No app exists at import time (uvicorn's ``--factory``, ``uvicorn/config.py``). ``serve``
+builds one from the command line; ``uvicorn --factory hermes_api.app:create_app_from_env``
+builds one from the environment (``HERMES_API_CONFIG``). The lifespan opens what requests share, the
 profile registry, the pooled upstream client, the turn runner and the response store,
-and hands them to requests as ``request.state`` (STYLE.md 2).
+and hands them to requests as ``request.state`` (Starlette's lifespan state,
+``docs/lifespan.md``); docs/architecture.md has the whole path of a request.
 """
 
 from __future__ import annotations

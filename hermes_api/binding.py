@@ -1,9 +1,10 @@
-"""Routes that run under one profile: read, resolve, bind, delegate (DESIGN.md §3).
+"""Routes that run under one profile: read, resolve, bind, delegate (docs/contract.md §3).
 
 ``ProfileEndpoint`` is a plain ASGI endpoint. It reads the JSON body (bounded by
 ``max_body_bytes``), resolves the profile with the registry, then runs the handler *and
 sends its response* inside ``use_profile`` in the same frame, so a streamed body is still
-bound to its profile and the binding is undone after the last byte (STYLE.md 3). The
+bound to its profile and the binding is undone after the last byte (plain ASGI, as
+starlette-context's ``middleware/raw_middleware.py``; never ``BaseHTTPMiddleware``). The
 same object serves the plain route and its ``/p/<profile>/`` twin: one enforcement point.
 
 Routes about a stored object (``/v1/responses/{id}``) pass ``implied``: when the request

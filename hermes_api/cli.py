@@ -105,20 +105,28 @@ def since(value: str, now: float | None = None) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def settings_sources(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path | None, dict[str, Any]]:
-    """The config file (``--config``, else ``$HERMES_API_CONFIG``) and the flags over it."""
+def settings_sources(
+    args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> tuple[Path | None, dict[str, Any]]:
+    """The config file (``--config``, else ``$HERMES_API_CONFIG``) and what overrides it:
+    ``extra`` (top-level config keys: the demo's additions), then the flags."""
     config = args.config or (Path(environ["HERMES_API_CONFIG"]) if environ.get("HERMES_API_CONFIG") else None)
     overrides = {
-        name: getattr(args, name, None)
-        for name in ("hermes_home", "expose", "default_profile", "host", "port", "log_level")
-        if getattr(args, name, None) is not None
+        **(extra or {}),
+        **{
+            name: getattr(args, name, None)
+            for name in ("hermes_home", "expose", "default_profile", "host", "port", "log_level")
+            if getattr(args, name, None) is not None
+        },
     }
     return config, overrides
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by the flags."""
-    config, overrides = settings_sources(args, environ)
+def load_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from ``--config`` (or ``$HERMES_API_CONFIG``), overridden by ``extra`` and the flags."""
+    config, overrides = settings_sources(args, environ, extra)
     return Settings.load(config, environ, overrides)
 
 
@@ -127,9 +135,11 @@ def report(problems: Iterable[str], label: str = "error") -> None:
         print(f"{label}: {problem}", file=sys.stderr)
 
 
-def serving_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def serving_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> Settings:
     """Settings fit to serve: ``ConfigError`` also for an open non-loopback bind (§2)."""
-    settings = load_settings(args, environ)
+    settings = load_settings(args, environ, extra)
     if problem := open_bind_problem(settings):
         raise ConfigError([problem])
     return settings

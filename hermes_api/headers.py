@@ -1,4 +1,4 @@
-"""The request headers a profile is chosen by (DESIGN.md §3), read and sanitised.
+"""The request headers a profile is chosen by (docs/contract.md §3), read and sanitised.
 
 ``X-Hermes-*`` headers count for every caller; the identity headers that Open WebUI and
 LibreChat send for their signed-in user count only for API keys with

@@ -1,4 +1,4 @@
-"""Who is calling: API keys checked in constant time (DESIGN.md §2).
+"""Who is calling: API keys checked in constant time (docs/contract.md §2).
 
 Plugged into Starlette's ``AuthenticationMiddleware``: every route but ``PUBLIC_PATHS`` needs
 a valid ``Authorization: Bearer <key>`` once any key is configured. A delegated request

@@ -1,4 +1,4 @@
-"""Profile: one Hermes profile directory, read as-is (DESIGN.md §1).
+"""Profile: one Hermes profile directory, read as-is (docs/contract.md §1).
 
 A Hermes home is the profile ``default``; ``<home>/profiles/<name>/`` are the named
 profiles, each with ``config.yaml``, ``.env``, ``SOUL.md``, ``memories/MEMORY.md``,

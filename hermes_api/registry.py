@@ -1,4 +1,4 @@
-"""ProfileRegistry: which profiles are served, and which one a request gets (DESIGN.md §3).
+"""ProfileRegistry: which profiles are served, and which one a request gets (docs/contract.md §3).
 
 Profiles are loaded once at startup and kept with a signature of their files
 (``profiles.signature``). Requests never touch the file system for that: a request only

@@ -1,4 +1,4 @@
-"""Chat answer → Responses API ``response`` object (DESIGN.md §4).
+"""Chat answer → Responses API ``response`` object (docs/contract.md §4).
 
 The assistant's text becomes a ``message`` output item with one ``output_text`` part,
 and each of its ``tool_calls`` a ``function_call`` item (``id`` "fc_…", ``call_id`` the

@@ -1,4 +1,4 @@
-"""The server configuration (DESIGN.md §2), validated into frozen dataclasses.
+"""The server configuration (docs/contract.md §2), validated into frozen dataclasses.
 
 Sources, later ones winning: built-in defaults, the YAML file (``--config`` or
 ``HERMES_API_CONFIG``), command-line flags. ``API_SERVER_KEY`` in the environment adds
@@ -99,7 +99,7 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """What the response store keeps (DESIGN.md §2 ``state_dir``): rows older than
+    """What the response store keeps (docs/contract.md §7, ``retention``): rows older than
     ``max_age_days`` days go, and a stored response (chat-session turn) goes once
     ``max_responses`` (``max_session_turns``) newer ones have been stored, so at most
     that many are kept. None = no such bound."""

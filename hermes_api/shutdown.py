@@ -5,7 +5,7 @@ for the requests in progress. ``Drain`` bounds that wait for turns: from the mom
 shutdown begins, every wait on the upstream gets a deadline ``shutdown_grace`` seconds
 away. A turn that ends before it is untouched; one still waiting then is given up: a
 stream gets ``data: {"error": {..., "code": "server_shutting_down"}}`` and
-``data: [DONE]`` (DESIGN.md §5, after the first byte), a request not yet answered gets
+``data: [DONE]`` (docs/contract.md §5, after the first byte), a request not yet answered gets
 a 503 with the same code. Its upstream connection is closed. Only then, with no
 request left, does uvicorn run the lifespan's shutdown, so whatever the lifespan closes
 last (a store) sees every turn finished.

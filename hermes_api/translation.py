@@ -1,4 +1,4 @@
-"""Responses API request → chat-completions request (DESIGN.md §4).
+"""Responses API request → chat-completions request (docs/contract.md §4).
 
 Every Responses turn runs through ``turns.TurnRunner`` as a chat completion, so it works
 with any chat-only provider (llama.cpp, Ollama…): ``instructions`` become a system

@@ -1,12 +1,12 @@
 """The one pooled HTTP client to every profile's provider; errors mapped at this boundary.
 
-httpx requests sent straight to one transport (DESIGN.md §6): ``transport.AiohttpTransport``
-(aiohttp's connection pool) made in the app's lifespan and shared by all profiles; the
-profile decides the URL and the ``Authorization`` header of each request, never the
-client. Tests inject a transport (respx). No ``httpx.AsyncClient`` on the hot path: it
-cost ~90 µs of CPU per request for a cookie jar, auth and redirect machinery that a
-gateway never uses (``bench/``), and a shared cookie jar would mix providers' cookies
-across profiles.
+httpx requests sent straight to one transport (docs/architecture.md, "The transport to
+providers"): ``transport.AiohttpTransport`` (aiohttp's connection pool) made in the
+app's lifespan and shared by all profiles; the profile decides the URL and the
+``Authorization`` header of each request, never the client. Tests inject a transport
+(respx). No ``httpx.AsyncClient`` on the hot path: it cost ~90 µs of CPU per request
+for a cookie jar, auth and redirect machinery that a gateway never uses (``bench/``),
+and a shared cookie jar would mix providers' cookies across profiles.
 
 Every failure leaves this module as an ``errors.UpstreamError`` (§5), most specific
 first, timeouts before other transport errors, during stream iteration too

@@ -15,6 +15,7 @@ a test needs no control channel (a 135M model cannot drive tools; this can):
                            delegated task that delegates again
     [[status:CODE]]        HTTP CODE with an OpenAI error body, every time
     [[sleep:SECONDS]]      wait that long before answering
+    [[no-usage]]           no usage in the answer, even when asked (as llama.cpp's streams)
     otherwise              "echo: <the user text, markers removed>"
 
 and two that add to a text answer:
@@ -74,6 +75,7 @@ def plan(body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"sleep": 0.0}
     if found := re.search(r"\[\[sleep:([0-9.]+)\]\]", text):
         out["sleep"] = float(found.group(1))
+    out["usage"] = "[[no-usage]]" not in text
     if found := re.search(r"\[\[status:(\d{3})\]\]", text):
         return {**out, "status": int(found.group(1))}
     last = messages[-1] if messages else {}
@@ -151,8 +153,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             message, finish = {"role": "assistant", "content": script["text"]}, "stop"
         choice = {"index": 0, "message": message, "finish_reason": finish}
-        self.answer(200, {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
-                          "choices": [choice], "usage": usage})  # fmt: skip
+        answer = {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
+                  "choices": [choice]}  # fmt: skip
+        self.answer(200, {**answer, "usage": usage} if script["usage"] else answer)
 
     def stream(self, ident: str, script: dict[str, Any], usage: dict[str, int], body: dict[str, Any]) -> None:
         self.send_response(200)
@@ -182,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
                     chunk({"content": word})
             finish = "stop"
         chunk({}, finish)
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and script["usage"]:
             send({**base, "choices": [], "usage": usage})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()

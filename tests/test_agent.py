@@ -158,6 +158,19 @@ def test_a_streamed_text_turn_ends_with_usage_and_done(stack: dict[str, Any]) ->
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
 
 
+def test_a_provider_that_reports_no_usage_gives_no_usage_not_zeros(stack: dict[str, Any]) -> None:
+    """llama.cpp's server sends no usage in the streams Hermes asks for: the turn's usage
+    is then unknown (null), as for a direct turn, never made-up zeros."""
+    r = chat(stack, "alpha", "how many tokens? [[no-usage]]")
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] is None and r.json()["choices"][0]["message"]["content"] == "echo: how many tokens?"
+    streamed = chat(stack, "alpha", "and now? [[no-usage]]", stream=True, stream_options={"include_usage": True})
+    chunks = [json.loads(d) for _, d in events(streamed) if d != "[DONE]"]
+    assert chunks and all(c["choices"] for c in chunks)  # no usage chunk: there is no usage to send
+    response = post(stack, "/v1/responses", {"model": "alpha", "input": "and here? [[no-usage]]"})
+    assert response.status_code == 200 and response.json()["usage"] is None
+
+
 def test_the_client_system_prompt_is_ephemeral_and_client_tools_never_reach_the_agent(stack: dict[str, Any]) -> None:
     before = len(stack["upstream"].requests())
     client_tool = {"type": "function", "function": {"name": "open_the_pod_bay_doors", "parameters": {"type": "object"}}}

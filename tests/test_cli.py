@@ -262,10 +262,12 @@ def test_the_example_home_checks_without_any_environment(capsys) -> None:
     """``HERMES_EXAMPLE_BASE_URL`` defaults to llama.cpp's ``llama-server`` address."""
     example = str(demo.EXAMPLE_HOME / "hermes-api.yaml")
     assert cli.main(["check", "--config", example], {}) == 0
-    assert capsys.readouterr().out == "ok: 4 profile(s) served: coder, default, family, researcher\n"
+    assert capsys.readouterr().out == "ok: 5 profile(s) served: agent, coder, default, family, researcher\n"
     assert cli.main(["profiles", "--config", example], {}) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
-    assert {row[0]: row[2] for row in rows} == dict.fromkeys(["coder", "default", "family", "researcher"], "yes")
+    assert {row[0]: row[2] for row in rows} == dict.fromkeys(
+        ["agent", "coder", "default", "family", "researcher"], "yes"
+    )
     base_url = rows[0].index("http://127.0.0.1:8080/v1")  # the BASE URL column
     assert {row[base_url] for row in rows} == {"http://127.0.0.1:8080/v1"}
     assert cli.main(["profiles", "--config", example], {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}) == 0

@@ -1,4 +1,4 @@
-"""docs/clients.md is tested (STYLE.md 11): every block marked ``<!-- test: NAME -->``
+"""docs/clients.md is tested: every block marked ``<!-- test: NAME -->``
 is loaded or run here against a live server built from the page's own hermes-api.yaml.
 
 LibreChat cannot run on these machines (it needs MongoDB), so its two requests are

@@ -4,6 +4,7 @@ install (tests/test_install.py installs it for real; test_e2e.py runs it on the 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import respx
 
 from hermes_api import cli, demo
+from hermes_api.settings import Settings
 
 from .conftest import HermesHome, completion
 
@@ -56,7 +58,7 @@ def test_the_demo_serves_the_packaged_example_home_by_default(monkeypatch, tmp_p
     assert demo.EXAMPLE_HOME.parent == Path(demo.__file__).resolve().parent
     args = cli.build_parser().parse_args(["demo"])
     assert args.config is None
-    assert {p.name for p in (demo.EXAMPLE_HOME / "profiles").iterdir()} == {"coder", "family", "researcher"}
+    assert {p.name for p in (demo.EXAMPLE_HOME / "profiles").iterdir()} == {"agent", "coder", "family", "researcher"}
 
 
 def test_the_demo_checks_its_port_before_starting_the_model_server(monkeypatch, tmp_path: Path, capsys) -> None:
@@ -75,3 +77,47 @@ def test_the_demo_checks_its_port_before_starting_the_model_server(monkeypatch, 
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
         "(is hermes-api already running? stop it, or choose another --port)"
     ]
+
+
+def test_with_the_agent_the_printed_examples_carry_the_run_s_key(
+    home: HermesHome, make_app, upstream: respx.MockRouter, live, tmp_path: Path
+) -> None:
+    """Agent profiles are served only behind keys: the demo makes one, says so, and its
+    curl and SDK examples send it as pasted (tests/test_e2e.py pastes them all, the agent's
+    turn and its state.db rows included, against the real demo)."""
+    home.add("coder")
+    home.add("researcher")
+    upstream.post("/chat/completions").respond(json=completion("Hello!"))
+    key = "demo-key-0123456789abcdef"
+    keys = [{"name": "demo", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}]
+    server = live(make_app(expose=["default", "coder", "researcher"], keys=keys))
+    agent = demo.DemoAgent("agent", key, tmp_path / "home" / "profiles" / "agent" / "state.db")
+    text = demo.usage_text(server.url, agent)
+    assert f"this run's key is {key} " in text and f"its turns land in {agent.state_db}." in text
+    commands = demo.curl_example(server.url, key) + demo.sdk_example(server.url, key=key)
+    assert demo.curl_example(server.url, key) in text and demo.sdk_example(server.url, key=key) in text
+    done = pasted(commands)
+    assert done.returncode == 0, done.stderr
+    assert '"id":"coder"' in done.stdout and '"model":"researcher"' in done.stdout
+    assert done.stdout.rstrip().endswith("coder Hello!")
+    without_key = pasted(demo.curl_example(server.url))
+    assert without_key.stdout.count('"code":"invalid_api_key"') == 2  # both commands refused
+
+
+def test_the_demo_adds_the_agent_to_the_example_config_and_serves_a_writable_copy(tmp_path: Path) -> None:
+    """The example config with the demo's additions: the profile ``agent`` on the agent
+    runtime with no toolsets and the model server's URL for its worker, the run's key,
+    and a copy of the home that keeps what Hermes wrote there across starts."""
+    copy = demo.writable_home(tmp_path / "state")
+    assert (copy / "profiles" / "agent" / "config.yaml").is_file() and not (copy / "hermes-api.yaml").exists()
+    (copy / "profiles" / "agent" / "state.db").write_bytes(b"turns")
+    (copy / "SOUL.md").write_text("edited")
+    assert demo.writable_home(tmp_path / "state") == copy
+    assert (copy / "profiles" / "agent" / "state.db").read_bytes() == b"turns"  # kept
+    assert (copy / "SOUL.md").read_text() == (demo.EXAMPLE_HOME / "SOUL.md").read_text()  # refreshed
+    settings = Settings.load(demo.EXAMPLE_HOME / "hermes-api.yaml", {}, demo.agent_overrides(copy, "k" * 24))
+    assert settings.hermes_home == copy
+    assert settings.agent.serves("agent") and not settings.agent.serves("coder")
+    assert settings.agent.profile("agent").toolsets == ()
+    assert settings.agent.env == (demo.EXAMPLE_BASE_URL_VAR,)
+    assert [k.digest for k in settings.keys] == [hashlib.sha256(b"k" * 24).digest()]

@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +99,7 @@ def hermes(llama: str, tmp_path_factory) -> Iterator[str]:
 
 def test_models_are_the_example_profiles(hermes: str) -> None:
     client = OpenAI(base_url=hermes + "/v1", api_key="unused")
-    assert [m.id for m in client.models.list()] == ["coder", "default", "family", "researcher"]
+    assert [m.id for m in client.models.list()] == ["agent", "coder", "default", "family", "researcher"]
 
 
 def test_chat_non_stream_with_a_real_model(hermes: str) -> None:
@@ -222,28 +224,115 @@ def test_responses_forced_function_call_with_a_real_model(hermes: str, stream: b
     assert client.responses.retrieve(final.id).output[0].arguments == call.arguments
 
 
+class Demo:
+    """``hermes-api demo`` as a process, with a ``HOME`` of its own (its copy of the
+    example home and its store go there); ``banner`` is what it printed up to "Press
+    Ctrl-C", read once it answers; the rest of its output is drained in a thread."""
+
+    def __init__(self, home: Path) -> None:
+        self.port, self.llama_port = free_port(), free_port()
+        command = ["demo", "--port", str(self.port), "--llama-port", str(self.llama_port)]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hermes_api", *command],
+            env={**os.environ, "HOME": str(home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.rest: list[str] = []
+        self.drain: threading.Thread | None = None
+        try:
+            wait_for(self.url + "/health", self.process, timeout=120)
+            lines = []
+            for line in self.process.stdout:
+                if line.startswith("Press Ctrl-C"):
+                    break
+                lines.append(line)
+            self.banner = "".join(lines)
+            self.drain = threading.Thread(target=self.rest.extend, args=(self.process.stdout,), daemon=True)
+            self.drain.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def value(self, label: str) -> str:
+        """The word after ``label`` in the banner (the key, the state.db path)."""
+        return self.banner.split(label, 1)[1].split()[0].rstrip(".")
+
+    def stop(self) -> int:
+        stop(self.process)
+        if self.drain is not None:
+            self.drain.join(timeout=10)
+        self.process.stdout.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[Demo]:
+    _require_demo_extra()
+    running = Demo(tmp_path_factory.mktemp("demo-home"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_demo_s_agent_profile_answers_through_smollm2_into_state_db(demo: Demo) -> None:
+    """The profile ``agent`` is answered by the real Hermes agent on SmolLM2: the turn is
+    in the profile's state.db as Hermes writes it, where the demo says it is."""
+    key, state_db = demo.value("this run's key is"), Path(demo.value("its turns land in"))
+    assert "answered by the real Hermes agent" in demo.banner
+    assert httpx.get(demo.url + "/v1/models", timeout=10).status_code == 401  # agent profiles: keys required
+    client = OpenAI(base_url=demo.url + "/v1", api_key=key, max_retries=0, timeout=300)
+    answer = client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "Who are you?"}])
+    text = answer.choices[0].message.content
+    print(f"\nagent (the Hermes agent on SmolLM2): {text!r}; usage {answer.usage}")
+    assert answer.model == "agent" and text and text.strip()
+    assert answer.usage is None  # llama.cpp sends none in the streams Hermes asks for: unknown, not zero
+    db = sqlite3.connect(state_db.as_uri() + "?mode=ro", uri=True)
+    try:
+        (session,) = db.execute(
+            "SELECT DISTINCT session_id FROM messages WHERE role = 'user' AND content = 'Who are you?'"
+        ).fetchall()
+        source, prompt = db.execute("SELECT source, system_prompt FROM sessions WHERE id = ?", session).fetchone()
+        rows = db.execute("SELECT role, content FROM messages WHERE session_id = ? ORDER BY id", session).fetchall()
+    finally:
+        db.close()
+    print(f"state.db {state_db}, session {session[0]} ({source}): {rows}")
+    assert source == "api_server" and rows == [("user", "Who are you?"), ("assistant", text)]
+    # Hermes's own system prompt: the profile's SOUL.md and Hermes's API-server platform hint.
+    assert "the real Hermes agent of this example home" in prompt and "responding through an API server" in prompt
+
+
+def test_the_demo_s_printed_examples_run_as_pasted(demo: Demo) -> None:
+    """Everything between "Paste these" and "Press Ctrl-C", pasted into bash as it is:
+    curl with the run's key, the SDK, the agent's turn and its rows read from state.db."""
+    commands = demo.banner.split("Paste these into another shell:\n", 1)[1]
+    done = subprocess.run(["bash"], input=commands, capture_output=True, text=True, timeout=600)
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert '"id":"agent"' in out and '"model":"researcher"' in out and "coder " in out, out
+    assert "api_server user: Hello! Who are you?\napi_server assistant: " in out, out
+
+
 def test_demo_command_serves_and_stops_its_model_server(tmp_path: Path) -> None:
     _require_demo_extra()
-    port, llama_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hermes_api", "demo", "--port", str(port), "--llama-port", str(llama_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    demo = Demo(tmp_path)
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", process, timeout=120)
+        key = demo.value("this run's key is")
         r = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
+            f"{demo.url}/v1/chat/completions",
             timeout=60,
+            headers={"Authorization": f"Bearer {key}"},
             json={"model": "coder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
         )
         assert r.status_code == 200 and r.json()["model"] == "coder"
-        assert httpx.get(f"http://127.0.0.1:{llama_port}/v1/models", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{demo.llama_port}/v1/models", timeout=5).status_code == 200
     finally:
-        stop(process)
-    output = process.stdout.read().decode()
-    process.stdout.close()
-    assert process.returncode == 0
-    assert "from openai import OpenAI" in output and f"http://127.0.0.1:{port}/v1" in output
+        returncode = demo.stop()
+    assert returncode == 0
+    assert "from openai import OpenAI" in demo.banner and f"{demo.url}/v1" in demo.banner
     with pytest.raises(httpx.ConnectError):  # the model server stopped with the demo
-        httpx.get(f"http://127.0.0.1:{llama_port}/v1/models", timeout=5)
+        httpx.get(f"http://127.0.0.1:{demo.llama_port}/v1/models", timeout=5)

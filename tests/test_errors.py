@@ -1,4 +1,4 @@
-"""The error table of DESIGN.md §5: status, type, code and all four envelope keys."""
+"""The error table of docs/contract.md §5: status, type, code and all four envelope keys."""
 
 from __future__ import annotations
 

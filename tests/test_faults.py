@@ -1,7 +1,7 @@
 """Upstream faults against a real misbehaving provider process (``fakeupstream.py``).
 
 hermes-api runs under uvicorn with its real aiohttp pool. Every fault gives exactly the
-DESIGN.md §5 error: JSON with its status before the first byte, or
+docs/contract.md §5 error: JSON with its status before the first byte, or
 ``data: {"error": ...}`` then ``data: [DONE]`` and a closed body after it (for the
 Responses API, a last ``response.failed`` event); and the server goes on serving (a
 normal request succeeds after each one).

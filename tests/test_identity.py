@@ -1,4 +1,4 @@
-"""Identity headers as routing input, through the app (DESIGN.md §3 extended by issue 4).
+"""Identity headers as routing input, through the app (docs/contract.md §3).
 
 Open WebUI (``ENABLE_FORWARD_USER_INFO_HEADERS=true``) and LibreChat (custom endpoint
 ``headers:`` with ``{{LIBRECHAT_USER_ID}}``-style placeholders) tell who is chatting.

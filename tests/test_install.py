@@ -156,7 +156,7 @@ def test_the_installed_package_carries_the_example_home(installed: Path, tmp_pat
         timeout=60,
     )
     assert check.returncode == 0, check.stderr
-    assert check.stdout == "ok: 4 profile(s) served: coder, default, family, researcher\n"
+    assert check.stdout == "ok: 5 profile(s) served: agent, coder, default, family, researcher\n"
 
 
 def test_demo_from_a_plain_install_serves_the_example_profiles(demo_process, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_demo_from_a_plain_install_serves_the_example_profiles(demo_process, tmp
     wait_until(lambda: process.poll() is not None or answers(url + "/health"), "the demo answers", 60)
     assert process.poll() is None, process.stdout.read()
     models = httpx.get(url + "/v1/models", timeout=10).json()
-    assert [m["id"] for m in models["data"]] == ["coder", "default", "family", "researcher"]
+    assert [m["id"] for m in models["data"]] == ["agent", "coder", "default", "family", "researcher"]
     body = {"model": "coder", "messages": [{"role": "user", "content": "hi"}]}
     answer = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).json()
     assert answer["model"] == "coder" and answer["choices"][0]["message"]["content"] == "stand-in for smollm2"

@@ -1,4 +1,4 @@
-"""openapi/openapi.yaml describes every route, and only those (STYLE.md 11: test the docs)."""
+"""openapi/openapi.yaml describes every route, and only those (the docs are tested)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading a Hermes profile directory as-is (DESIGN.md §1)."""
+"""Reading a Hermes profile directory as-is (docs/contract.md §1)."""
 
 from __future__ import annotations
 
@@ -205,10 +205,11 @@ def test_example_home_loads(tmp_path: Path) -> None:
     example = EXAMPLE_HOME
     env = {"HERMES_EXAMPLE_BASE_URL": "http://127.0.0.1:9/v1"}
     loaded = {n: load_profile(n, example, env) for n in list_profile_names(example)}
-    assert set(loaded) == {"default", "researcher", "coder", "family"}
+    assert set(loaded) == {"default", "researcher", "coder", "family", "agent"}
     personas = {p.persona for p in loaded.values()}
-    assert len(personas) == 4
-    assert len({p.api_key for p in loaded.values()}) == 4
+    assert len(personas) == 5
+    assert len({p.api_key for p in loaded.values()}) == 5
+    assert loaded["agent"].api_key is None  # llama.cpp needs none; the others show .env keys at work
     assert "USER PROFILE" not in loaded["coder"].persona  # user_profile_enabled: false
 
 

@@ -1,4 +1,4 @@
-"""Choosing the profile for a request (DESIGN.md §3) and picking up changed profiles."""
+"""Choosing the profile for a request (docs/contract.md §3) and picking up changed profiles."""
 
 from __future__ import annotations
 

@@ -172,12 +172,12 @@ def test_stream_events_for_text_then_a_call(client, upstream) -> None:
         ("response.output_item.added", 0),
         ("response.content_part.added", 0),
         ("response.output_text.delta", 0),
+        ("response.output_text.done", 0),  # OpenAI's order: the text is done before the call begins
+        ("response.content_part.done", 0),
+        ("response.output_item.done", 0),
         ("response.output_item.added", 1),
         ("response.function_call_arguments.delta", 1),
         ("response.function_call_arguments.delta", 1),
-        ("response.output_text.done", 0),
-        ("response.content_part.done", 0),
-        ("response.output_item.done", 0),
         ("response.function_call_arguments.done", 1),
         ("response.output_item.done", 1),
         ("response.completed", None),
@@ -186,11 +186,26 @@ def test_stream_events_for_text_then_a_call(client, upstream) -> None:
     call_done = events[-2]["item"]
     assert call_done | {"id": ""} == {"id": "", "type": "function_call", "status": "completed",
                                       "arguments": '{"q": "x"}', "call_id": "call_1", "name": "lookup"}  # fmt: skip
-    assert events[5]["item"] == {**call_done, "status": "in_progress", "arguments": ""}
+    assert events[8]["item"] == {**call_done, "status": "in_progress", "arguments": ""}
     assert events[-3]["name"] == "lookup" and events[-3]["item_id"] == call_done["id"]
     final = events[-1]["response"]
-    assert final["output"] == [events[-4]["item"], call_done] and final["usage"]["total_tokens"] == 14
+    assert final["output"] == [events[7]["item"], call_done] and final["usage"]["total_tokens"] == 14
     assert client.get(f"/v1/responses/{final['id']}").json() == final
+
+
+def test_text_after_a_call_is_a_new_message_item(client, upstream) -> None:
+    up = tool_chunks(("call_1", "lookup", '{"q": "x"}'), text="Before.")
+    up.insert(-1, {**up[0], "choices": [{"index": 0, "delta": {"content": "After."}, "finish_reason": None}]})
+    streamed(upstream, *up)
+    events = stream_events(client.post("/v1/responses", json={"model": "alpha", "input": "x", "tools": [FN],
+                                                               "stream": True}).text)  # fmt: skip
+    final = events[-1]["response"]
+    assert [(o["type"], o.get("content", [{}])[0].get("text")) for o in final["output"]] == [
+        ("message", "Before."), ("function_call", None), ("message", "After.")
+    ]  # fmt: skip
+    added = [e["output_index"] for e in events if e["type"] == "response.output_item.added"]
+    done = [e["output_index"] for e in events if e["type"] == "response.output_item.done"]
+    assert added == [0, 1, 2] and done == [0, 1, 2]
 
 
 def test_a_stream_cut_at_the_limit_leaves_the_call_incomplete(client, upstream) -> None:

@@ -183,6 +183,7 @@ def test_parallel_calls_and_their_outputs(sdk: OpenAI, upstream) -> None:
 @pytest.mark.parametrize(
     ("choice", "upstream_choice"),
     [
+        pytest.param("auto", "auto", id="auto"),
         pytest.param("required", "required", id="required"),
         pytest.param("none", "none", id="none"),
         pytest.param(

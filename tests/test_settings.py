@@ -1,4 +1,4 @@
-"""The server configuration (DESIGN.md §2): every problem reported, keys kept hashed."""
+"""The server configuration (docs/contract.md §2): every problem reported, keys kept hashed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A bug after the first byte still ends the stream the way clients expect (STYLE.md 7):
+"""A bug after the first byte still ends the stream the way clients expect (docs/contract.md §5):
 chat with a ``server_error`` event and ``[DONE]``, Responses with ``response.failed``;
 the details go to the log, never to the client."""
 

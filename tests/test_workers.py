@@ -3,8 +3,9 @@
 The isolation load of ``test_isolation`` (chat and Responses, sessions and chains, hijack
 tries and refused profiles over 24 profiles and 7 keys) against two workers: nothing
 crosses between profiles, keys or conversations, every stored response is readable
-with its own key through either worker and with no other, and the usage table has one
-row per turn, so no write of either process was lost. ``HERMES_API_WORKERS_REQUESTS``
+with its own key through either worker and with no other, the usage table has one
+row per turn, so no write of either process was lost, and ``/metrics`` counts exactly
+the requests sent, whichever worker answered them. ``HERMES_API_WORKERS_REQUESTS``
 (default 1000) sets the size of the load.
 """
 
@@ -20,11 +21,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import test_isolation as isolation
 from .conftest import FakeUpstream, HermesHome, ServeProcess, integrity
 
 REQUESTS = int(os.environ.get("HERMES_API_WORKERS_REQUESTS", "1000"))
+PROBES = ("get_health", "get_ready", "get_metrics")  # operationIds the load never sends
 
 
 def workers_of(server: ServeProcess) -> list[int]:
@@ -35,11 +39,25 @@ def workers_of(server: ServeProcess) -> list[int]:
     return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
+def requests_counted(url: str) -> dict[tuple[str, str], float]:
+    """``hermes_api_requests_total`` from ``GET /metrics`` as a scraper parses it, summed
+    by (endpoint, status), the scrape's own and the readiness probes' left out."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    counted: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "hermes_api_requests_total" and sample.labels["endpoint"] not in PROBES:
+                key = (sample.labels["endpoint"], sample.labels["status"])
+                counted[key] = counted.get(key, 0) + sample.value
+    return counted
+
+
 def test_two_workers_under_the_isolation_load(
     fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process, monkeypatch
 ) -> None:
     monkeypatch.setattr(isolation, "LOAD_REQUESTS", REQUESTS)
     config, keys, allowed = isolation.load_setup(home, fake_upstream, tmp_path)
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "metrics": True}))
     server = serve_process(config, tmp_path / "serve.log", args=("--workers", "2"))
     deadline = time.monotonic() + 20
     while len(workers_of(server)) < 2 and time.monotonic() < deadline:  # /health answered: one is up
@@ -62,6 +80,14 @@ def test_two_workers_under_the_isolation_load(
     asyncio.run(run_all())
     took = time.monotonic() - started
     assert load.wrong[:3] == []
+    sent = sum(v for k, v in load.counts.items() if isinstance(k, tuple)) + load.counts["hijacks"]
+    sent += load.counts["unstored read back"]
+    # The two workers' counters, summed by the scrape: the worker that answers it sees the
+    # other's as of that one's last flush (every second, metrics.FLUSH_INTERVAL).
+    deadline = time.monotonic() + 15
+    while sum((counted := requests_counted(server.url)).values()) < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sum(counted.values()) == sent, counted
     seen = asyncio.run(isolation.cross_reads(server.url, load))
     assert set(seen) <= {
         ("other key", 404, "response_not_found"),

@@ -41,7 +41,8 @@ worker → parent
                    with ``completed``): a tool the agent runs, as Hermes's API server
                    reports it (``gateway/platforms/api_server.py`` ``_on_tool_start``)
     ``result``     ``id``, ``ok``, ``text``, ``usage`` (``{prompt_tokens,
-                   completion_tokens, total_tokens}``), ``session_id``, ``interrupted``,
+                   completion_tokens, total_tokens}``, or None when the provider reported
+                   none), ``session_id``, ``interrupted``,
                    ``error`` (None, or ``{kind, message, status, failure_reason}``;
                    ``kind``: ``provider`` | ``input`` | ``internal``): the turn ended
 """

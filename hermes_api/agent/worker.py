@@ -202,12 +202,7 @@ class Worker:
                 agent.interrupt(reason)
             with delegate_tool.granted(message.get("delegation")):
                 result = agent.run_conversation(user_message=user_message, conversation_history=history, task_id=sid)
-            usage = {
-                "prompt_tokens": getattr(agent, "session_prompt_tokens", 0) or 0,
-                "completion_tokens": getattr(agent, "session_completion_tokens", 0) or 0,
-                "total_tokens": getattr(agent, "session_total_tokens", 0) or 0,
-            }
-            return _outcome(turn, result, usage, getattr(agent, "session_id", None) or sid)
+            return _outcome(turn, result, _usage(agent), getattr(agent, "session_id", None) or sid)
         finally:
             clear_session_vars(tokens)
             if agent is not None:
@@ -297,6 +292,19 @@ class Worker:
             return self._db
 
 
+def _usage(agent: Any) -> dict[str, int] | None:
+    """The turn's token counts, summed by Hermes over its provider calls; None when no
+    call reported any (llama.cpp's streams never do: Hermes counts only the calls with
+    ``usage``, in ``session_api_calls``), since unknown is not zero."""
+    if not getattr(agent, "session_api_calls", 0):
+        return None
+    return {
+        "prompt_tokens": getattr(agent, "session_prompt_tokens", 0) or 0,
+        "completion_tokens": getattr(agent, "session_completion_tokens", 0) or 0,
+        "total_tokens": getattr(agent, "session_total_tokens", 0) or 0,
+    }
+
+
 def _json(value: Any) -> str:
     try:
         return wire.clip(json.dumps(value, ensure_ascii=False))
@@ -316,7 +324,7 @@ def _failure(turn: str, kind: str, message: str, **detail: Any) -> dict[str, Any
     return {"type": "result", "id": turn, "ok": False, "text": "", "usage": None, "interrupted": False, "error": error}
 
 
-def _outcome(turn: str, result: dict[str, Any], usage: dict[str, int], sid: str) -> dict[str, Any]:
+def _outcome(turn: str, result: dict[str, Any], usage: dict[str, int] | None, sid: str) -> dict[str, Any]:
     """The ``result`` message for ``run_conversation``'s dict, read as Hermes's API server
     reads it (``_handle_chat_completions``: failed, partial, completed, error)."""
     text = result.get("final_response") or ""

@@ -1,5 +1,6 @@
 """HTTP endpoints, one module per resource; each handler is named after OpenAI's
-``operationId`` (STYLE.md 12) and stays thin: parse, resolve, delegate, render."""
+``operationId`` (``openapi/openapi.yaml``, as OpenAI's spec names them) and stays thin:
+parse, resolve, delegate, render."""
 
 from __future__ import annotations
 

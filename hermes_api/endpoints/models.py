@@ -1,4 +1,4 @@
-"""``/v1/models``: the profiles the caller's key may use, as OpenAI models (DESIGN.md §4)."""
+"""``/v1/models``: the profiles the caller's key may use, as OpenAI models (docs/contract.md §4)."""
 
 from __future__ import annotations
 

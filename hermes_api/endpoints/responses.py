@@ -1,4 +1,4 @@
-"""``/v1/responses``: OpenAI's Responses API over any chat-completions provider (DESIGN.md §4).
+"""``/v1/responses``: OpenAI's Responses API over any chat-completions provider (docs/contract.md §4).
 
 ``POST`` validates and translates (``translation``), runs the turn through the
 ``TurnRunner`` and renders JSON or the event stream (``events``); stored responses
