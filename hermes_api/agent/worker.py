@@ -60,6 +60,7 @@ PRELOAD = (
     "asyncio", "concurrent.futures", "sqlite3", "ssl", "email.message", "email.parser", "http.client",
     "http.server", "subprocess", "uuid", "zoneinfo", "tarfile", "zipfile", "difflib", "csv", "decimal",
     "fractions", "argparse", "mimetypes", "netrc", "webbrowser", "ctypes", "unittest.mock", "ipaddress",
+    "logging.handlers", "faulthandler",
 )  # fmt: skip
 _HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
 
