@@ -165,18 +165,20 @@ def run_streams(args: argparse.Namespace, command: str) -> None:
 
 
 def run_agent(args: argparse.Namespace, command: str) -> None:
-    """Hermes's own API server beside hermes-api's agent runtime (``bench/agents.py``)."""
+    """Hermes's own API server beside hermes-api's agent runtime (``bench/agents.py``);
+    ``--cold-only``: the cold first turns alone."""
     data = report.conditions(command, args.banner)
     samples = args.cold or args.rounds
     wide = [f"w{i:02d}" for i in range(1, agents.WIDE + 1)]
-    profiles = [agents.WARM_PROFILE, *(f"cold-{i}" for i in range(1, samples + 1)), *wide]
+    cold = [f"cold-{i}" for i in range(1, samples + 1)]
+    profiles = [agents.WARM_PROFILE, *cold, *wide]
     variants = {"": {}} | ({"skip-ssl-guard": {"HERMES_SKIP_SSL_GUARD": "1"}} if args.ssl_guard_variant else {})
     with ExitStack() as stack:
         work = workdir("agent")
         upstream = start_agent_upstream(work)
         stack.callback(stop, upstream.proc)
         warm: list[AgentTarget] = []
-        for label, env in variants.items():
+        for label, env in variants.items() if not args.cold_only else ():
             suffix = f"[{label}]" if label else ""
             hermes = hermes_target(f"hermes{suffix}", work, upstream.port, env)
             stack.callback(hermes.stop)
@@ -184,18 +186,32 @@ def run_agent(args: argparse.Namespace, command: str) -> None:
             api = start_hermes_api(f"hermes-api{suffix}", work, upstream.port, profiles, env)
             stack.callback(api.stop)
             warm += [hermes, api]
+        others = []
         for spec in args.compare:
             label, _, src = spec.partition("=")
-            other = start_hermes_api(f"hermes-api[{label}]", work, upstream.port, [agents.WARM_PROFILE], {},
+            other = start_hermes_api(f"hermes-api[{label}]", work, upstream.port, [agents.WARM_PROFILE, *cold], {},
                                      src=Path(src).resolve())  # fmt: skip
             stack.callback(other.stop)
-            warm.append(other)
-        hermes, api = warm[0], warm[1]
+            others.append(other)
+        if warm:
+            api = warm[1]
+        else:
+            api = start_hermes_api("hermes-api", work, upstream.port, cold, {})
+            stack.callback(api.stop)
+        no_spare = start_hermes_api("hermes-api[no-spare]", work, upstream.port, cold, {}, spare=False)
+        stack.callback(no_spare.stop)
+        cold_targets = [hermes_target("hermes", work, upstream.port, {}, "hermes-cold"), api, no_spare, *others]
+        if args.cold_only:
+            data["cold"] = agents.run_cold(cold_targets, samples, log)
+            data |= {"cold_samples": samples, "hermes_agent": report._version("hermes-agent")}
+            log(f"saved {report.save('agent-cold', data)}")
+            print("\n".join(agent_report.cold_md(data)))
+            return
+        warm += others
+        hermes = warm[0]
         runs = agents.run_warm(warm, upstream, rounds=args.rounds, turns=args.turns, warmup=int(args.warmup), log=log)
         data["warm"], data["warm_memory"] = runs, agents.warm_profile_memory(hermes, api)
-        data["cold"] = agents.run_cold(
-            hermes_target("hermes", work, upstream.port, {}, "hermes-cold"), api, samples, log
-        )
+        data["cold"] = agents.run_cold(cold_targets, samples, log)
         multiplexer = start_multiplexer(work, upstream.port, wide)
         stack.callback(multiplexer.stop)
         data["wide"] = agents.warm_wide(hermes, api, multiplexer, wide, log)
@@ -261,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=20, help="agent: turns per warm block (default 20)")
     parser.add_argument("--cold", type=int, default=0, help="agent: cold first turns per system (default: --rounds)")
     parser.add_argument(
+        "--cold-only",
+        action="store_true",
+        help="agent: only the cold first turns (printed, saved as agent-cold; RESULTS.md is not rewritten)",
+    )
+    parser.add_argument(
         "--ssl-guard-variant",
         action="store_true",
         help="agent: also run both systems with HERMES_SKIP_SSL_GUARD=1 (warm turns)",
@@ -292,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         run_streams(args, command)
     if args.part == "agent":
         run_agent(args, command)
+        if args.cold_only:
+            return 0  # its table is printed; RESULTS.md keeps the full run's
     write_results()
     return 0
 

@@ -106,13 +106,18 @@ def cold_md(data: dict[str, Any]) -> list[str]:
     rows = []
     for target in dict.fromkeys(r["target"] for r in runs):
         rs = [r for r in runs if r["target"] == target]
+        spare = [r for r in rs if r.get("from_spare")]
         rows.append([target, str(len(rs)), _f(med(r.get("listening_s") for r in rs), "{:.2f}"),
                      _f(med(r.get("spawn_s") for r in rs), "{:.2f}"), _f(med(r["first_turn_s"] for r in rs), "{:.2f}"),
                      _f(med(r["total_s"] for r in rs), "{:.2f}"),
                      f"{min(r['total_s'] for r in rs):.2f}–{max(r['total_s'] for r in rs):.2f}",
+                     _f(med(r.get("cpu_s") for r in rs), "{:.2f}"),
+                     f"{len(spare)} ({_f(med(r.get('spare_cpu_s') for r in spare), '{:.2f}')} s)" if spare else "–",
+                     _f(med(r.get("other_load_cores") for r in rs), "{:.2f}"),
                      str(sum(bool(r["problem"]) for r in rs))])  # fmt: skip
     header = ["system", "samples", "launch → listening s", "worker spawn s", "first request → answer s",
-              "whole s (median)", "whole s (min–max)", "errors"]  # fmt: skip
+              "whole s (median)", "whole s (min–max)", "CPU s (median)", "from the spare (its imports' CPU, ahead)",
+              "other load", "errors"]  # fmt: skip
     return ["### Cold: the first turn of a new profile\n", table(header, rows) + "\n"]
 
 

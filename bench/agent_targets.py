@@ -103,6 +103,7 @@ class AgentTarget:
     procs: dict[str, Proc] = field(default_factory=dict)  # profile (or "server") -> process
     homes: dict[str, Path] = field(default_factory=dict)  # profile -> its Hermes home
     prefixed: bool = False  # Hermes's multiplexer: a profile's routes are under /p/<profile>
+    spare: bool = False  # hermes-api with a spare worker (``agent.spare_worker``)
 
     def url(self, profile: str) -> str:
         port = self.ports.get(profile) or self.ports["*"]
@@ -184,12 +185,20 @@ def stop_gateway(target: AgentTarget, profile: str) -> None:
 
 
 def start_hermes_api(
-    name: str, work: Path, upstream_port: int, profiles: list[str], env: Mapping[str, str], src: Path | None = None
+    name: str,
+    work: Path,
+    upstream_port: int,
+    profiles: list[str],
+    env: Mapping[str, str],
+    src: Path | None = None,
+    spare: bool = True,
 ) -> AgentTarget:
     """``hermes-api serve`` with ``profiles`` on the agent runtime (workers start on first
-    use), pinned to the gateway CPU (its workers inherit the pinning). Logs JSON at
-    ``info``: the line saying a worker started times the worker spawn of a cold turn."""
+    use; with ``spare``, ``agent.spare_worker``, the default, one is started ahead),
+    pinned to the gateway CPU (its workers inherit the pinning). Logs JSON at ``info``:
+    the line saying a worker started times the worker spawn of a cold turn."""
     target = AgentTarget(name, "hermes-api", HERMES_KEY, work / name, upstream_port, dict(env))
+    target.spare = spare and src is None  # another checkout: one without spares, or its own default
     target.work.mkdir(parents=True, exist_ok=True)
     root = target.work / "hermes-home"
     for profile in profiles:
@@ -206,7 +215,13 @@ def start_hermes_api(
         "state_dir": str(target.work / "state"),
         "log_level": "info",
         "log_format": "json",
-        "agent": {"profiles": profiles, "idle_timeout": 3600, "startup_timeout": 120, "env": sorted(env)},
+        "agent": {
+            "profiles": profiles,
+            "idle_timeout": 3600,
+            "startup_timeout": 120,
+            "env": sorted(env),
+            **({} if spare else {"spare_worker": False}),
+        },
     }
     path = target.work / "hermes-api.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -220,16 +235,34 @@ def start_hermes_api(
 
 def worker_pids(target: AgentTarget) -> dict[str, int]:
     """hermes-api's live workers: profile -> PID (from the process table: the server's
-    children running ``agent/worker.py`` with that profile's ``HERMES_HOME``)."""
+    children running ``agent/worker.py`` whose working directory is the profile's
+    ``workspace``; a worker bound from a spare has no ``HERMES_HOME`` in its
+    ``/proc/<pid>/environ``)."""
+    return {cwd.parent.name: pid for pid, cwd in _workers(target) if cwd.name == "workspace"}
+
+
+def spare_pid(target: AgentTarget) -> int | None:
+    """hermes-api's spare worker, once it waits for its profile (blocked reading its
+    stdin: ``/proc/<pid>/syscall`` is ``read`` on fd 0, x86-64 or arm64), else None."""
+    for pid, cwd in _workers(target):
+        if cwd.name == "agent-spare":
+            try:
+                fields = Path(f"/proc/{pid}/syscall").read_text().split()
+            except OSError:
+                continue
+            if len(fields) > 1 and fields[0] in ("0", "63") and fields[1] == "0x0":
+                return pid
+    return None
+
+
+def _workers(target: AgentTarget) -> list[tuple[int, Path]]:
     from .procs import tree
 
-    found = {}
+    found = []
     for pid in tree(target.procs["server"].pid)[1:]:
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if b"agent/worker.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append((pid, Path(os.readlink(f"/proc/{pid}/cwd"))))
         except OSError:
             continue
-        for item in environ:
-            if item.startswith(b"HERMES_HOME="):
-                found[Path(os.fsdecode(item[12:])).name] = pid
     return found

@@ -7,7 +7,9 @@ the same profile, against the same scripted upstream, in one run.
   and how busy the machine was with other work;
 - **cold**: the first turn of a new profile: Hermes's gateway from its launch
   (listening, then the first request answered), hermes-api's on its running server
-  (the worker spawn, read from the server's log, and the whole turn), interleaved;
+  (the worker spawn, read from the server's log, and the whole turn; with its spare
+  worker, once the spare waits for a profile, and without), interleaved, with the CPU
+  seconds each took;
 - **rss**: the warm profile's process (hermes-api's worker, Hermes's gateway), then
   ``WIDE`` profiles warm (hermes-api's server and its workers; that many gateways;
   Hermes's multiplexer, one gateway for them all);
@@ -28,9 +30,17 @@ from typing import Any
 import httpx
 import orjson
 
-from .agent_targets import AgentTarget, Upstream, reset_memory, start_gateway, stop_gateway, worker_pids
+from .agent_targets import (
+    AgentTarget,
+    Upstream,
+    reset_memory,
+    spare_pid,
+    start_gateway,
+    stop_gateway,
+    worker_pids,
+)
 from .agent_turns import SCENARIOS, Scenario, agent_turn, direct_turn
-from .procs import cpu_seconds, machine_busy
+from .procs import CLK_TCK, cpu_seconds, machine_busy
 
 WIDE, SPREAD, CLIENTS = 10, 4, 8
 WARM_PROFILE = "bench"
@@ -140,31 +150,61 @@ def run_warm(
 
 def cold_hermes(target: AgentTarget, profile: str, n: Counter) -> dict[str, Any]:
     """Launch → listening → first turn answered, for a new gateway of a new profile."""
-    began = time.perf_counter()
+    began, busy0 = time.perf_counter(), machine_busy()[0]
     listening = start_gateway(target, profile)
     try:
         with httpx.Client(timeout=300) as client:
             seconds, problem = agent_turn(client, target.url(profile), target.key, profile, "text", False, n())
         total = time.perf_counter() - began
-        rss = rss_mb(target.procs[profile].pid)["rss_mb"]
+        pid = target.procs[profile].pid
+        rss, cpu = rss_mb(pid)["rss_mb"], cpu_seconds(pid)
     finally:
         stop_gateway(target, profile)
-    return {"listening_s": listening, "first_turn_s": seconds, "total_s": total, "rss_mb": rss, "problem": problem}
+    other = max(0.0, (machine_busy()[0] - busy0 - cpu) / total)
+    return {"listening_s": listening, "first_turn_s": seconds, "total_s": total, "cpu_s": cpu, "rss_mb": rss,
+            "other_load_cores": other, "problem": problem}  # fmt: skip
+
+
+SPARE_WAIT = 60.0  # seconds a sample waits for hermes-api's spare to be ready
 
 
 def cold_hermes_api(target: AgentTarget, profile: str, n: Counter) -> dict[str, Any]:
     """First turn of a profile on a running hermes-api: the whole, and the worker spawn
-    (the request to the server's ``agent worker ... started`` log line)."""
+    (the request to the server's ``agent worker ... started`` log line). A server with
+    a spare worker is first given the time to have one waiting (the sample says whether
+    the profile's worker was that spare). CPU: the server's own and the profile's
+    worker's during the turn (a spare's imports, done before, are ``spare_cpu_s``)."""
+    deadline, spare = time.monotonic() + (SPARE_WAIT if target.spare else 0), None
+    while target.spare and (spare := spare_pid(target)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    server = target.procs["server"].pid
+    ahead = _own_cpu(spare) if spare else 0.0
+    cpu0, busy0 = _own_cpu(server), machine_busy()[0]
     sent = time.time()
     with httpx.Client(timeout=300) as client:
         seconds, problem = agent_turn(client, target.url(profile), target.key, profile, "text", False, n())
+    worker = worker_pids(target).get(profile)
+    cpu = _own_cpu(server) - cpu0 + (_own_cpu(worker) if worker else 0.0) - (ahead if worker == spare else 0.0)
     started = worker_started(target.work / "server.log", profile)
     return {
         "first_turn_s": seconds,
         "total_s": seconds,
         "spawn_s": started - sent if started else None,
+        "cpu_s": cpu,
+        "other_load_cores": max(0.0, (machine_busy()[0] - busy0 - cpu) / seconds) if seconds else None,
+        "spare_cpu_s": ahead if spare and worker == spare else None,
+        "from_spare": bool(spare and worker == spare),
         "problem": problem,
     }
+
+
+def _own_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` alone (its threads, not its children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def worker_started(log: Path, profile: str) -> float | None:
@@ -176,14 +216,16 @@ def worker_started(log: Path, profile: str) -> float | None:
     return None
 
 
-def run_cold(hermes: AgentTarget, api: AgentTarget, samples: int, log: Log) -> list[dict[str, Any]]:
+def run_cold(targets: list[AgentTarget], samples: int, log: Log) -> list[dict[str, Any]]:
+    """``samples`` rounds of one cold first turn per system (a new profile each,
+    ``cold-<round>``), the order of the systems rotated per round."""
     n, runs = Counter(), []
     for i in range(samples):
-        for target in _rotated([hermes, api], i):
+        for target in _rotated(targets, i):
             profile = f"cold-{i + 1}"
             figures = (cold_hermes if target.kind == "hermes" else cold_hermes_api)(target, profile, n)
             runs.append({"sample": i + 1, "target": target.name, **figures})
-            log(f"cold {i + 1} {target.name:<12} " + "  ".join(
+            log(f"cold {i + 1} {target.name:<20} " + "  ".join(
                 f"{k} {v:.2f}" for k, v in figures.items() if isinstance(v, float)
             ) + (f"  PROBLEM {figures['problem']}" if figures["problem"] else ""))  # fmt: skip
     return runs

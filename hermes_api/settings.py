@@ -164,7 +164,9 @@ class AgentRuntime:
     None = every exposed profile, ``"*"``), in workers run by ``python`` (None = this
     interpreter). A worker is stopped after ``idle_timeout`` seconds without a turn and
     must say ``ready`` within ``startup_timeout``; ``env`` names variables of hermes-api's
-    environment that every worker gets besides its own (docs/agent.md)."""
+    environment that every worker gets besides its own; ``spare_worker``: keep one worker
+    started ahead, bound to the next profile that needs one (``agent/spare.py``;
+    docs/agent.md)."""
 
     profiles: frozenset[str] | None = frozenset()
     python: str | None = None
@@ -173,6 +175,7 @@ class AgentRuntime:
     idle_timeout: float = 900.0
     startup_timeout: float = 60.0
     env: tuple[str, ...] = ()
+    spare_worker: bool = True
     per_profile: Mapping[str, AgentProfile] = field(default_factory=dict)
 
     def serves(self, profile: str) -> bool:

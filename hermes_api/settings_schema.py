@@ -324,6 +324,7 @@ class AgentSection(Section):
     idle_timeout: PositiveNumber = default(AgentRuntime, "idle_timeout")
     startup_timeout: PositiveNumber = default(AgentRuntime, "startup_timeout")
     env: Strings = ()
+    spare_worker: Boolean = default(AgentRuntime, "spare_worker")
     per_profile: dict[str, AgentProfileSection] = {}
 
     def build(self) -> AgentRuntime:
@@ -336,7 +337,7 @@ class AgentSection(Section):
         }
         profiles = None if self.profiles is None else frozenset(self.profiles)
         values = {name: getattr(self, name) for name in ("python", "toolsets", "turn_timeout", "idle_timeout",
-                                                         "startup_timeout", "env")}  # fmt: skip
+                                                         "startup_timeout", "env", "spare_worker")}  # fmt: skip
         return AgentRuntime(profiles=profiles, per_profile=per_profile, **values)
 
 

@@ -12,6 +12,10 @@ Each turn runs in a thread of its own. Its last user message decides the answer:
                          ``result``; not streamed: only the ``result``
     otherwise            the ``result`` "echo: <text>" at once (and that as one ``delta``
                          when streamed)
+
+Started as a spare (``--spare``) it says ``spare``, then takes its ``bind`` as the real
+worker does (environment, working directory), except that it exits at once when the
+profile's environment has ``FAKE_BIND_FAILS``.
 """
 
 from __future__ import annotations
@@ -60,7 +64,20 @@ def run(message: dict[str, Any]) -> None:
           "session_id": "fake", "interrupted": turn in STOPPED, "error": None})  # fmt: skip
 
 
+def bind() -> None:
+    """A spare's ``bind``: the profile's environment and working directory, or exit."""
+    send({"type": "spare", "protocol": wire.PROTOCOL, "pid": os.getpid()})
+    message = wire.decode(sys.stdin.buffer.readline(wire.MAX_LINE), wire.TO_SPARE)
+    if "FAKE_BIND_FAILS" in message["env"]:
+        os._exit(3)
+    os.environ.clear()
+    os.environ.update(message["env"])
+    os.chdir(message["cwd"])
+
+
 def main() -> None:
+    if "--spare" in sys.argv[1:]:
+        bind()
     send({"type": "ready", "protocol": wire.PROTOCOL, "hermes_version": "0.19.0", "pid": os.getpid()})
     for line in iter(lambda: sys.stdin.buffer.readline(wire.MAX_LINE), b""):
         message = wire.decode(line, wire.TO_WORKER)

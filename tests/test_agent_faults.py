@@ -1,7 +1,9 @@
 """Agent workers failing: killed mid-turn, a tool that hangs, a client that leaves, idle
 workers. Each fault touches only its own profile's turns, and the next request works.
 
-Workers are found by PID through /proc (their ``HERMES_HOME``), signalled by PID only.
+Workers are found by PID through /proc (their working directory, the profile's
+``workspace``: a worker bound from a spare was not started with the profile's
+``HERMES_HOME``), signalled by PID only.
 """
 
 from __future__ import annotations
@@ -29,19 +31,30 @@ KEY = {"Authorization": f"Bearer {ALICE}"}
 
 
 def worker_pids(profile_home: Path) -> list[int]:
-    """The live agent workers whose ``HERMES_HOME`` is ``profile_home``."""
+    """The live agent workers of the profile whose home is ``profile_home`` (their
+    working directory is its ``workspace``)."""
+    return [pid for pid, cwd in agent_workers() if cwd == profile_home / "workspace"]
+
+
+def spare_pids(state_dir: Path) -> list[int]:
+    """The live spare workers of the server whose ``state_dir`` this is."""
+    return [pid for pid, cwd in agent_workers() if cwd == state_dir / "agent-spare"]
+
+
+def agent_workers() -> list[tuple[int, Path]]:
+    """``(pid, working directory)`` of every live process running ``agent/worker.py``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
             state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
         except (OSError, StopIteration):
             continue
-        if b"agent/worker.py" in cmdline and f"HERMES_HOME={profile_home}".encode() in environ and "Z" not in state:
-            found.append(int(entry.name))
+        if b"agent/worker.py" in cmdline and "Z" not in state:
+            found.append((int(entry.name), cwd))
     return found
 
 
@@ -95,12 +108,14 @@ def faults(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream)
     path = root / "hermes-api.yaml"
     path.write_text(yaml.safe_dump(config))
     environ = worker_environ(root, K_ALICE=ALICE)
-    server = LiveServer(create_app(Settings.load(path, environ), environ=environ)).__enter__()
+    settings = Settings.load(path, environ)
+    server = LiveServer(create_app(settings, environ=environ)).__enter__()
     try:
         yield {"server": server, "home": home, "root": root}
     finally:
         server.__exit__()
     assert not any(worker_pids(home.dir(p)) for p in config["agent"]["profiles"]), "a worker outlived the server"
+    assert not spare_pids(settings.state_dir), "the spare worker outlived the server"
 
 
 def ask(stack: dict[str, Any], profile: str, text: str, **body: Any) -> httpx.Response:

@@ -7,7 +7,8 @@ real ``hermes-api serve`` at log level debug (the provider refusing the key, fai
 with the key in its error body, unreachable; the worker killed mid-turn; the turn
 timeout; input Hermes refuses), streamed and not, chat and Responses; then the whole
 log (text and JSON), every answer, the response store's files and every worker's
-``/proc/<pid>/environ`` are searched for each sentinel."""
+``/proc/<pid>/environ`` (and the spare worker's, which holds none at all) are searched
+for each sentinel."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from .conftest import FakeUpstream, HermesHome, ScriptedUpstream, digest
-from .test_agent_faults import in_background, worker_pids
+from .test_agent_faults import in_background, spare_pids, worker_pids
 from .test_secrets import readable_log, transcript
 
 FAILING = ("leak", "leak-500", "status-401", "refused")  # behaviours of tests/fakeupstream.py
@@ -124,6 +125,7 @@ def test_no_secret_of_an_agent_profile_in_logs_answers_the_store_or_a_worker(age
             for pid in worker_pids(home.dir(name)):
                 environs[name] = Path(f"/proc/{pid}/environ").read_bytes()
         assert set(environs) == {*FAILING, *SCRIPTED}
+        spares = [Path(f"/proc/{pid}/environ").read_bytes() for pid in spare_pids(home.root / "hermes-api")]
     server.terminate()
     server.process.wait(timeout=60)
 
@@ -137,9 +139,11 @@ def test_no_secret_of_an_agent_profile_in_logs_answers_the_store_or_a_worker(age
     found = {s for s in everything for text in (raw, *seen) if s in text}
     found |= {s for s in everything if s.encode() in stored}
     assert found == set(), f"secrets found: {found}"
-    # A worker starts with its own environment, never hermes-api's or another profile's.
+    # A worker starts with its own environment, never hermes-api's or another profile's
+    # (or, bound from a spare, with the spare's: none of them; test_agent_spare.py).
     for name, environ in environs.items():
         foreign = [s for s in everything if s.encode() in environ and s not in dotenv[name]]
         assert foreign == [], (name, foreign)
-        assert f"HERMES_HOME={home.dir(name)}".encode() in environ.split(b"\0")
+    for environ in spares:
+        assert [s for s in everything if s.encode() in environ] == []
     assert len(seen) > 30

@@ -29,7 +29,7 @@ from hermes_api.settings import Settings
 
 from .conftest import HermesHome, LiveServer, ScriptedUpstream, add_agent_profile, worker_environ
 from .test_agent import ALICE, TIMEOUT, events
-from .test_agent_faults import in_background, wait_for, worker_pids
+from .test_agent_faults import in_background, spare_pids, wait_for, worker_pids
 from .test_metrics import parse, value
 
 KEY = {"Authorization": f"Bearer {ALICE}"}
@@ -58,12 +58,14 @@ def workers(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream
     path = root / "hermes-api.yaml"
     path.write_text(yaml.safe_dump(config))
     environ = worker_environ(root, K_ALICE=ALICE)
-    server = LiveServer(create_app(Settings.load(path, environ), environ=environ)).__enter__()
+    settings = Settings.load(path, environ)
+    server = LiveServer(create_app(settings, environ=environ)).__enter__()
     try:
         yield {"server": server, "home": home, "upstream": scripted}
     finally:
         server.__exit__()
     assert not any(worker_pids(home.dir(p)) for p in config["agent"]["profiles"]), "a worker outlived the server"
+    assert not spare_pids(settings.state_dir), "the spare worker outlived the server"
 
 
 def ask(stack: dict[str, Any], profile: str, text: str, timeout: float = TIMEOUT, **body: Any) -> httpx.Response:

@@ -176,6 +176,7 @@ def agent_data() -> dict[str, object]:
         "cold": [{"sample": 1, "target": "hermes", "listening_s": 1.0, "first_turn_s": 3.0, "total_s": 4.0,
                   "problem": ""},
                  {"sample": 1, "target": "hermes-api", "spawn_s": 1.2, "first_turn_s": 2.0, "total_s": 2.0,
+                  "cpu_s": 0.7, "spare_cpu_s": 0.8, "from_spare": True, "other_load_cores": 1.25,
                   "problem": ""}],
         "warm_memory": {"hermes_gateway": {"rss_mb": 140.0, "pss_mb": 120.0}, "hermes_api_worker": rss,
                         "hermes_api_server": {"rss_mb": 60.0, "pss_mb": 50.0}},
@@ -205,7 +206,7 @@ def test_agent_report_subtracts_the_upstream_and_checks_issue_9_targets() -> Non
     assert rows["the same, against Hermes's multiplexer (one process)"][1:] == ["≤ 300 MB", "1260 MB", "**no**"]
     text = agent_report.agent_md(data)
     assert "| text | hermes-api | 60 | 230.0 | 240.0 | 220.0 | 220.0 | 1.10× (1.10–1.10) | 201.0 | 1.11× |" in text
-    assert "| hermes-api | 1 | – | 1.20 | 2.00 | 2.00 | 2.00–2.00 | 0 |" in text
+    assert "| hermes-api | 1 | – | 1.20 | 2.00 | 2.00 | 2.00–2.00 | 0.70 | 1 (0.80 s) | 1.25 | 0 |" in text
 
 
 def test_agent_report_is_part_of_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,14 @@ another profile's, and Hermes reads more of its environment than one would guess
   hermes-api's environment has it (the rule of the direct runtime: the profile's
   ``.env`` first, which Hermes loads over it, then the process environment), and the
   variables ``agent.env`` names.
+
+A worker either starts with that environment (``execve``), or is a spare bound to the
+profile (``agent/spare.py``): started with ``spare_environment`` (the basics alone:
+nothing of hermes-api's secrets, of ``agent.env`` or of any profile), it is then sent
+the profile's environment, which replaces its ``os.environ`` before Hermes is imported.
+Either way Hermes, the profile's tools and their subprocesses see exactly the
+environment above (and the ``.env`` Hermes loads into it); a bound spare's
+``/proc/<pid>/environ`` still shows the basics it was started with, nothing else.
 """
 
 from __future__ import annotations
@@ -42,10 +50,18 @@ def working_directory(profile: Profile) -> Path:
     return profile.home / WORKSPACE
 
 
-def worker_environment(profile: Profile, runtime: AgentRuntime, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of ``profile``'s worker (module docstring)."""
+def spare_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a spare starts with: ``BASICS`` and ``LC_*`` of ``environ``
+    (hermes-api's), what every worker gets whatever its profile (module docstring)."""
     env = {name: environ[name] for name in BASICS if name in environ}
     env.update((name, value) for name, value in environ.items() if name.startswith("LC_"))
+    return env
+
+
+def worker_environment(profile: Profile, runtime: AgentRuntime, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of ``profile``'s worker (module docstring): ``spare_environment``
+    and the profile's own part."""
+    env = spare_environment(environ)
     for name in (*([profile.key_var] if profile.key_var else []), *runtime.env):
         if name in environ:
             env[name] = environ[name]

@@ -10,6 +10,14 @@ idle) when its profile's ``.env`` or ``config.yaml`` changed (a worker reads the
 when it starts; SOUL.md and memories are read per turn), or when a turn it was told to
 interrupt has not ended ``INTERRUPT_GRACE`` seconds later (a tool that ignores
 interrupts: its thread would hold the process).
+
+With ``agent.spare_worker`` (the default) the pool keeps one spare worker
+(``spare.Spare``) started ahead: the first sweep after start-up starts it (so it does
+not slow the server's own start), a profile's next new worker is that spare bound to
+it, and a sweep with no worker starting and none started in the last ``SPARE_QUIET``
+seconds (its first turn would share the CPU with the spare's imports) starts another.
+A spare that cannot be bound is killed and the worker started the usual way; one that
+cannot be started is tried again after 1, 2, 4 ... up to ``MAX_SPARE_BACKOFF`` seconds.
 """
 
 from __future__ import annotations
@@ -25,13 +33,16 @@ from pathlib import Path
 from ..errors import AgentWorkerError
 from ..profiles import Profile
 from ..settings import Settings
-from .environment import worker_environment, working_directory
+from .environment import spare_environment, worker_environment, working_directory
 from .installation import interpreter
 from .process import WorkerProcess, WorkerSpec
+from .spare import Spare
 
 logger = logging.getLogger("hermes_api")
 
 MAX_BACKOFF = 30.0  # seconds
+MAX_SPARE_BACKOFF = 300.0  # seconds
+SPARE_QUIET = 5.0  # seconds after a worker started (its first turn runs) before a new spare starts
 INTERRUPT_GRACE = 10.0  # seconds an interrupted turn may take to end before its worker is retired
 SWEEP_EVERY = 1.0  # seconds between idle and stuck checks
 
@@ -65,6 +76,10 @@ class WorkerPool:
         self._slots: dict[str, _Slot] = {}
         self._on_event = on_event or (lambda profile, event: None)
         self._closed = False
+        self._spare: Spare | None = None
+        self._spare_starting: asyncio.Task[None] | None = None
+        self._spare_failures = 0
+        self._spare_after = 0.0  # monotonic seconds: no new spare before
 
     def spec(self, profile: Profile) -> WorkerSpec:
         runtime = self._settings.agent
@@ -101,16 +116,54 @@ class WorkerPool:
             spec = self.spec(profile)
             _make_private_dir(spec.cwd)
             slot.files = _process_files(profile)
-            worker = await WorkerProcess.start(spec, self._settings.agent.startup_timeout)
+            timeout = self._settings.agent.startup_timeout
+            worker = await self._bind_spare(spec) or await WorkerProcess.start(spec, timeout)
         except BaseException:
             slot.failures += 1
             raise
         finally:
             slot.starting = None
         slot.worker, slot.profile = worker, profile
+        self._spare_after = max(self._spare_after, time.monotonic() + SPARE_QUIET)
         self._on_event(profile.name, "restart" if slot.failures else "start")
         asyncio.get_running_loop().create_task(self._watch(slot, worker))
         return worker
+
+    async def _bind_spare(self, spec: WorkerSpec) -> WorkerProcess | None:
+        """The spare, bound to ``spec``'s profile; None when there is no live spare or
+        binding it failed (it is killed then; ``Spare.bind``)."""
+        spare, self._spare = self._spare, None  # taken: never offered again
+        if spare is None or not spare.alive:
+            return None
+        try:
+            return await spare.bind(spec, self._settings.agent.startup_timeout)
+        except AgentWorkerError:
+            return None
+
+    def _keep_spare(self, now: float) -> None:
+        """Start a spare when there is none, none is starting, no profile's worker is
+        starting or has just started (module docstring) and the backoff has passed."""
+        if self._spare is not None and not self._spare.alive:
+            self._spare = None
+        busy = any(slot.starting is not None for slot in self._slots.values())
+        if self._closed or self._spare or self._spare_starting or busy or now < self._spare_after:
+            return
+        self._spare_starting = asyncio.get_running_loop().create_task(self._start_spare())
+
+    async def _start_spare(self) -> None:
+        runtime = self._settings.agent
+        try:
+            spare = await Spare.start(
+                interpreter(runtime), spare_environment(self._environ), self._settings.state_dir,
+                runtime.startup_timeout,
+            )  # fmt: skip
+        except (AgentWorkerError, OSError):
+            self._spare_failures += 1
+            self._spare_after = time.monotonic() + min(2.0 ** (self._spare_failures - 1), MAX_SPARE_BACKOFF)
+        else:
+            self._spare, self._spare_failures = spare, 0
+        finally:
+            self._spare_starting = None
 
     async def _watch(self, slot: _Slot, worker: WorkerProcess) -> None:
         """Count an exit nobody asked for as a failure of the profile's worker."""
@@ -146,6 +199,8 @@ class WorkerPool:
         """Stop idle and retired-and-idle workers; retire workers with a turn stuck
         past ``INTERRUPT_GRACE`` after its interrupt."""
         now = time.monotonic() if now is None else now
+        if self._settings.agent.spare_worker:
+            self._keep_spare(now)
         stopping = []
         for slot in self._slots.values():
             worker = slot.worker
@@ -181,6 +236,13 @@ class WorkerPool:
     async def aclose(self) -> None:
         """Stop every worker (the server is stopping; turns have ended or been given up)."""
         self._closed = True
+        if self._spare_starting is not None:
+            self._spare_starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._spare_starting
+        if self._spare is not None:
+            spare, self._spare = self._spare, None
+            await spare.close()
         workers = []
         for slot in self._slots.values():
             if slot.starting is not None:

@@ -147,39 +147,27 @@ class WorkerProcess:
         ``AgentWorkerError`` (with the reason, never an environment value) when it does
         not start, and kills what it started, as it does when the wait is cancelled
         (``WorkerPool.aclose``)."""
-        spec.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                spec.python, "-I", str(WORKER),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fd,
-                env=dict(spec.env), cwd=spec.cwd, start_new_session=True, limit=wire.MAX_LINE,
-            )  # fmt: skip
-        except OSError as exc:
-            raise AgentWorkerError(
-                f"The agent worker of profile '{spec.profile}' could not be started ({exc.strerror})."
-            ) from None
-        finally:
-            os.close(fd)
-        try:
-            async with asyncio.timeout(timeout):
-                hello = wire.decode(await process.stdout.readline(), wire.TO_PARENT)  # type: ignore[union-attr]
-        except (TimeoutError, wire.ProtocolError, ValueError):
-            hello = {"type": "fatal", "message": f"no 'ready' within {timeout:g}s"}
-        except BaseException:  # cancelled (the server is stopping): leave nothing running
-            _kill(process)
-            raise
+        process = await spawn(spec.python, [], spec.env, spec.cwd, spec.log_path, f"of profile '{spec.profile}'")
+        return await cls.ready(spec, process, timeout)
+
+    @classmethod
+    async def ready(cls, spec: WorkerSpec, process: asyncio.subprocess.Process, timeout: float,
+                    how: str = "") -> WorkerProcess:  # fmt: skip
+        """The worker ``process`` once it has said ``ready`` (within ``timeout`` seconds):
+        a new one, or a spare just bound (``how`` says so in the log). Kills it and
+        raises ``AgentWorkerError`` when it says anything else, or nothing."""
+        hello = await first_line(process, timeout)
         if hello["type"] != "ready" or hello.get("protocol") != wire.PROTOCOL:
-            _kill(process)
+            kill(process)
             await process.wait()
             reason = hello.get("message") or f"protocol {hello.get('protocol')!r}, expected {wire.PROTOCOL}"
             logger.warning(
-                "agent worker of profile %s did not start: %s (log: %s)", spec.profile, reason, spec.log_path
+                "agent worker of profile %s did not start%s: %s (log: %s)", spec.profile, how, reason, spec.log_path
             )
             raise AgentWorkerError(
                 f"The agent worker of profile '{spec.profile}' could not be started; see the server log."
             )
-        logger.info("agent worker of profile %s started (pid %d, hermes-agent %s)", spec.profile, process.pid,
+        logger.info("agent worker of profile %s started%s (pid %d, hermes-agent %s)", spec.profile, how, process.pid,
                     hello.get("hermes_version"))  # fmt: skip
         return cls(spec, process, str(hello.get("hermes_version")))
 
@@ -239,7 +227,7 @@ class WorkerProcess:
                     remote.feed(message)
         except (wire.ProtocolError, ValueError) as exc:  # ValueError: a line over MAX_LINE
             logger.error("agent worker of profile %s broke the protocol: %s", self.spec.profile, exc)
-            _kill(self.process)
+            kill(self.process)
         code = await self.process.wait()
         if not self.stopping:
             logger.warning(
@@ -269,12 +257,50 @@ class WorkerProcess:
                 async with asyncio.timeout(grace):
                     await asyncio.shield(self.exited)
                     break
-            _kill(self.process, sig)
+            kill(self.process, sig)
         await asyncio.shield(self.exited)
-        _kill(self.process)  # whatever of its group is left
+        kill(self.process)  # whatever of its group is left
 
 
-def _kill(process: asyncio.subprocess.Process, sig: int = signal.SIGKILL) -> None:
+async def spawn(
+    python: str, args: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, whose: str
+) -> asyncio.subprocess.Process:
+    """``<python> -I worker.py <args>`` in its own session, stdin and stdout the
+    protocol's pipes, stderr appended to ``log_path`` (made private). Raises
+    ``AgentWorkerError`` (naming ``whose`` worker) when it cannot be started."""
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return await asyncio.create_subprocess_exec(
+            python, "-I", str(WORKER), *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fd,
+            env=dict(env), cwd=cwd, start_new_session=True, limit=wire.MAX_LINE,
+        )  # fmt: skip
+    except OSError as exc:
+        raise AgentWorkerError(f"The agent worker {whose} could not be started ({exc.strerror}).") from None
+    finally:
+        os.close(fd)
+
+
+async def first_line(
+    process: asyncio.subprocess.Process,
+    timeout: float,
+    allowed: frozenset[str] = wire.TO_PARENT,
+    expected: str = "ready",
+) -> dict[str, Any]:
+    """The first message ``process`` writes, or a ``fatal`` saying that no ``expected``
+    came within ``timeout`` seconds. Kills it when the wait is cancelled."""
+    try:
+        async with asyncio.timeout(timeout):
+            return wire.decode(await process.stdout.readline(), allowed)  # type: ignore[union-attr]
+    except (TimeoutError, wire.ProtocolError, ValueError):
+        return {"type": "fatal", "message": f"no '{expected}' within {timeout:g}s"}
+    except BaseException:  # cancelled (the server is stopping): leave nothing running
+        kill(process)
+        raise
+
+
+def kill(process: asyncio.subprocess.Process, sig: int = signal.SIGKILL) -> None:
     """Signal the worker's process group (it leads its own session), by PID."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)

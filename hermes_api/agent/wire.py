@@ -7,12 +7,18 @@ Hermes prints to stdout). This module is the one writer and the one reader of bo
 directions; it imports nothing but the standard library, because the worker loads it by
 path into an interpreter that may not have hermes-api installed (``agent.python``).
 
-Version ``PROTOCOL`` is announced in ``ready``; the parent refuses a worker that speaks
-another. A field added as optional (``turn``'s ``delegation``) keeps the version: a
-worker that does not know it ignores it. Messages, by ``type`` (every turn-scoped
+Version ``PROTOCOL`` is announced in ``ready`` (and ``spare``); the parent refuses a
+worker that speaks another. A field added as optional (``turn``'s ``delegation``) keeps
+the version: a worker that does not know it ignores it. Messages, by ``type`` (every turn-scoped
 message carries the turn's ``id``):
 
 parent → worker
+    ``bind``       a spare's first and only line before ``ready`` (``worker.py
+                   --spare``): ``env`` (the complete environment of the profile's
+                   worker, ``environment.worker_environment``), ``cwd`` (its working
+                   directory), ``log`` (the file its stdout and stderr go to from
+                   then on); the worker replaces its ``os.environ`` with ``env``,
+                   imports Hermes, says ``ready``; a second ``bind`` ends it
     ``turn``       ``id``, ``messages`` (the chat request's messages), ``session``
                    (``{"namespace": str, "id": str | None}``), ``toolsets`` (list of
                    Hermes toolset names), ``stream`` (bool: send ``delta``s),
@@ -25,6 +31,8 @@ parent → worker
     ``interrupt``  ``id``, ``reason``: ``AIAgent.interrupt(reason)``
     ``shutdown``   interrupt every turn, exit
 worker → parent
+    ``spare``      ``protocol``, ``pid``: a spare has imported the third-party modules
+                   and waits for its ``bind``
     ``ready``      ``protocol``, ``hermes_version``, ``pid``: imports done, turns accepted
     ``fatal``      ``message``: the worker cannot run turns (sent instead of ``ready``)
     ``delta``      ``id``, ``text``: answer text as the model streams it
@@ -44,12 +52,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: ``spare`` and ``bind``
 MAX_LINE = 32 * 1024 * 1024  # bytes: the longest line either side reads
 MAX_TOOL_TEXT = 64 * 1024  # characters of a tool's arguments or output carried over the wire
 
 TO_WORKER = frozenset({"turn", "interrupt", "shutdown"})
 TO_PARENT = frozenset({"ready", "fatal", "delta", "tool", "result"})
+TO_SPARE = frozenset({"bind"})
+FROM_SPARE = frozenset({"spare", "fatal"})
 
 
 class ProtocolError(ValueError):

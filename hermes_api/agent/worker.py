@@ -2,7 +2,9 @@
 
 Started by ``agent.process.WorkerProcess`` as ``<python> -I <this file>`` with
 ``HERMES_HOME`` = the profile's home (and the environment ``agent.environment`` builds),
-it imports hermes-agent, says ``ready``, then runs every ``turn`` it is sent in a thread
+or started ahead as a spare (``--spare``, ``agent.spare``: the modules of ``PRELOAD``
+imported, then the profile's environment, working directory and log from its one
+``bind`` line), it imports hermes-agent, says ``ready``, then runs every ``turn`` it is sent in a thread
 of its own, exactly as Hermes's API server runs one (hermes-agent 0.19
 ``gateway/platforms/api_server.py``: ``_handle_chat_completions`` for the messages,
 ``_create_agent`` and ``_run_agent`` for the turn): a new ``AIAgent`` per turn, built by
@@ -18,7 +20,9 @@ original fd 1 and fd 1 then points at stderr (a log file the parent opened).
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -43,6 +47,21 @@ wire = _load("wire")
 delegate_tool = _load("delegate_tool")
 
 SYSTEM_ROLES = ("system", "developer")
+# What a spare imports before it has a profile: the modules a worker of hermes-agent 0.19
+# has loaded after its first turn, except Hermes's own (its modules read HERMES_HOME and
+# load the profile's .env at import): the third-party packages, with the parts Hermes
+# loads lazily (``openai.resources``: its ``_OpenAIProxy``; ``aiohttp.web``), and the
+# standard library's bigger ones. A name missing in this interpreter is skipped.
+PRELOAD = (
+    "yaml", "requests", "urllib3", "certifi", "charset_normalizer", "idna", "aiohttp", "aiohttp.web", "httpx",
+    "httpcore", "anyio", "h11", "rich", "rich.console", "rich.markdown", "pygments", "pydantic", "pydantic_core",
+    "jiter", "openai", "openai.resources", "openai.types.chat", "openai.lib.streaming.chat", "dotenv", "dateutil",
+    "croniter", "pytz", "click", "distro", "websockets", "websockets.asyncio.client",
+    "asyncio", "concurrent.futures", "sqlite3", "ssl", "email.message", "email.parser", "http.client",
+    "http.server", "subprocess", "uuid", "zoneinfo", "tarfile", "zipfile", "difflib", "csv", "decimal",
+    "fractions", "argparse", "mimetypes", "netrc", "webbrowser", "ctypes", "unittest.mock", "ipaddress",
+    "logging.handlers", "faulthandler",
+)  # fmt: skip
 _HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
 
 
@@ -330,12 +349,84 @@ def _outcome(turn: str, result: dict[str, Any], usage: dict[str, int] | None, si
     return message
 
 
+def preload(names: tuple[str, ...]) -> None:
+    """Import ``names`` if they are installed (a module missing here is Hermes's to
+    report, or not needed)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S112  (ImportError, or a library failing on this platform)
+            continue
+
+
+def wait_for_binding(channel: Channel, commands: BinaryIO) -> None:
+    """A spare's life before its profile: the third-party modules imported, ``spare``
+    said, then the one ``bind`` line applied: ``os.environ`` becomes exactly the
+    profile's worker environment, the working directory and the log its own. Anything
+    else on stdin (or none) ends the process: a spare is bound once, or never."""
+    preload(PRELOAD)
+    gc.freeze()  # what it imported stays: later collections need not look at it again
+    channel.send({"type": "spare", "protocol": wire.PROTOCOL, "pid": os.getpid()})
+    try:
+        message = wire.decode(commands.readline(wire.MAX_LINE), wire.TO_SPARE)
+        env, cwd, log = dict(message["env"]), str(message["cwd"]), str(message["log"])
+    except (ValueError, KeyError, TypeError):
+        os._exit(1)
+    try:
+        os.chdir(cwd)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        channel.send({"type": "fatal", "message": f"cannot be bound: {exc.strerror}: {exc.filename}"})
+        os._exit(1)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    added = startup_additions()
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ.update((name, value) for name, value in added.items() if name not in env)
+
+
+def startup_additions() -> dict[str, str]:
+    """What the interpreter added to its environment as it started (PEP 538's
+    ``LC_CTYPE=C.UTF-8`` when the locale is C): ``os.environ`` less what the process was
+    started with (``/proc/self/environ``). The profile's environment has the same locale
+    variables as a spare's, so a worker started with it would have had them too."""
+    try:
+        started = Path("/proc/self/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    names = {os.fsdecode(item.partition(b"=")[0]) for item in started if item}
+    return {name: value for name, value in os.environ.items() if name not in names}
+
+
+def reread_import_settings() -> None:
+    """What ``openai`` read from the environment when a spare imported it, read again
+    now that the environment is the profile's (``openai/__init__.py``: the module
+    client's settings; ``_utils/_logs.py``: ``OPENAI_LOG``), as if imported now."""
+    openai = sys.modules.get("openai")
+    if openai is None:
+        return
+    for attribute, name in (
+        ("api_type", "OPENAI_API_TYPE"),
+        ("api_version", "OPENAI_API_VERSION"),
+        ("azure_endpoint", "AZURE_OPENAI_ENDPOINT"),
+        ("azure_ad_token", "AZURE_OPENAI_AD_TOKEN"),
+    ):
+        setattr(openai, attribute, os.environ.get(name))
+    openai._setup_logging()
+
+
 def main() -> None:
-    """Take fd 1 for the protocol, point fd 1 at stderr, import Hermes, serve."""
+    """Take fd 1 for the protocol, point fd 1 at stderr, (a spare: wait for the
+    profile, ``wait_for_binding``), import Hermes, serve."""
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     channel = Channel(protocol)
+    spare = sys.argv[1:] == ["--spare"]
+    if spare:
+        wait_for_binding(channel, sys.stdin.buffer)
     try:
         import importlib.metadata
 
@@ -346,6 +437,8 @@ def main() -> None:
     except Exception as exc:
         channel.send({"type": "fatal", "message": f"cannot import hermes-agent: {type(exc).__name__}: {exc}"})
         sys.exit(1)
+    if spare:
+        reread_import_settings()
     channel.send({"type": "ready", "protocol": wire.PROTOCOL, "hermes_version": version, "pid": os.getpid()})
     Worker(channel).serve(sys.stdin.buffer)
 
