@@ -111,16 +111,24 @@ def faults(tmp_path_factory: pytest.TempPathFactory, scripted: ScriptedUpstream)
     settings = Settings.load(path, environ)
     server = LiveServer(create_app(settings, environ=environ)).__enter__()
     try:
-        yield {"server": server, "home": home, "root": root}
+        yield {"server": server, "home": home, "root": root, "upstream": scripted}
     finally:
         server.__exit__()
     assert not any(worker_pids(home.dir(p)) for p in config["agent"]["profiles"]), "a worker outlived the server"
     assert not spare_pids(settings.state_dir), "the spare worker outlived the server"
 
 
-def ask(stack: dict[str, Any], profile: str, text: str, **body: Any) -> httpx.Response:
+def ask(
+    stack: dict[str, Any], profile: str, text: str, started: threading.Event | None = None, **body: Any
+) -> httpx.Response:
+    """The answer, read whole; ``started`` is set once its head has arrived."""
     payload = {"model": profile, "messages": [{"role": "user", "content": text}], **body}
-    return httpx.post(stack["server"].url + "/v1/chat/completions", json=payload, headers=KEY, timeout=TIMEOUT)
+    url = stack["server"].url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=payload, headers=KEY, timeout=TIMEOUT) as r:
+        if started is not None:
+            started.set()
+        r.read()
+    return r
 
 
 def in_background(call: Any) -> tuple[threading.Thread, list[Any]]:
@@ -139,8 +147,12 @@ def test_a_worker_killed_mid_turn_fails_only_its_turn_and_the_next_request_is_se
     assert ask(faults, "steady", "warm up").status_code == 200
     (pid,) = worker_pids(home.dir("crashy"))
     (steady,) = worker_pids(home.dir("steady"))
-    thread, out = in_background(lambda: ask(faults, "crashy", "take your time [[sleep:20]]", stream=stream))
-    time.sleep(1.5)  # the turn is waiting on its provider (and a stream has started: sse_keepalive 1 s)
+    before = len(faults["upstream"].requests())
+    started = threading.Event()  # the answer's head has arrived
+    thread, out = in_background(lambda: ask(faults, "crashy", "take your time [[sleep:20]]", started, stream=stream))
+    wait_for(lambda: len(faults["upstream"].requests()) > before, what="the turn reaching its provider")
+    if stream:  # its head goes out with the first ping (sse_keepalive 1 s); a plain answer's, at its end
+        assert started.wait(TIMEOUT)
     os.kill(pid, signal.SIGKILL)
     thread.join(TIMEOUT)
     (r,) = out

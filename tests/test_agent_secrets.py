@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from .conftest import FakeUpstream, HermesHome, ScriptedUpstream, digest
-from .test_agent_faults import in_background, spare_pids, worker_pids
+from .test_agent_faults import in_background, spare_pids, wait_for, worker_pids
 from .test_secrets import readable_log, transcript
 
 FAILING = ("leak", "leak-500", "status-401", "refused")  # behaviours of tests/fakeupstream.py
@@ -76,12 +75,19 @@ def agent_secrets(
     )
     environ = {"FULL_KEY": api_keys["full"], **own}
     server = serve_process(config, tmp_path / "serve.log", environ)
-    return {"server": server, "home": home, "api_keys": api_keys, "dotenv": dotenv, "own": list(own.values())}
+    return {
+        "server": server,
+        "home": home,
+        "api_keys": api_keys,
+        "dotenv": dotenv,
+        "own": list(own.values()),
+        "scripted": scripted,
+    }
 
 
 def test_no_secret_of_an_agent_profile_in_logs_answers_the_store_or_a_worker(agent_secrets: dict[str, Any]) -> None:
     server, home = agent_secrets["server"], agent_secrets["home"]
-    api_keys, dotenv = agent_secrets["api_keys"], agent_secrets["dotenv"]
+    api_keys, dotenv, scripted = agent_secrets["api_keys"], agent_secrets["dotenv"], agent_secrets["scripted"]
     everything = [*api_keys.values(), *agent_secrets["own"], *(v for values in dotenv.values() for v in values)]
     seen: list[str] = []
     environs: dict[str, bytes] = {}
@@ -115,8 +121,9 @@ def test_no_secret_of_an_agent_profile_in_logs_answers_the_store_or_a_worker(age
             assert turn("crashy", "warm", False).status_code == 200
             (pid,) = worker_pids(home.dir("crashy"))
             environs["crashy"] = Path(f"/proc/{pid}/environ").read_bytes()
+            before = len(scripted.requests())
             thread, out = in_background(lambda stream=stream: turn("crashy", "slow [[sleep:30]]", stream))
-            time.sleep(2)
+            wait_for(lambda before=before: len(scripted.requests()) > before, what="the turn reaching its provider")
             os.kill(pid, signal.SIGKILL)
             thread.join(60)
             assert "agent_worker_failed" in out[0].text
