@@ -29,7 +29,7 @@ from hermes_api.settings import Settings
 from .conftest import HermesHome, LiveServer, ScriptedUpstream, add_agent_profile, worker_environ
 from .test_agent import ALICE, TIMEOUT
 from .test_agent_faults import spare_pids, wait_for, worker_pids
-from .test_agent_workers import FAKE_WORKER
+from .test_agent_workers import fake_python
 
 SERVER_SECRET = "sk-server-only-SPARE0123456789"
 SHARED = "shared-for-every-worker-0123456789"  # agent.env: every worker gets it, a spare does not
@@ -210,9 +210,7 @@ def test_a_spare_that_cannot_be_bound_is_killed_and_the_worker_started_as_usual(
     home = HermesHome(tmp_path / "hermes")
     add_agent_profile(home, "default", scripted)
     add_agent_profile(home, "quick", scripted)
-    python = tmp_path / "fake-python"
-    python.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_WORKER} "$@"\n')
-    python.chmod(0o755)
+    python = fake_python(tmp_path)
     config = {
         "hermes_home": str(home.root),
         "state_dir": str(tmp_path / "state"),

@@ -213,15 +213,21 @@ def test_worker_start_crash_restart_and_stop_reach_metrics(workers: dict[str, An
 FAKE_WORKER = Path(__file__).resolve().parent / "fakeworker.py"
 
 
+def fake_python(directory: Path) -> Path:
+    """An ``agent.python`` whose workers are ``tests/fakeworker.py``."""
+    python = directory / "fake-python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_WORKER} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 @pytest.fixture
 def fake_workers(tmp_path: Path, scripted: ScriptedUpstream) -> Iterator[dict[str, Any]]:
     """A server whose agent workers are ``tests/fakeworker.py`` (through ``agent.python``)."""
     home = HermesHome(tmp_path / "hermes")
     add_agent_profile(home, "default", scripted)
     add_agent_profile(home, "quick", scripted)
-    python = tmp_path / "fake-python"
-    python.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_WORKER} "$@"\n')
-    python.chmod(0o755)
+    python = fake_python(tmp_path)
     config = {
         "hermes_home": str(home.root),
         "state_dir": str(tmp_path / "state"),
