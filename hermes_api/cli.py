@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from . import workers  # here: it imports uvicorn's multiprocessing supervisor
 
         with worker_directory(args.workers):  # one metrics directory for every worker
-            workers.run(settings, args.workers, *settings_sources(args, environ), log_config(settings.log_level))
+            workers.run(settings, args.workers, *settings_sources(args, environ))
     else:
         serve(settings, environ, sock)
     return 0

@@ -10,7 +10,8 @@ settings again in the worker from the config file and the command-line values th
 parent put in ``WORKER_SETTINGS``; the HTTP protocol is a picklable ``Protocol``.
 
 Each worker has its own profile registry and sweep, upstream connection pool,
-concurrency slots (``max_concurrent`` and the per-profile caps count per worker) and
+concurrency slots (``max_concurrent`` and the per-profile caps count per worker, as
+does ``max_connections``) and
 store connection; the store itself is shared: one SQLite file (WAL, a busy timeout,
 ``BEGIN IMMEDIATE`` writes: no write is lost, a writer waits for another's commit) or
 one PostgreSQL database. A worker whose parent is gone stops itself (``watch_parent``),
@@ -32,6 +33,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from .app import create_app
+from .logs import log_config
 from .protocol import BoundedHttpToolsProtocol, bounded_protocol
 from .settings import Settings
 from .shutdown import FORCE_MARGIN
@@ -43,25 +45,25 @@ PARENT_POLL = 1.0  # seconds between a worker's checks that its supervisor is al
 class Protocol:
     """uvicorn's ``http=``: makes the connections of ``protocol.bounded_protocol``.
     That class is made at run time and cannot be pickled; this object can (by its
-    limit), so it crosses to the worker processes."""
+    bounds: header bytes, header seconds, connections per worker), so it crosses to
+    the worker processes."""
 
-    def __init__(self, max_header_bytes: int) -> None:
-        self.max_header_bytes = max_header_bytes
+    def __init__(self, max_header_bytes: int, header_timeout: float, max_connections: int) -> None:
+        self.bounds = (max_header_bytes, header_timeout, max_connections)
 
     @functools.cached_property
     def _cls(self) -> type[BoundedHttpToolsProtocol]:
-        return bounded_protocol(self.max_header_bytes)
+        max_header_bytes, header_timeout, max_connections = self.bounds
+        return bounded_protocol(max_header_bytes, header_timeout=header_timeout, max_connections=max_connections)
 
     def __call__(self, *args: Any, **kwargs: Any) -> BoundedHttpToolsProtocol:
         return self._cls(*args, **kwargs)
 
-    def __reduce__(self) -> tuple[type[Protocol], tuple[int]]:
-        return Protocol, (self.max_header_bytes,)
+    def __reduce__(self) -> tuple[type[Protocol], tuple[int, float, int]]:
+        return (Protocol, self.bounds)
 
 
-def run(
-    settings: Settings, workers: int, config: Path | None, overrides: Mapping[str, Any], log_config: dict[str, Any]
-) -> None:
+def run(settings: Settings, workers: int, config: Path | None, overrides: Mapping[str, Any]) -> None:
     """Serve with ``workers`` processes until SIGINT or SIGTERM. ``config`` and
     ``overrides`` are where ``settings`` came from: each worker loads them again."""
     # Inherited by the spawned workers. (Anything else every worker must share, such as
@@ -75,9 +77,12 @@ def run(
         workers=workers,
         host=settings.host,
         port=settings.port,
-        http=Protocol(settings.max_header_bytes),  # type: ignore[arg-type]
+        # The same bounds, keep-alive and logging as a lone `serve` (cli.serve).
+        http=Protocol(settings.max_header_bytes, settings.header_timeout, settings.max_connections),  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_timeout,
         log_level=settings.log_level,
-        log_config=log_config,
+        log_config=log_config(settings.log_level, settings.log_format),
+        access_log=settings.log_format == "text",  # json: the app's own request line replaces it
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace + FORCE_MARGIN),
     )

@@ -60,12 +60,16 @@ def closed_within(s: socket.socket, seconds: float) -> bool:
         return False
 
 
-def test_an_idle_connection_outlives_the_clients_pool_expiry(tmp_path: Path, home: HermesHome, serve_process) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["serve", "workers-2"])
+def test_an_idle_connection_outlives_the_clients_pool_expiry(
+    tmp_path: Path, home: HermesHome, serve_process, workers: int
+) -> None:
     """httpx and the OpenAI SDK reuse an idle connection for up to 5 s. A server that
     closed it after 5 s too raced them: a request sent as the server closed was reset
     before any answer (tests/test_isolation.py failed about 1 run in 4). By default the
-    server keeps it far longer, so the client always closes first."""
-    server: ServeProcess = serve_process(write_config(tmp_path, home), tmp_path / "serve.log")
+    server keeps it far longer, so the client always closes first; ``--workers`` too."""
+    config = write_config(tmp_path, home)
+    server: ServeProcess = serve_process(config, tmp_path / "serve.log", args=("--workers", str(workers)))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(HEALTH)
         assert read_response(s)[0] == 200
@@ -132,11 +136,14 @@ def test_answers_of_the_protocol_carry_date_and_request_id_and_are_logged_once(
     )
 
 
-def test_slow_headers_are_cut_at_header_timeout(tmp_path: Path, home: HermesHome, serve_process) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["serve", "workers-2"])
+def test_slow_headers_are_cut_at_header_timeout(tmp_path: Path, home: HermesHome, serve_process, workers: int) -> None:
     """Twenty clients each send their headers one line every 0.2 s for ever, and one
     sends nothing at all: with ``header_timeout: 1`` every one gets 408 and is closed
     (long before the generous 20 s bound), and the server goes on serving."""
-    server = serve_process(write_config(tmp_path, home, header_timeout=1), tmp_path / "serve.log")
+    server = serve_process(
+        write_config(tmp_path, home, header_timeout=1), tmp_path / "serve.log", args=("--workers", str(workers))
+    )
     slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(20)]
     silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     answers: dict[int, bytes] = {}

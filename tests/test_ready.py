@@ -65,8 +65,10 @@ def test_not_ready_without_a_served_profile(home: HermesHome, make_settings) -> 
     assert (r.status_code, r.json()) == (503, {**READY, "status": "not_ready", "profiles": "none"})
 
 
-@pytest.fixture
-def json_logged(fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process):
+@pytest.fixture(params=[1, 2], ids=["serve", "workers-2"])
+def json_logged(request, fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, serve_process):
+    """A server with ``log_format: json``: alone, or as ``serve --workers 2``, whose
+    workers must log as a lone server does."""
     home.add("ok", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("ok")})
     home.add("down", model={"default": "m", "provider": "custom", "base_url": fake_upstream.base_url("status-503")})
     config = tmp_path / "hermes-api.yaml"
@@ -80,7 +82,7 @@ def json_logged(fake_upstream: FakeUpstream, home: HermesHome, tmp_path: Path, s
             }
         )
     )
-    return serve_process(config, tmp_path / "serve.log", {"WEBUI_KEY": KEY})
+    return serve_process(config, tmp_path / "serve.log", {"WEBUI_KEY": KEY}, args=("--workers", str(request.param)))
 
 
 def test_json_log_has_one_line_per_request_with_its_fields(json_logged) -> None:
