@@ -33,7 +33,7 @@ from .app import create_app
 from .demo import EXAMPLE_BASE_URL, EXAMPLE_BASE_URL_VAR
 from .logs import log_config
 from .metrics import worker_directory
-from .protocol import bounded_protocol
+from .protocol import ProtocolFactory
 from .registry import ProfileRegistry
 from .settings import ConfigError, Settings
 from .shutdown import FORCE_MARGIN, Drain
@@ -189,29 +189,30 @@ def listen_problem(settings: Settings, exc: OSError) -> str:
     return f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}{hint}"
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings for ``serve``, in one process or several (``workers.run``):
+    the address, the protocol's bounds, keep-alive, logging and the shutdown backstop."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": ProtocolFactory(settings.max_header_bytes, settings.header_timeout, settings.max_connections),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level, settings.log_format),
+        "access_log": settings.log_format == "text",  # json: the app's own request line replaces it
+        "server_header": False,
+        # A backstop only: Drain ends every turn at the grace period.
+        "timeout_graceful_shutdown": int(settings.shutdown_grace + FORCE_MARGIN),
+    }
+
+
 def serve(settings: Settings, environ: Mapping[str, str], sock: socket.socket) -> None:
     """Run the server on ``sock`` (``listen``) in the foreground until SIGINT or
     SIGTERM: then stop accepting, give turns in flight ``shutdown_grace`` seconds, close
     the rest, and exit."""
     drain = Drain(settings.shutdown_grace)
-    config = uvicorn.Config(
-        functools.partial(create_app, settings, environ=environ, drain=drain),
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        http=bounded_protocol(
-            settings.max_header_bytes,
-            header_timeout=settings.header_timeout,
-            max_connections=settings.max_connections,
-        ),
-        timeout_keep_alive=settings.keep_alive_timeout,
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_level, settings.log_format),
-        access_log=settings.log_format == "text",  # json: the app's own request line replaces it
-        server_header=False,
-        # A backstop only: Drain ends every turn at the grace period.
-        timeout_graceful_shutdown=int(settings.shutdown_grace + FORCE_MARGIN),
-    )
+    app = functools.partial(create_app, settings, environ=environ, drain=drain)
+    config = uvicorn.Config(app, factory=True, **uvicorn_options(settings))
     with worker_directory(config.workers):  # several workers: one metrics directory for all
         DrainingServer(config, drain).run(sockets=[sock])
 
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from . import workers  # here: it imports uvicorn's multiprocessing supervisor
 
         with worker_directory(args.workers):  # one metrics directory for every worker
-            workers.run(settings, args.workers, *settings_sources(args, environ))
+            workers.run(args.workers, *settings_sources(args, environ), uvicorn_options(settings))
     else:
         serve(settings, environ, sock)
     return 0

@@ -31,6 +31,7 @@ version: ``HttpToolsProtocol``'s parser callbacks (``on_message_begin``, ``on_ur
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -215,3 +216,24 @@ def bounded_protocol(
         "max_connections": max_connections,
     }
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), bounds)
+
+
+class ProtocolFactory:
+    """uvicorn's ``http=`` for ``bounded_protocol``'s bounds (header bytes, header
+    seconds, connections per process), callable as the protocol class is. That class is
+    made at run time and cannot be pickled; this object can (by its bounds), so it also
+    crosses to the processes of ``serve --workers`` (uvicorn pickles its ``Config``)."""
+
+    def __init__(self, max_header_bytes: int, header_timeout: float, max_connections: int) -> None:
+        self.bounds = (max_header_bytes, header_timeout, max_connections)
+
+    @functools.cached_property
+    def _cls(self) -> type[BoundedHttpToolsProtocol]:
+        max_header_bytes, header_timeout, max_connections = self.bounds
+        return bounded_protocol(max_header_bytes, header_timeout=header_timeout, max_connections=max_connections)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BoundedHttpToolsProtocol:
+        return self._cls(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[type[ProtocolFactory], tuple[int, float, int]]:
+        return (ProtocolFactory, self.bounds)

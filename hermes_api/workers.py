@@ -7,7 +7,7 @@ a SIGTERM and waits for it: every worker then drains its turns as a lone server 
 uvicorn's ``Config``, so what a worker needs crosses as plain data (uvicorn's
 ``_subprocess.py``): the app is the import string of ``worker_app``, which builds the
 settings again in the worker from the config file and the command-line values the
-parent put in ``WORKER_SETTINGS``; the HTTP protocol is a picklable ``Protocol``.
+parent put in ``WORKER_SETTINGS``; the HTTP protocol is a picklable ``protocol.ProtocolFactory``.
 
 Each worker has its own profile registry and sweep, upstream connection pool,
 concurrency slots (``max_concurrent`` and the per-profile caps count per worker, as
@@ -20,7 +20,6 @@ so none outlives a supervisor killed without a chance to stop them.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -33,59 +32,22 @@ import uvicorn
 from starlette.applications import Starlette
 
 from .app import create_app
-from .logs import log_config
-from .protocol import BoundedHttpToolsProtocol, bounded_protocol
 from .settings import Settings
-from .shutdown import FORCE_MARGIN
 
 WORKER_SETTINGS = "HERMES_API_WORKER_SETTINGS"  # {"config": path or null, "overrides": {...}}
 PARENT_POLL = 1.0  # seconds between a worker's checks that its supervisor is alive
 
 
-class Protocol:
-    """uvicorn's ``http=``: makes the connections of ``protocol.bounded_protocol``.
-    That class is made at run time and cannot be pickled; this object can (by its
-    bounds: header bytes, header seconds, connections per worker), so it crosses to
-    the worker processes."""
-
-    def __init__(self, max_header_bytes: int, header_timeout: float, max_connections: int) -> None:
-        self.bounds = (max_header_bytes, header_timeout, max_connections)
-
-    @functools.cached_property
-    def _cls(self) -> type[BoundedHttpToolsProtocol]:
-        max_header_bytes, header_timeout, max_connections = self.bounds
-        return bounded_protocol(max_header_bytes, header_timeout=header_timeout, max_connections=max_connections)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> BoundedHttpToolsProtocol:
-        return self._cls(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[type[Protocol], tuple[int, float, int]]:
-        return (Protocol, self.bounds)
-
-
-def run(settings: Settings, workers: int, config: Path | None, overrides: Mapping[str, Any]) -> None:
-    """Serve with ``workers`` processes until SIGINT or SIGTERM. ``config`` and
-    ``overrides`` are where ``settings`` came from: each worker loads them again."""
+def run(workers: int, config: Path | None, overrides: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """Serve with ``workers`` processes until SIGINT or SIGTERM, with uvicorn's
+    ``options`` (``cli.uvicorn_options``: the same as a lone ``serve``). ``config`` and
+    ``overrides`` are where the settings came from: each worker loads them again."""
     # Inherited by the spawned workers. (Anything else every worker must share, such as
     # prometheus_client's PROMETHEUS_MULTIPROC_DIR, is set here the same way.)
     os.environ[WORKER_SETTINGS] = orjson.dumps(
         {"config": str(config) if config else None, "overrides": dict(overrides)}
     ).decode()
-    uvicorn.run(
-        "hermes_api.workers:worker_app",
-        factory=True,
-        workers=workers,
-        host=settings.host,
-        port=settings.port,
-        # The same bounds, keep-alive and logging as a lone `serve` (cli.serve).
-        http=Protocol(settings.max_header_bytes, settings.header_timeout, settings.max_connections),  # type: ignore[arg-type]
-        timeout_keep_alive=settings.keep_alive_timeout,
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_level, settings.log_format),
-        access_log=settings.log_format == "text",  # json: the app's own request line replaces it
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace + FORCE_MARGIN),
-    )
+    uvicorn.run("hermes_api.workers:worker_app", factory=True, workers=workers, **options)
 
 
 def worker_app() -> Starlette:
