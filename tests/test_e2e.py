@@ -300,7 +300,14 @@ def test_the_demo_s_agent_profile_answers_through_smollm2_into_state_db(demo: De
     finally:
         db.close()
     print(f"state.db {state_db}, session {session[0]} ({source}): {rows}")
-    assert source == "api_server" and rows == [("user", "Who are you?"), ("assistant", text)]
+    assert source == "api_server" and rows[0] == ("user", "Who are you?")
+    # When SmolLM2 runs past the profile's max_tokens, Hermes asks it to go on (a user row of
+    # its own, agent/conversation_loop.py _get_continuation_prompt) and answers with the parts
+    # joined: the answer is every assistant row, in order.
+    assert "".join(content for role, content in rows if role == "assistant") == text
+    continuations = [content for role, content in rows[1:] if role == "user"]
+    assert all(c.startswith("[System: Your previous response was truncated") for c in continuations), rows
+    assert rows[-1][0] == "assistant" and len(rows) == 2 + 2 * len(continuations)
     # Hermes's own system prompt: the profile's SOUL.md and Hermes's API-server platform hint.
     assert "the real Hermes agent of this example home" in prompt and "responding through an API server" in prompt
 
