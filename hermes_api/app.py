@@ -11,6 +11,7 @@ and hands them to requests as ``request.state`` (Starlette's lifespan state,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import tool_activity
 from .agent.pool import WorkerPool
@@ -42,7 +43,7 @@ from .limits import ConcurrencyLimiter
 from .meters import MeteredStore, ObservedTurns, StatusTransport
 from .metrics import Metrics
 from .registry import ProfileRegistry
-from .request_ids import CLIENT_REQUEST_ID, new_request_id
+from .request_ids import RequestIdMiddleware
 from .settings import CORS, ConfigError, Settings
 from .shutdown import Drain
 from .store import ResponseStore, open_store
@@ -67,36 +68,6 @@ CORS_REQUEST_HEADERS = (
     DEPTH_HEADER,
 )
 CORS_EXPOSED_HEADERS = ("x-hermes-profile", chat.SESSION_HEADER, "x-request-id", "retry-after", "x-should-retry")
-
-
-class RequestIdMiddleware:
-    """Give every response an ``x-request-id``: the client's, when it sent a sane one,
-    else a fresh one. It is also ``request.state.request_id`` for logs."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = (
-            next(
-                (v for k, v in scope["headers"] if k == b"x-request-id" and CLIENT_REQUEST_ID.fullmatch(v)),
-                None,
-            )
-            or new_request_id().encode()
-        )
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                if not any(k == b"x-request-id" for k, _ in headers):
-                    message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 def cors_middleware(cors: CORS | None) -> list[Middleware]:
@@ -172,6 +143,7 @@ def create_app(
     store: Callable[[Settings], Awaitable[ResponseStore]] = open_store,
     drain: Drain | None = None,
     metrics: Metrics | None = None,
+    freeze_startup: bool = False,
 ) -> Starlette:
     """The ASGI app for ``settings``. ``environ`` (default ``os.environ``, read only)
     supplies profile secrets after each profile's ``.env``; ``transport`` replaces the
@@ -185,7 +157,10 @@ def create_app(
     is set): pass one to share it, e.g. with a turn runner that reports its worker
     processes (``Metrics.agent_worker``). Each request's ``exchange.Exchange`` feeds the
     metrics, the JSON log and the usage rows; the turn runner, the store and the
-    transport are wrapped in ``meters`` to fill it."""
+    transport are wrapped in ``meters`` to fill it. ``freeze_startup``: once started,
+    collect garbage and freeze what is alive (``freeze_startup_objects``); for a process
+    that exists to serve this app (``serve``, its workers, ``create_app_from_env``),
+    not for one that makes many apps, as tests do."""
     environ = os.environ if environ is None else environ
     drain = Drain(settings.shutdown_grace) if drain is None else drain
     credentials = Credentials(settings.state_dir)
@@ -218,6 +193,8 @@ def create_app(
         turns: TurnRunner = Turns(turn_runner(upstream, response_store), AgentTurns(pool, settings) if pool else None)
         if observed:
             turns = ObservedTurns(turns, meter if settings.metrics else None)
+        if freeze_startup:
+            freeze_startup_objects()
         try:
             yield {
                 "settings": settings,
@@ -259,8 +236,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(Unbound),
-            Middleware(RequestIdMiddleware),
-            *observe(settings, meter if settings.metrics else None),
+            observe(settings, meter if settings.metrics else None),
             *cors_middleware(settings.cors),
             Middleware(AuthenticationMiddleware, backend=keyring, on_error=on_auth_error),
         ],
@@ -273,13 +249,27 @@ def create_app(
     )
 
 
-def observe(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
+def observe(settings: Settings, metrics: Metrics | None) -> Middleware:
     """``ExchangeMiddleware`` when requests are observed: for ``metrics`` (None: not
-    recorded), the usage rows and the JSON request log."""
+    recorded), the usage rows and the JSON request log; it gives each answer its
+    ``x-request-id`` too. Else ``RequestIdMiddleware``, which only does that."""
     logged = settings.log_format == "json"
     if metrics is None and not logged and not settings.record_usage:
-        return []
-    return [Middleware(ExchangeMiddleware, metrics=metrics, record_usage=settings.record_usage, log_requests=logged)]
+        return Middleware(RequestIdMiddleware)
+    return Middleware(ExchangeMiddleware, metrics=metrics, record_usage=settings.record_usage, log_requests=logged)
+
+
+def freeze_startup_objects() -> None:
+    """Collect the garbage of startup, then move every object still alive (the modules,
+    settings, profiles and clients the process will keep) to the garbage collector's
+    permanent generation (``gc.freeze``, Python's gc module docs), so that no later
+    collection scans them again. Requests allocate and free objects in bursts, and the
+    collector's full collections, each a pass over every tracked object, were the
+    largest single cost of a turn measured in process (bench/RESULTS.md). A frozen
+    object that later ends in a reference cycle (a profile replaced after its files
+    changed) is not collected; one freed by its reference count is."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app_from_env() -> Starlette:
@@ -289,4 +279,4 @@ def create_app_from_env() -> Starlette:
     settings = Settings.from_env(os.environ)
     if problem := settings.home_problem():
         raise ConfigError([problem])
-    return create_app(settings)
+    return create_app(settings, freeze_startup=True)

@@ -211,7 +211,7 @@ def serve(settings: Settings, environ: Mapping[str, str], sock: socket.socket) -
     SIGTERM: then stop accepting, give turns in flight ``shutdown_grace`` seconds, close
     the rest, and exit."""
     drain = Drain(settings.shutdown_grace)
-    app = functools.partial(create_app, settings, environ=environ, drain=drain)
+    app = functools.partial(create_app, settings, environ=environ, drain=drain, freeze_startup=True)
     config = uvicorn.Config(app, factory=True, **uvicorn_options(settings))
     with worker_directory(config.workers):  # several workers: one metrics directory for all
         DrainingServer(config, drain).run(sockets=[sock])

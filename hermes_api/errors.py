@@ -452,7 +452,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         error = exc
     else:
         # Starlette's ServerErrorMiddleware calls this, then re-raises for the server
-        # to log the traceback; it sits outside RequestIdMiddleware, so add the id here.
+        # to log the traceback; it sits outside the middleware that adds request ids
+        # (request_ids.RequestIdMiddleware, exchange.ExchangeMiddleware), so add the id here.
         error = ServerError("The server had an error while processing your request.")
         request_id = getattr(request.state, "request_id", None)
         if request_id:

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import HermesAPIError, StoreUnavailableError, UpstreamError, UpstreamRejectedError
 from .keys import Caller
+from .request_ids import assign_request_id, with_request_id
 from .store import QueuedRow, ResponseStore, UsageRecord
 
 logger = logging.getLogger("hermes_api")
@@ -274,8 +275,10 @@ class UsageRows:
 
 class ExchangeMiddleware:
     """Plain ASGI middleware (a streamed body passes through untouched) that makes and
-    finishes every HTTP request's ``Exchange``; it sits inside ``RequestIdMiddleware``
-    and outside authentication, so it also sees the 401s. ``metrics`` (``metrics.Metrics``)
+    finishes every HTTP request's ``Exchange``; it sits outside authentication, so it
+    also sees the 401s. It gives each answer its ``x-request-id`` as well
+    (``request_ids.RequestIdMiddleware``'s work, which it replaces: every await of a
+    request passes through each layer, so two layers cost more than one). ``metrics`` (``metrics.Metrics``)
     observes each one, None: no metrics;
     ``record_usage``: turns' usage rows go to the store (the lifespan's ``store``);
     ``log_requests``: one JSON log line per request."""
@@ -294,12 +297,15 @@ class ExchangeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = Exchange(time.perf_counter(), scope["state"]["request_id"])
+        exchange = Exchange(time.perf_counter())
+        request_id = assign_request_id(scope)
+        exchange.request_id = scope["state"]["request_id"]
         token = _exchange.set(exchange)
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
+                message = with_request_id(message, request_id)
             elif exchange.first_byte is None and message.get("body"):
                 exchange.first_byte = time.perf_counter()
                 if exchange.status >= 400 and exchange.error is None:

@@ -16,8 +16,9 @@ so the endpoints stay free of metrics and usage code. What is not tied to one an
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -40,7 +41,12 @@ def with_usage_chunk(request: ChatRequest) -> ChatRequest:
 
 class ObservedTurns:
     """A ``turns.TurnRunner`` that tells the current exchange what the one it wraps
-    answered; ``metrics`` (None: off) counts the turns in flight."""
+    answered; ``metrics`` (None: off) counts the turns in flight.
+
+    No generator and no ``asynccontextmanager`` on this path: every turn passes through
+    it, an async generator costs asyncio's hooks (a WeakSet entry) and its finalizer,
+    and a generator-based context manager a generator of its own. Plain classes do the
+    same for about half (bench/RESULTS.md, "Observation")."""
 
     def __init__(self, runner: TurnRunner, metrics: Metrics | None) -> None:
         self.runner = runner
@@ -48,81 +54,123 @@ class ObservedTurns:
 
     async def complete(self, turn: Turn) -> Completion:
         exchange = current_exchange()
-        with _Running(self._metrics, turn.profile.name, exchange):
+        running = _Running(self._metrics, turn.profile.name, exchange)
+        try:
             completion = await self.runner.complete(turn)
+        except BaseException as exc:
+            running.end(exc)
+            raise
+        running.end(None)
         if exchange is not None:
             exchange.take_usage(completion.body.get("usage"))
         return completion
 
     def stream(self, turn: Turn) -> AbstractAsyncContextManager[AsyncIterator[StreamItem]]:
-        return self._stream(replace(turn, request=with_usage_chunk(turn.request)))
-
-    @asynccontextmanager
-    async def _stream(self, turn: Turn) -> AsyncIterator[AsyncIterator[StreamItem]]:
+        asked = replace(turn, request=with_usage_chunk(turn.request))
         exchange = current_exchange()
-        with _Running(self._metrics, turn.profile.name, exchange):
-            async with self.runner.stream(turn) as chunks:
-                if exchange is None:
-                    yield chunks
-                else:
-                    exchange.streaming = True
-                    yield _ObservedChunks(chunks, exchange)
+        return _ObservedStream(self.runner.stream(asked), _Running(self._metrics, turn.profile.name, exchange))
 
 
 class _Running:
-    """Around a turn: counted in flight (``metrics``, None: off), its failure told to
-    ``exchange``."""
+    """One turn: counted in flight from its making to ``end`` (``metrics``, None: off),
+    its failure told to ``exchange``."""
 
     __slots__ = ("metrics", "profile", "exchange")
 
     def __init__(self, metrics: Metrics | None, profile: str, exchange: Exchange | None) -> None:
         self.metrics, self.profile, self.exchange = metrics, profile, exchange
+        if metrics is not None:
+            metrics.turn_started(profile)
 
-    def __enter__(self) -> None:
-        if self.metrics is not None:
-            self.metrics.turn_started(self.profile)
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+    def end(self, exc: BaseException | None) -> None:
         if self.metrics is not None:
             self.metrics.turn_ended(self.profile)
         if exc is not None and self.exchange is not None:
             self.exchange.failed(exc)
 
 
+class _ObservedStream:
+    """A turn's stream (the wrapped runner's context manager), its chunks observed
+    (``_ObservedChunks``) and the turn counted in flight until it is left."""
+
+    __slots__ = ("_inner", "_running")
+
+    def __init__(self, inner: AbstractAsyncContextManager[AsyncIterator[StreamItem]], running: _Running) -> None:
+        self._inner = inner
+        self._running = running
+
+    async def __aenter__(self) -> AsyncIterator[StreamItem]:
+        try:
+            chunks = await self._inner.__aenter__()
+        except BaseException as exc:
+            self._running.end(exc)
+            raise
+        exchange = self._running.exchange
+        if exchange is None:
+            return chunks
+        exchange.streaming = True
+        return _ObservedChunks(chunks, exchange)
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool | None:
+        try:
+            suppressed = await self._inner.__aexit__(kind, exc, tb)
+        except BaseException as raised:
+            self._running.end(raised)
+            raise
+        self._running.end(None if suppressed else exc)
+        return suppressed
+
+
 class _ObservedChunks:
-    """A turn's stream, in ``batches()`` or one by one, with the usage chunk noted, and
-    the stream's end or error told to the exchange."""
+    """A turn's stream, read in ``batches()`` or one by one, each batch through
+    ``_ObservedBatches``."""
+
+    __slots__ = ("_batches", "_pending")
 
     def __init__(self, chunks: AsyncIterator[StreamItem], exchange: Exchange) -> None:
-        self._chunks = chunks
-        self._exchange = exchange
-        self._each: AsyncIterator[StreamItem] | None = None
+        self._batches = _ObservedBatches(batches(chunks), exchange)
+        self._pending: deque[StreamItem] = deque()
 
-    async def batches(self) -> AsyncIterator[list[StreamItem]]:
-        exchange = self._exchange
-        try:
-            async for batch in batches(self._chunks):
-                for chunk in batch:
-                    if isinstance(chunk, dict) and chunk.get("usage") is not None:
-                        exchange.take_usage(chunk["usage"])
-                yield batch
-        except BaseException as exc:
-            exchange.failed(exc)
-            raise
-        exchange.ended = True
+    def batches(self) -> AsyncIterator[list[StreamItem]]:
+        """The stream as ``turns.batches`` reads it: one list per read of the upstream."""
+        return self._batches
 
     def __aiter__(self) -> _ObservedChunks:
         return self
 
     async def __anext__(self) -> StreamItem:
-        if self._each is None:
-            self._each = self._one_by_one()
-        return await anext(self._each)
+        while not self._pending:
+            self._pending.extend(await self._batches.__anext__())
+        return self._pending.popleft()
 
-    async def _one_by_one(self) -> AsyncIterator[StreamItem]:
-        async for batch in self.batches():
-            for chunk in batch:
-                yield chunk
+
+class _ObservedBatches:
+    """The batches of a turn's stream, the usage chunk noted, and the stream's end or
+    error told to the exchange."""
+
+    __slots__ = ("_batches", "_exchange")
+
+    def __init__(self, batches: AsyncIterator[list[StreamItem]], exchange: Exchange) -> None:
+        self._batches = batches
+        self._exchange = exchange
+
+    def __aiter__(self) -> _ObservedBatches:
+        return self
+
+    async def __anext__(self) -> list[StreamItem]:
+        exchange = self._exchange
+        try:
+            batch = await self._batches.__anext__()
+        except StopAsyncIteration:
+            exchange.ended = True
+            raise
+        except BaseException as exc:
+            exchange.failed(exc)
+            raise
+        for chunk in batch:
+            if isinstance(chunk, dict) and chunk.get("usage") is not None:
+                exchange.take_usage(chunk["usage"])
+        return batch
 
 
 class MeteredStore:

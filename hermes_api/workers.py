@@ -57,7 +57,7 @@ def worker_app() -> Starlette:
     config = Path(sources["config"]) if sources["config"] else None
     settings = Settings.load(config, os.environ, sources["overrides"])
     watch_parent(os.getppid())
-    return create_app(settings, environ=os.environ)
+    return create_app(settings, environ=os.environ, freeze_startup=True)
 
 
 def watch_parent(parent: int) -> None:

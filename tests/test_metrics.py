@@ -3,12 +3,14 @@ prometheus_client's own parser, and the tests look at what moved between two scr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,9 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from hermes_api.app import create_app
+from hermes_api.errors import UpstreamUnavailableError
 from hermes_api.exchange import Exchange
+from hermes_api.exchange import _exchange as exchange_var
+from hermes_api.meters import ObservedTurns
 from hermes_api.metrics import MULTIPROC_ENV, Metrics, worker_directory
 from hermes_api.store import open_store
+from hermes_api.turns import Turn, batches
 
 from .conftest import FakeUpstream, HermesHome, chunks, completion, digest, sse_body
 
@@ -313,3 +319,93 @@ def test_worker_directory_is_made_for_several_workers_and_removed(monkeypatch) -
         assert os.environ[MULTIPROC_ENV] == path
         (Path(path) / "counter_1.db").write_bytes(b"x")
     assert not Path(path).exists() and MULTIPROC_ENV not in os.environ
+
+
+class _Runner:
+    """A turn runner whose stream yields ``batches`` (one list per read), or fails on
+    entering (``fail_enter``) or after its first batch (``fail_after_first``)."""
+
+    def __init__(self, batches: list[list[dict[str, Any]]], fail_enter: bool = False, fail_after_first: bool = False):
+        self._batches, self.fail_enter, self.fail_after_first = batches, fail_enter, fail_after_first
+        self.asked: dict[str, Any] | None = None
+        self.left = False
+
+    async def complete(self, turn: Any) -> Any:
+        raise NotImplementedError
+
+    def stream(self, turn: Any) -> Any:
+        self.asked = turn.request
+        runner = self
+
+        class Chunks:
+            async def _batches(self) -> Any:
+                for i, batch in enumerate(runner._batches):
+                    if i == 1 and runner.fail_after_first:
+                        raise UpstreamUnavailableError("the provider went away")
+                    yield batch
+
+            def batches(self) -> Any:
+                return self._batches()
+
+        class Context:
+            async def __aenter__(self) -> Chunks:
+                if runner.fail_enter:
+                    raise UpstreamUnavailableError("the provider could not be reached")
+                return Chunks()
+
+            async def __aexit__(self, *exc: Any) -> None:
+                runner.left = True
+
+        return Context()
+
+
+def _observe_stream(runner: _Runner, *, by_batch: bool) -> tuple[Exchange, list[Any], Metrics, BaseException | None]:
+    """Run one streamed turn of profile ``alpha`` through ``ObservedTurns`` inside an
+    exchange, reading it in batches or one chunk at a time."""
+    metrics, exchange = Metrics(), Exchange(time.perf_counter())
+    turn = Turn(SimpleNamespace(name="alpha"), {"model": "alpha", "stream": True, "messages": []})  # type: ignore[arg-type]
+    seen: list[Any] = []
+
+    async def main() -> BaseException | None:
+        token = exchange_var.set(exchange)
+        try:
+            async with ObservedTurns(runner, metrics).stream(turn) as chunks:
+                assert metrics.tallies.in_flight == {"alpha": 1}
+                if by_batch:
+                    async for batch in batches(chunks):
+                        seen.append(batch)
+                else:
+                    async for chunk in chunks:
+                        seen.append(chunk)
+        except UpstreamUnavailableError as exc:
+            return exc
+        finally:
+            exchange_var.reset(token)
+        return None
+
+    return exchange, seen, metrics, asyncio.run(main())
+
+
+@pytest.mark.parametrize("by_batch", [True, False], ids=["in batches", "one by one"])
+def test_an_observed_stream_passes_every_chunk_and_notes_its_usage(by_batch: bool) -> None:
+    """What the client gets is what the runner streamed, in order; the provider's usage
+    chunk (which the wrapper asks for) gives the exchange its tokens; the turn counts in
+    flight while it runs and not after."""
+    parts = [[{"n": 1}, {"n": 2}], [{"n": 3}], [{"n": 4, "usage": {"prompt_tokens": 7, "completion_tokens": 3}}]]
+    runner = _Runner(parts)
+    exchange, seen, metrics, error = _observe_stream(runner, by_batch=by_batch)
+    assert error is None and runner.left
+    assert seen == (parts if by_batch else [c for part in parts for c in part])
+    assert runner.asked is not None and runner.asked["stream_options"] == {"include_usage": True}
+    assert (exchange.input_tokens, exchange.output_tokens, exchange.ended, exchange.error) == (7, 3, True, None)
+    assert metrics.tallies.in_flight == {"alpha": 0}
+
+
+@pytest.mark.parametrize("fail_enter", [True, False], ids=["before the first byte", "after it"])
+def test_an_observed_stream_that_fails_is_noted_and_leaves_no_turn_in_flight(fail_enter: bool) -> None:
+    runner = _Runner([[{"n": 1}], [{"n": 2}]], fail_enter=fail_enter, fail_after_first=not fail_enter)
+    exchange, seen, metrics, error = _observe_stream(runner, by_batch=True)
+    assert isinstance(error, UpstreamUnavailableError)
+    assert seen == ([] if fail_enter else [[{"n": 1}]])
+    assert (exchange.error, exchange.upstream_error, exchange.ended) == ("upstream_unavailable",) * 2 + (False,)
+    assert metrics.tallies.in_flight == {"alpha": 0}

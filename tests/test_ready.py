@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -132,3 +133,18 @@ def test_json_log_has_one_line_per_request_with_its_fields(json_logged) -> None:
     assert (unknown["profile"], unknown["status"], unknown["error"]) == ("", 404, "model_not_found")
     assert all(KEY not in json.dumps(r) for r in records)
     assert not any("uvicorn.access" == r["logger"] for r in records), "ours replaces uvicorn's access line"
+
+
+def test_a_serving_process_freezes_what_its_startup_made(make_settings, upstream) -> None:
+    """``serve``, its workers and ``create_app_from_env`` start the app with
+    ``freeze_startup``: once started, what startup made is in the garbage collector's
+    permanent generation, so full collections under load no longer scan it. An app made
+    without it (as tests make many) freezes nothing."""
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(make_settings())) as c:
+            assert c.get("/ready").status_code == 200 and gc.get_freeze_count() == 0
+        with TestClient(create_app(make_settings(), freeze_startup=True)) as c:
+            assert c.get("/ready").status_code == 200 and gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

@@ -74,9 +74,12 @@ class StoredResponse:
     body: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageRecord:
-    """One turn (a chat completion or a Responses request, streamed or not).
+    """One turn (a chat completion or a Responses request, streamed or not). Not frozen,
+    though nothing changes it once made: one is made for every turn, and a frozen
+    dataclass sets each field through ``object.__setattr__`` (2.1 µs for these 15
+    fields, 0.46 µs unfrozen).
 
     ``id`` is unique per turn (the row's key: ``record_usage`` of the same id completes
     the row ``start_usage`` inserted); ``created_at`` Unix seconds when the turn began;
