@@ -192,7 +192,9 @@ def create_app(
             tasks.append(asyncio.create_task(pool.sweep()))
         turns: TurnRunner = Turns(turn_runner(upstream, response_store), AgentTurns(pool, settings) if pool else None)
         if observed:
-            turns = ObservedTurns(turns, meter if settings.metrics else None)
+            turns = ObservedTurns(turns)
+        limiter = ConcurrencyLimiter(settings)
+        meter.count_turns_of(limiter.by_profile)
         if freeze_startup:
             freeze_startup_objects()
         try:
@@ -201,7 +203,7 @@ def create_app(
                 "registry": registry,
                 "turns": turns,
                 "store": response_store,
-                "limiter": ConcurrencyLimiter(settings),
+                "limiter": limiter,
                 "drain": drain,
                 "keyring": keyring,
                 "metrics": meter,

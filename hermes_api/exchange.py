@@ -23,7 +23,6 @@ import logging
 import random
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -63,11 +62,6 @@ def usage_id(micros: int) -> str:
     return f"{micros:013x}{random.getrandbits(76):019x}"
 
 
-def _tokens(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-@dataclass(slots=True)
 class Exchange:
     """What is known about one request so far. Times are ``time.perf_counter()`` seconds.
 
@@ -89,6 +83,10 @@ class Exchange:
     (``delegation``) has ``delegated_by``, the delegating profile, and for a turn
     ``caller_request_id``, the delegating request's ``x-request-id``; both None for a
     client's own request.
+
+    A plain class: every field but ``started`` starts as the class's default and is set
+    on the instance only when known. (A dataclass's ``__init__`` assigned all 25 for
+    every request.)
     """
 
     started: float
@@ -117,6 +115,9 @@ class Exchange:
     ended: bool = False  # that stream reached its end
     disconnected: bool = False  # the client went away
 
+    def __init__(self, started: float) -> None:
+        self.started = started
+
     @property
     def duration(self) -> float:
         """Seconds from arrival to the end of the answer."""
@@ -138,8 +139,10 @@ class Exchange:
         """Keep the provider's figures from a ``usage`` object (chat-completions shape:
         ``prompt_tokens``, ``completion_tokens``; not a non-negative integer: None)."""
         if isinstance(usage, dict):
-            self.input_tokens = _tokens(usage.get("prompt_tokens"))
-            self.output_tokens = _tokens(usage.get("completion_tokens"))
+            tokens = usage.get("prompt_tokens")  # not a bool, nor a float:
+            self.input_tokens = tokens if type(tokens) is int and tokens >= 0 else None
+            tokens = usage.get("completion_tokens")
+            self.output_tokens = tokens if type(tokens) is int and tokens >= 0 else None
 
     def failed(self, exc: BaseException) -> None:
         """The turn runner, a stream or the handler raised ``exc``: its code is the
@@ -165,22 +168,22 @@ class Exchange:
 
     def usage_record(self) -> UsageRecord:
         """The turn's usage row as it stands (status None while nothing was sent)."""
-        return UsageRecord(
-            id=self.usage_id,
-            created_at=self.created_at,
-            key_name=self.key,
-            profile=self.profile,
-            model=self.model,
-            operation=self.endpoint,
-            stream=self.stream,
-            request_id=self.request_id,
-            status=self.status or None,
-            error=self.error,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            duration=self.duration if self.finished else None,
-            delegated_by=self.delegated_by,
-            caller_request_id=self.caller_request_id,
+        return UsageRecord(  # positional: the fields in their order
+            self.usage_id,
+            self.created_at,
+            self.key,
+            self.profile,
+            self.model,
+            self.endpoint,
+            self.stream,
+            self.request_id,
+            self.status or None,
+            self.error,
+            self.input_tokens,
+            self.output_tokens,
+            self.finished - self.started if self.finished else None,
+            self.delegated_by,
+            self.caller_request_id,
         )
 
     def log_fields(self) -> dict[str, Any]:
@@ -206,9 +209,11 @@ class Exchange:
 
 
 class Observer(Protocol):
-    """What takes each finished exchange: ``metrics.Metrics``."""
+    """What takes each finished exchange, and the usage rows' writes: ``metrics.Metrics``."""
 
     def observe(self, exchange: Exchange) -> None: ...
+
+    def store_writes_done(self, operation: str, count: int, failed: int) -> None: ...
 
 
 def current_exchange() -> Exchange | None:
@@ -243,10 +248,13 @@ class UsageRows:
     it within a few milliseconds with others (and before it closes), and a failure is
     logged, never raised, since the answer has been sent. The rows the store queues
     together share one future (``store.QueuedRow.group``), followed here by one
-    callback, each row by its ids alone."""
+    callback, each row by its ids alone; that callback also counts the group's writes
+    and failures in ``metrics`` (None: off), as ``meters.MeteredStore`` counts the
+    store's other writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Observer | None = None) -> None:
         self._waiting: dict[asyncio.Future[Any], list[tuple[str, str]]] = {}
+        self._metrics = metrics
 
     def save(self, store: ResponseStore, record: UsageRecord) -> None:
         try:
@@ -265,6 +273,9 @@ class UsageRows:
         rows = self._waiting.pop(written, [])
         error = None if written.cancelled() else written.exception()
         failed = written.result() if error is None and not written.cancelled() else None
+        if self._metrics is not None:
+            refused = len(failed) if isinstance(failed, dict) else len(rows)
+            self._metrics.store_writes_done("record_usage", len(rows), refused)
         for row_id, request_id in rows:
             problem = error or (failed.get(row_id) if isinstance(failed, dict) else None)
             if isinstance(problem, StoreUnavailableError):  # the store logged the outage once
@@ -291,7 +302,7 @@ class ExchangeMiddleware:
         self.record_usage = record_usage
         self.log_requests = log_requests
         self._operations: dict[tuple[int, str], str] = {}
-        self._usage = UsageRows()
+        self._usage = UsageRows(metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -303,13 +314,14 @@ class ExchangeMiddleware:
         token = _exchange.set(exchange)
 
         async def observed(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-                message = with_request_id(message, request_id)
-            elif exchange.first_byte is None and message.get("body"):
-                exchange.first_byte = time.perf_counter()
-                if exchange.status >= 400 and exchange.error is None:
-                    exchange.error = _error_code(message["body"])
+            if exchange.first_byte is None:  # after it, a stream's pieces only pass
+                if message["type"] == "http.response.start":
+                    exchange.status = message["status"]
+                    message = with_request_id(message, request_id)
+                elif message.get("body"):
+                    exchange.first_byte = time.perf_counter()
+                    if exchange.status >= 400 and exchange.error is None:
+                        exchange.error = _error_code(message["body"])
             await send(message)
 
         crashed = True
@@ -338,11 +350,12 @@ class ExchangeMiddleware:
             self._usage.save(state["store"], exchange.usage_record())
         if not exchange.status:  # the client left before any answer
             exchange.status, exchange.error = 500, exchange.error or "server_error"
-        user = scope.get("user")
-        if isinstance(user, Caller):
-            exchange.key = user.display_name
-            if user.delegation is not None:
-                exchange.delegated_by = user.delegation.profile
+        if not exchange.key:  # not a turn (begin_turn has named its caller)
+            user = scope.get("user")
+            if isinstance(user, Caller):
+                exchange.key = user.display_name
+                if user.delegation is not None:
+                    exchange.delegated_by = user.delegation.profile
         if self.metrics is not None:
             self.metrics.observe(exchange)
         if self.log_requests and access_logger.isEnabledFor(logging.INFO):

@@ -35,6 +35,10 @@ class ConcurrencyLimiter:
         """Upstream requests holding a slot now."""
         return self._total
 
+    def by_profile(self) -> dict[str, int]:
+        """Upstream requests holding a slot now, by profile (profiles with none left out)."""
+        return dict(self._by_profile)
+
     @contextmanager
     def slot(self, profile: str) -> Iterator[None]:
         """Hold one slot for ``profile`` while the block runs. Raises

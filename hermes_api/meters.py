@@ -2,123 +2,78 @@
 
 ``app.create_app`` wraps the turn runner, the store and the upstream transport in these,
 so the endpoints stay free of metrics and usage code. What is not tied to one answer
-(turns in flight, store writes) goes straight to ``metrics.Metrics``.
+(store writes) goes straight to ``metrics.Metrics``.
 
 - ``ObservedTurns``: the provider's token figures (``usage`` of the answer, or of the
-  stream's usage chunk, which every streamed turn asks the provider for:
-  ``stream_options.include_usage``, OpenAI's chat-completions API reference; the chat
-  endpoint passes it on only when the client asked for it), the error that ended the
-  turn, whether its stream reached its end; turns in flight.
+  stream's last chunk, which every streamed turn asks the provider for:
+  ``turns.direct``, ``translation``), the error that ended a stream after its first
+  byte, whether it reached its end.
 - ``MeteredStore``: every write to the store and whether it failed.
 - ``StatusTransport``: the HTTP status the provider answered.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from .exchange import Exchange, current_exchange
 from .metrics import Metrics
-from .store import QueuedRow, UsageRecord
-from .turns import ChatRequest, Completion, StreamItem, Turn, TurnRunner, batches
+from .turns import Completion, StreamItem, Turn, TurnRunner, batches
 
 # The store's methods that write; everything else passes through unmetered.
-STORE_WRITES = ("put_response", "delete_response", "append_session", "record_usage")
-
-
-def with_usage_chunk(request: ChatRequest) -> ChatRequest:
-    """A streamed chat request that asks the provider for its usage chunk."""
-    options = request.get("stream_options")
-    return {**request, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+STORE_WRITES = ("put_response", "delete_response", "append_session")
 
 
 class ObservedTurns:
     """A ``turns.TurnRunner`` that tells the current exchange what the one it wraps
-    answered; ``metrics`` (None: off) counts the turns in flight.
+    answered: the provider's token figures, whether a stream reached its end, the error
+    that ended one after its first byte. (An error before the first byte reaches
+    ``binding.ProfileEndpoint``, which notes it; turns in flight are the concurrency
+    limiter's count.)
 
     No generator and no ``asynccontextmanager`` on this path: every turn passes through
     it, an async generator costs asyncio's hooks (a WeakSet entry) and its finalizer,
-    and a generator-based context manager a generator of its own. Plain classes do the
-    same for about half (bench/RESULTS.md, "Observation")."""
+    and a generator-based context manager a generator of its own; plain classes do the
+    same for less (bench/RESULTS.md, "Observation")."""
 
-    def __init__(self, runner: TurnRunner, metrics: Metrics | None) -> None:
+    def __init__(self, runner: TurnRunner) -> None:
         self.runner = runner
-        self._metrics = metrics
 
     async def complete(self, turn: Turn) -> Completion:
+        completion = await self.runner.complete(turn)
         exchange = current_exchange()
-        running = _Running(self._metrics, turn.profile.name, exchange)
-        try:
-            completion = await self.runner.complete(turn)
-        except BaseException as exc:
-            running.end(exc)
-            raise
-        running.end(None)
         if exchange is not None:
             exchange.take_usage(completion.body.get("usage"))
         return completion
 
     def stream(self, turn: Turn) -> AbstractAsyncContextManager[AsyncIterator[StreamItem]]:
-        asked = replace(turn, request=with_usage_chunk(turn.request))
+        inner = self.runner.stream(turn)
         exchange = current_exchange()
-        return _ObservedStream(self.runner.stream(asked), _Running(self._metrics, turn.profile.name, exchange))
-
-
-class _Running:
-    """One turn: counted in flight from its making to ``end`` (``metrics``, None: off),
-    its failure told to ``exchange``."""
-
-    __slots__ = ("metrics", "profile", "exchange")
-
-    def __init__(self, metrics: Metrics | None, profile: str, exchange: Exchange | None) -> None:
-        self.metrics, self.profile, self.exchange = metrics, profile, exchange
-        if metrics is not None:
-            metrics.turn_started(profile)
-
-    def end(self, exc: BaseException | None) -> None:
-        if self.metrics is not None:
-            self.metrics.turn_ended(self.profile)
-        if exc is not None and self.exchange is not None:
-            self.exchange.failed(exc)
+        return inner if exchange is None else _ObservedStream(inner, exchange)
 
 
 class _ObservedStream:
     """A turn's stream (the wrapped runner's context manager), its chunks observed
-    (``_ObservedChunks``) and the turn counted in flight until it is left."""
+    (``_ObservedChunks``) once it has begun."""
 
-    __slots__ = ("_inner", "_running")
+    __slots__ = ("_inner", "_exchange")
 
-    def __init__(self, inner: AbstractAsyncContextManager[AsyncIterator[StreamItem]], running: _Running) -> None:
+    def __init__(self, inner: AbstractAsyncContextManager[AsyncIterator[StreamItem]], exchange: Exchange) -> None:
         self._inner = inner
-        self._running = running
+        self._exchange = exchange
 
     async def __aenter__(self) -> AsyncIterator[StreamItem]:
-        try:
-            chunks = await self._inner.__aenter__()
-        except BaseException as exc:
-            self._running.end(exc)
-            raise
-        exchange = self._running.exchange
-        if exchange is None:
-            return chunks
-        exchange.streaming = True
-        return _ObservedChunks(chunks, exchange)
+        chunks = await self._inner.__aenter__()
+        self._exchange.streaming = True
+        return _ObservedChunks(chunks, self._exchange)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool | None:
-        try:
-            suppressed = await self._inner.__aexit__(kind, exc, tb)
-        except BaseException as raised:
-            self._running.end(raised)
-            raise
-        self._running.end(None if suppressed else exc)
-        return suppressed
+        return await self._inner.__aexit__(kind, exc, tb)
 
 
 class _ObservedChunks:
@@ -167,26 +122,31 @@ class _ObservedBatches:
         except BaseException as exc:
             exchange.failed(exc)
             raise
-        for chunk in batch:
-            if isinstance(chunk, dict) and chunk.get("usage") is not None:
-                exchange.take_usage(chunk["usage"])
+        # The usage is the last chunk's (OpenAI's chat-completions reference,
+        # ``stream_options.include_usage``: one more chunk before [DONE], every other
+        # chunk's ``usage`` null; providers that put it on every chunk count up to it):
+        # so each batch's last item, not every chunk.
+        last = batch[-1] if batch else None
+        if type(last) is dict and (usage := last.get("usage")) is not None:
+            exchange.take_usage(usage)
         return batch
 
 
 class MeteredStore:
     """The store, each write counted (``hermes_api_store_writes_total``) and each failed
     one too (``hermes_api_store_write_failures_total``); every other attribute is the
-    wrapped store's. Usage rows are counted when their group's commit is over, one
-    callback a group (``store.QueuedRow.group``)."""
+    wrapped store's. (Usage rows are counted by ``exchange.UsageRows``, which follows
+    each group of them already.)"""
 
     def __init__(self, store: Any, metrics: Metrics) -> None:
         self.store = store
         self._metrics = metrics
-        self._rows: dict[asyncio.Future[Any], int] = {}
         for name in STORE_WRITES:
             method = getattr(store, name, None)
-            if method is not None and name != "record_usage":
+            if method is not None:
                 setattr(self, name, self._metered(name, method))
+        # every turn's: an attribute of its own, not a trip through __getattr__
+        self.record_usage = store.record_usage
 
     def _metered(self, name: str, method: Any) -> Any:
         metrics = self._metrics
@@ -202,21 +162,6 @@ class MeteredStore:
 
         write.__name__ = name
         return write
-
-    def record_usage(self, record: UsageRecord) -> Any:
-        queued = self.store.record_usage(record)
-        if not isinstance(queued, QueuedRow):
-            return self._metered("record_usage", lambda: queued)()
-        count = self._rows.get(queued.group)
-        if count is None:
-            queued.group.add_done_callback(self._rows_written)
-        self._rows[queued.group] = (count or 0) + 1
-        return queued
-
-    def _rows_written(self, group: asyncio.Future[Any]) -> None:
-        count = self._rows.pop(group, 0)
-        failed = count if group.cancelled() or group.exception() is not None else len(group.result())
-        self._metrics.store_writes_done("record_usage", count, failed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

@@ -25,7 +25,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -133,6 +133,8 @@ class Metrics:
         )
         self._children: dict[tuple[object, ...], Any] = {}
         self.tallies = Tallies(LATENCY_BUCKETS)
+        self._in_flight: Callable[[], Mapping[str, int]] = dict
+        self._profiles_in_flight: set[str] = set()
 
     def _child(self, family: Counter | Gauge | Histogram, *values: str) -> Any:
         key = (family, *values)
@@ -149,19 +151,38 @@ class Metrics:
         ``tallies`` until the next ``flush``."""
         self.tallies.add(exchange, exchange.error in REFUSAL_CODES)
 
-    def turn_started(self, profile: str) -> None:
-        self.tallies.turn(profile, 1)
-
-    def turn_ended(self, profile: str) -> None:
-        self.tallies.turn(profile, -1)
+    def count_turns_of(self, in_flight: Callable[[], Mapping[str, int]]) -> None:
+        """Where ``hermes_api_turns_in_flight`` comes from: ``in_flight()``, the turns
+        holding a concurrency slot by profile (``limits.ConcurrencyLimiter.by_profile``),
+        read at each ``flush``. The limiter counts them already; counting them again
+        per turn cost every turn two calls."""
+        self._in_flight = in_flight
 
     def flush(self) -> None:
         """Move what ``tallies`` holds into prometheus_client's values (with several
         workers, this process's files)."""
         t = self.tallies
+        for (endpoint, profile, key, status), seen in t.seen.items():
+            self._child(self.requests, endpoint, profile, key, status).inc(seen.requests)
+            if seen.input_tokens:
+                self._child(self.tokens, profile, key, "input").inc(seen.input_tokens)
+            if seen.output_tokens:
+                self._child(self.tokens, profile, key, "output").inc(seen.output_tokens)
+            for family, total, counts in (
+                (self.duration, seen.duration_sum, seen.duration),
+                (self.first_byte, seen.first_byte_sum, seen.first_byte),
+            ):
+                if not any(counts):
+                    continue
+                child = self._child(family, endpoint, profile)
+                # prometheus_client has no call to add many observations at once: its
+                # Histogram keeps a value per bucket (not cumulative) and one for the sum.
+                child._sum.inc(total)
+                for value, count in zip(child._buckets, counts, strict=True):
+                    if count:
+                        value.inc(count)
+        t.seen.clear()
         for family, table in (
-            (self.requests, t.requests),
-            (self.tokens, t.tokens),
             (self.upstream_errors, t.upstream_errors),
             (self.refusals, t.refusals),
             (self.delegated, t.delegated),
@@ -169,18 +190,10 @@ class Metrics:
             for labels, amount in table.items():
                 self._child(family, *labels).inc(amount)
             table.clear()
-        for family, latencies in ((self.duration, t.duration), (self.first_byte, t.first_byte)):
-            for labels, seen in latencies.items():
-                child = self._child(family, *labels)
-                # prometheus_client has no call to add many observations at once: its
-                # Histogram keeps a value per bucket (not cumulative) and one for the sum.
-                child._sum.inc(seen.sum)
-                for value, count in zip(child._buckets, seen.counts, strict=True):
-                    if count:
-                        value.inc(count)
-            latencies.clear()
-        for profile, turns in t.in_flight.items():
-            self._child(self.in_flight, profile).set(turns)
+        now = self._in_flight()
+        for profile in self._profiles_in_flight | now.keys():  # a profile once seen goes back to 0
+            self._child(self.in_flight, profile).set(now.get(profile, 0))
+        self._profiles_in_flight |= now.keys()
 
     def store_write(self, operation: str, *, failed: bool) -> None:
         """One write to the store (``operation``: the store method), and whether it failed."""

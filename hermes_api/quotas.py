@@ -47,7 +47,7 @@ def limits_for(key: APIKey, profile: str) -> tuple[tuple[RateLimits, str | None]
 
 def limited(key: APIKey | None, profile: str) -> bool:
     """True when ``key`` has limits for its turns on ``profile`` (then they need ``admit``)."""
-    return key is not None and (bool(key.limits) or any(name == profile for name, _ in key.profile_limits))
+    return key is not None and (key.limited_everywhere or profile in key.limited_profiles)
 
 
 def quotas(key: APIKey, profile: str, now: float) -> list[Quota]:

@@ -79,6 +79,14 @@ class APIKey:
     metrics: bool = False
     limits: RateLimits = RateLimits()
     profile_limits: tuple[tuple[str, RateLimits], ...] = ()
+    # From the two above, for quotas.limited, asked on every turn: any limit on all of
+    # the key's turns; the profiles with limits of their own.
+    limited_everywhere: bool = field(init=False, repr=False, compare=False)
+    limited_profiles: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limited_everywhere", bool(self.limits))
+        object.__setattr__(self, "limited_profiles", frozenset(name for name, _ in self.profile_limits))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from hermes_api.metrics import MULTIPROC_ENV, Metrics, worker_directory
 from hermes_api.store import open_store
 from hermes_api.turns import Turn, batches
 
-from .conftest import FakeUpstream, HermesHome, chunks, completion, digest, sse_body
+from .conftest import FakeUpstream, HermesHome, chunks, completion, digest, sse_body, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -120,6 +121,10 @@ def test_requests_tokens_and_latencies_move_as_a_scraper_sees_them(keyed: TestCl
         assert moved(f"{histogram}_sum", endpoint="create_chat_completion", profile="alpha") > 0
     assert value(after, "hermes_api_turns_in_flight", profile="alpha") == 0
     assert moved("hermes_api_store_writes_total", operation="put_response") == 1
+    # the six turns' usage rows (not the 401's), counted once their commit is over
+    usage_rows = lambda: value(scrape(keyed)[1], "hermes_api_store_writes_total", operation="record_usage")  # noqa: E731
+    wait_until(lambda: usage_rows() - value(before, "hermes_api_store_writes_total", operation="record_usage") == 6,
+               "the usage rows' commit")  # fmt: skip
     keys = {dict(labels).get("key") for _, labels in after}
     assert keys <= {None, "", "webui", "other", "prometheus"}, keys
     for secret in (WEBUI_KEY, PROM_KEY, OTHER_KEY, digest(WEBUI_KEY), digest(PROM_KEY), "sk-alpha-secret"):
@@ -187,7 +192,11 @@ def test_store_failures_are_counted(make_settings, upstream) -> None:
         async def put_response(record) -> None:
             raise OSError("disk full")
 
+        def insert_rows(db, groups) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
         store.put_response = put_response
+        store._insert_rows = insert_rows
         return store
 
     app = create_app(make_settings(**keyed_config()), environ={}, transport=httpx.MockTransport(upstream.async_handler),
@@ -195,9 +204,12 @@ def test_store_failures_are_counted(make_settings, upstream) -> None:
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.post("/v1/responses", json={"model": "alpha", "input": "hi"}, headers=auth(WEBUI_KEY))
         assert r.status_code == 500
+        failures = "hermes_api_store_write_failures_total"
+        wait_until(lambda: value(scrape(client)[1], failures, operation="record_usage") == 1, "the usage row's commit")
         _, samples = scrape(client)
     assert value(samples, "hermes_api_store_writes_total", operation="put_response") == 1
     assert value(samples, "hermes_api_store_write_failures_total", operation="put_response") == 1
+    assert value(samples, "hermes_api_store_writes_total", operation="record_usage") == 1
     assert value(samples, "hermes_api_requests_total", endpoint="create_response", profile="alpha", key="webui",
                  status="500") == 1  # fmt: skip
 
@@ -216,7 +228,9 @@ def test_latency_buckets_are_prometheus_buckets() -> None:
     sum is the seconds observed, as prometheus_client's own observe() would have it."""
     metrics = Metrics()
     for seconds in (0.5, 0.6, 700.0):
-        metrics.observe(Exchange(started=0.0, finished=seconds, endpoint="create_response", profile="p", status=200))
+        exchange = Exchange(started=0.0)
+        exchange.finished, exchange.endpoint, exchange.profile, exchange.status = seconds, "create_response", "p", 200
+        metrics.observe(exchange)
     samples = parse(metrics.render().decode())
     where = {"endpoint": "create_response", "profile": "p"}
     buckets = {le: value(samples, "hermes_api_request_duration_seconds_bucket", **where, le=le)
@@ -322,19 +336,17 @@ def test_worker_directory_is_made_for_several_workers_and_removed(monkeypatch) -
 
 
 class _Runner:
-    """A turn runner whose stream yields ``batches`` (one list per read), or fails on
-    entering (``fail_enter``) or after its first batch (``fail_after_first``)."""
+    """A turn runner whose stream yields ``batches`` (one list per read), or fails after
+    its first batch (``fail_after_first``)."""
 
-    def __init__(self, batches: list[list[dict[str, Any]]], fail_enter: bool = False, fail_after_first: bool = False):
-        self._batches, self.fail_enter, self.fail_after_first = batches, fail_enter, fail_after_first
-        self.asked: dict[str, Any] | None = None
+    def __init__(self, batches: list[list[dict[str, Any]]], fail_after_first: bool = False):
+        self._batches, self.fail_after_first = batches, fail_after_first
         self.left = False
 
     async def complete(self, turn: Any) -> Any:
         raise NotImplementedError
 
     def stream(self, turn: Any) -> Any:
-        self.asked = turn.request
         runner = self
 
         class Chunks:
@@ -349,8 +361,6 @@ class _Runner:
 
         class Context:
             async def __aenter__(self) -> Chunks:
-                if runner.fail_enter:
-                    raise UpstreamUnavailableError("the provider could not be reached")
                 return Chunks()
 
             async def __aexit__(self, *exc: Any) -> None:
@@ -359,18 +369,17 @@ class _Runner:
         return Context()
 
 
-def _observe_stream(runner: _Runner, *, by_batch: bool) -> tuple[Exchange, list[Any], Metrics, BaseException | None]:
+def _observe_stream(runner: _Runner, *, by_batch: bool) -> tuple[Exchange, list[Any], BaseException | None]:
     """Run one streamed turn of profile ``alpha`` through ``ObservedTurns`` inside an
     exchange, reading it in batches or one chunk at a time."""
-    metrics, exchange = Metrics(), Exchange(time.perf_counter())
+    exchange = Exchange(time.perf_counter())
     turn = Turn(SimpleNamespace(name="alpha"), {"model": "alpha", "stream": True, "messages": []})  # type: ignore[arg-type]
     seen: list[Any] = []
 
     async def main() -> BaseException | None:
         token = exchange_var.set(exchange)
         try:
-            async with ObservedTurns(runner, metrics).stream(turn) as chunks:
-                assert metrics.tallies.in_flight == {"alpha": 1}
+            async with ObservedTurns(runner).stream(turn) as chunks:
                 if by_batch:
                     async for batch in batches(chunks):
                         seen.append(batch)
@@ -383,29 +392,27 @@ def _observe_stream(runner: _Runner, *, by_batch: bool) -> tuple[Exchange, list[
             exchange_var.reset(token)
         return None
 
-    return exchange, seen, metrics, asyncio.run(main())
+    return exchange, seen, asyncio.run(main())
 
 
 @pytest.mark.parametrize("by_batch", [True, False], ids=["in batches", "one by one"])
 def test_an_observed_stream_passes_every_chunk_and_notes_its_usage(by_batch: bool) -> None:
     """What the client gets is what the runner streamed, in order; the provider's usage
-    chunk (which the wrapper asks for) gives the exchange its tokens; the turn counts in
-    flight while it runs and not after."""
+    chunk (the last) gives the exchange its tokens, and the stream is noted as ended,
+    so its usage row and metrics are a complete turn's."""
     parts = [[{"n": 1}, {"n": 2}], [{"n": 3}], [{"n": 4, "usage": {"prompt_tokens": 7, "completion_tokens": 3}}]]
     runner = _Runner(parts)
-    exchange, seen, metrics, error = _observe_stream(runner, by_batch=by_batch)
+    exchange, seen, error = _observe_stream(runner, by_batch=by_batch)
     assert error is None and runner.left
     assert seen == (parts if by_batch else [c for part in parts for c in part])
-    assert runner.asked is not None and runner.asked["stream_options"] == {"include_usage": True}
-    assert (exchange.input_tokens, exchange.output_tokens, exchange.ended, exchange.error) == (7, 3, True, None)
-    assert metrics.tallies.in_flight == {"alpha": 0}
+    assert (exchange.input_tokens, exchange.output_tokens, exchange.streaming, exchange.ended) == (7, 3, True, True)
+    assert exchange.error is None
 
 
-@pytest.mark.parametrize("fail_enter", [True, False], ids=["before the first byte", "after it"])
-def test_an_observed_stream_that_fails_is_noted_and_leaves_no_turn_in_flight(fail_enter: bool) -> None:
-    runner = _Runner([[{"n": 1}], [{"n": 2}]], fail_enter=fail_enter, fail_after_first=not fail_enter)
-    exchange, seen, metrics, error = _observe_stream(runner, by_batch=True)
-    assert isinstance(error, UpstreamUnavailableError)
-    assert seen == ([] if fail_enter else [[{"n": 1}]])
+def test_an_observed_stream_that_fails_after_its_first_byte_is_noted() -> None:
+    """The error that ends a stream after its first byte (the client's answer has begun,
+    so no error status can say it) is the exchange's error and upstream error."""
+    runner = _Runner([[{"n": 1}], [{"n": 2}]], fail_after_first=True)
+    exchange, seen, error = _observe_stream(runner, by_batch=True)
+    assert isinstance(error, UpstreamUnavailableError) and seen == [[{"n": 1}]] and runner.left
     assert (exchange.error, exchange.upstream_error, exchange.ended) == ("upstream_unavailable",) * 2 + (False,)
-    assert metrics.tallies.in_flight == {"alpha": 0}

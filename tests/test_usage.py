@@ -314,3 +314,18 @@ def test_a_stream_the_client_leaves_is_recorded_as_disconnected(
             next(r.iter_bytes())
     [row] = wait_for_rows(tmp_path / "state", 1)
     assert (row["status"], row["error"], row["stream"]) == (200, "client_disconnected", 1)
+
+
+@pytest.mark.parametrize("where", ["finish chunk", "every chunk"])
+def test_a_stream_s_usage_is_its_last_chunk_s_wherever_the_provider_puts_it(client, upstream, tmp_path, where) -> None:
+    """Providers that put the usage on the chunk that finishes the answer (no chunk of its
+    own), or a running total on every chunk: the row has the last chunk's figures."""
+    parts = chunks("a b c")
+    for n, part in enumerate(parts, start=1):
+        if where == "every chunk" or n == len(parts):
+            part["usage"] = {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
+    upstream.post("/chat/completions").respond(content=sse_body(*parts))
+    r = client.post("/v1/chat/completions", json={"model": "alpha", "messages": USER, "stream": True})
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    [row] = wait_for_rows(tmp_path / "state", 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (11, len(parts))

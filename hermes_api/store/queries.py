@@ -86,7 +86,9 @@ def usage_summary(dialect: Dialect, by: UsageGrouping) -> str:
 
 
 def usage_params(r: UsageRecord) -> tuple[object, ...]:
-    """``RECORD_USAGE``'s parameters, in ``USAGE_COLUMNS`` order."""
+    """``RECORD_USAGE``'s parameters, in ``USAGE_COLUMNS`` order, ``stream`` an integer
+    (PostgreSQL will not put a boolean in an INTEGER column; for SQLite the record is its
+    own parameters)."""
     return (
         r.id,
         r.created_at,

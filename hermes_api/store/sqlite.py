@@ -250,7 +250,7 @@ class SQLiteStore:
     # -- usage ----------------------------------------------------------------------
 
     def record_usage(self, record: UsageRecord) -> QueuedRow:
-        return self._writes.add_row(q.usage_params(record))
+        return self._writes.add_row(record)  # in column order already; SQLite stores a bool as 0 or 1
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:
         def job(db: sqlite3.Connection) -> Quota | None:  # BEGIN IMMEDIATE: no other writer meanwhile

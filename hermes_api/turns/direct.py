@@ -7,6 +7,7 @@ session's earlier turns from the response store go first, and after an answer th
 client can be given, the turn's non-system messages and the answer (with any
 ``tool_calls``) are stored as the session's next turn; for a stream, once it has ended
 well, before ``[DONE]``. A turn that cannot be stored is never acknowledged: a 500.
+A stream always asks the provider for its usage chunk.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class DirectTurns:
     async def stream(self, turn: Turn) -> AsyncIterator[AsyncIterator[Chunk]]:
         request, keep = await self._session(turn)
         payload = upstream_payload(turn.profile, request)
+        # Always the provider's usage chunk (``stream_options.include_usage``, OpenAI's
+        # chat-completions reference): usage rows and token metrics need it; the chat
+        # endpoint gives it to the client only when the client asked for it.
+        options = request.get("stream_options")
+        payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         async with self._upstream.stream_chat_completion(turn.profile, payload) as chunks:
             yield _Relabelled(chunks, turn.profile.name, keep)
 
