@@ -38,7 +38,6 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
-from starlette.datastructures import State
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -187,7 +186,7 @@ class ProfileEndpoint:
             selection = Selection((("stored", await self.implied(request)),))
         profile = await state.registry.ready(state.registry.resolve(selection, request.user))
         header = (b"x-hermes-profile", profile.name.encode())
-        exchange = self._observe(request, state, body, profile)
+        exchange = self._observe(request, body, profile)
 
         async def send_with_profile(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -219,7 +218,7 @@ class ProfileEndpoint:
                     receive = exchange.watch(receive)
                 await response(scope, receive, send_with_profile)
 
-    def _observe(self, request: Request, state: State, body: Body, profile: Profile) -> Exchange | None:
+    def _observe(self, request: Request, body: Body, profile: Profile) -> Exchange | None:
         """The request's record, told its profile, and for a turn what the turn is
         (``exchange.Exchange.begin_turn``). None when requests are not observed."""
         exchange = current_exchange()
@@ -227,11 +226,5 @@ class ProfileEndpoint:
             return None
         exchange.profile = profile.name
         if self.runs_turns:
-            exchange.begin_turn(
-                request.user,
-                model=profile.model,
-                operation=self.handler.__name__,
-                stream=body.get("stream") is True,
-                records_usage=state.settings.record_usage,
-            )
+            exchange.begin_turn(request.user, profile.model, self.handler.__name__, body.get("stream") is True)
         return exchange

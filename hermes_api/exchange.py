@@ -78,9 +78,9 @@ class Exchange:
 
     A turn (``begin_turn``) also has ``model`` (the profile's upstream model id),
     ``usage_id`` and ``created_at`` (Unix seconds) for its usage row, and
-    ``records_usage``: the row is to be written (not when usage is off, nor for a turn
-    refused by its key's rate limit). A request one agent profile delegated to another
-    (``delegation``) has ``delegated_by``, the delegating profile, and for a turn
+    ``records_usage``: it spends, so its row is to be written when the server records
+    usage (``record_usage``; not for a turn refused by its key's rate limit). A request
+    one agent profile delegated to another (``delegation``) has ``delegated_by``, the delegating profile, and for a turn
     ``caller_request_id``, the delegating request's ``x-request-id``; both None for a
     client's own request.
 
@@ -123,7 +123,7 @@ class Exchange:
         """Seconds from arrival to the end of the answer."""
         return self.finished - self.started
 
-    def begin_turn(self, caller: Caller, *, model: str, operation: str, stream: bool, records_usage: bool) -> None:
+    def begin_turn(self, caller: Caller, model: str, operation: str, stream: bool) -> None:
         """This request runs a turn for ``caller`` (``binding.ProfileEndpoint``, once its
         profile is known); a delegated one is marked with its delegating profile and request."""
         self.key, self.model, self.endpoint, self.stream = caller.display_name, model, operation, stream
@@ -133,7 +133,7 @@ class Exchange:
         now = time.time_ns() // 1000
         self.usage_id = usage_id(now)
         self.created_at = now / 1e6
-        self.records_usage = records_usage
+        self.records_usage = True
 
     def take_usage(self, usage: object) -> None:
         """Keep the provider's figures from a ``usage`` object (chat-completions shape:
@@ -245,15 +245,14 @@ def _error_code(body: bytes) -> str | None:
 
 class UsageRows:
     """Queues each turn's usage row in the store and returns at once: the store writes
-    it within a few milliseconds with others (and before it closes), and a failure is
-    logged, never raised, since the answer has been sent. The rows the store queues
-    together share one future (``store.QueuedRow.group``), followed here by one
-    callback, each row by its ids alone; that callback also counts the group's writes
-    and failures in ``metrics`` (None: off), as ``meters.MeteredStore`` counts the
-    store's other writes."""
+    it with others within a fraction of a second (``store.writes.ROW_LINGER``, and
+    before it closes), and a failure is logged, never raised, since the answer has been
+    sent. The rows the store queues together share one future (``store.QueuedRow.group``),
+    followed here by one callback, which also counts the group's writes and failures in
+    ``metrics`` (None: off), as ``meters.MeteredStore`` counts the store's other writes."""
 
     def __init__(self, metrics: Observer | None = None) -> None:
-        self._waiting: dict[asyncio.Future[Any], list[tuple[str, str]]] = {}
+        self._waiting: dict[asyncio.Future[Any], list[UsageRecord]] = {}
         self._metrics = metrics
 
     def save(self, store: ResponseStore, record: UsageRecord) -> None:
@@ -267,7 +266,7 @@ class UsageRows:
         if rows is None:
             rows = self._waiting[written] = []
             written.add_done_callback(self._logged)
-        rows.append((record.id, record.request_id))
+        rows.append(record)
 
     def _logged(self, written: asyncio.Future[Any]) -> None:
         rows = self._waiting.pop(written, [])
@@ -276,12 +275,14 @@ class UsageRows:
         if self._metrics is not None:
             refused = len(failed) if isinstance(failed, dict) else len(rows)
             self._metrics.store_writes_done("record_usage", len(rows), refused)
-        for row_id, request_id in rows:
-            problem = error or (failed.get(row_id) if isinstance(failed, dict) else None)
+        if error is None and not failed:
+            return
+        for row in rows:
+            problem = error or (failed.get(row.id) if isinstance(failed, dict) else None)
             if isinstance(problem, StoreUnavailableError):  # the store logged the outage once
-                logger.warning("could not record the usage of request %s: the store is unavailable", request_id)
+                logger.warning("could not record the usage of request %s: the store is unavailable", row.request_id)
             elif problem is not None:
-                logger.error("could not record the usage of request %s", request_id, exc_info=problem)
+                logger.error("could not record the usage of request %s", row.request_id, exc_info=problem)
 
 
 class ExchangeMiddleware:

@@ -204,8 +204,9 @@ class ResponseStore(Protocol):
         """Store a turn's usage row, or complete the row of the same ``id`` that
         ``start_usage`` inserted. The row is queued when this is called (so it is
         written even if the caller stops waiting), and written with others in one
-        transaction within a few milliseconds; the ``QueuedRow`` is done once it is
-        committed (on SQLite with ``synchronous=NORMAL``: see ``sqlite``)."""
+        transaction within ``writes.ROW_LINGER`` (SQLite) or ``postgresql.LINGER``
+        seconds; the ``QueuedRow`` is done once it is committed (on SQLite with
+        ``synchronous=NORMAL``: see ``sqlite``)."""
         ...
 
     async def start_usage(self, record: UsageRecord, quotas: Sequence[Quota]) -> Quota | None:

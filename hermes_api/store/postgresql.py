@@ -89,7 +89,9 @@ def _pruning(insert: str, table: str) -> str:
 PUT_RESPONSE = _pruning(q.PUT_RESPONSE, "responses")
 APPEND_SESSION = _pruning(q.APPEND_SESSION, "session_turns")
 RECORD_USAGE = POSTGRESQL.sql(q.RECORD_USAGE)
-LINGER = 0.1  # seconds a usage row waits for others to share its transaction (writes.ROW_LINGER)
+# Seconds a usage row waits for others to share its transaction (SQLite's is
+# writes.ROW_LINGER); shorter here, as other replicas count a key's limits from them.
+LINGER = 0.1
 AGE_PRUNE_EVERY = 1.0  # seconds between deletions of expired usage rows by one process
 PRUNE = "DELETE FROM {table} WHERE created_at < %s OR seq <= (SELECT max(seq) FROM {table}) - %s"
 

@@ -26,9 +26,13 @@ from . import QueuedRow
 
 Job = Callable[[sqlite3.Connection], Any]
 LINGER = 0.02  # seconds a write that is not durable waits for others to share its commit
-# Seconds a usage row waits: at 1,000 turns a second, 100 rows a commit. The row is
-# committed when the server stops, not lost; a SIGKILL loses this much more of them.
-ROW_LINGER = 0.1
+# Seconds a usage row waits: at 1,000 turns a second, 500 rows a commit. Under load a
+# commit of 200 rows cost the store's thread 25 µs a row, one of 1,000 rows 18 µs (the
+# thread shares the CPU with the busy event loop; bench/RESULTS.md, "Observation"). The
+# row is committed when the server stops, not lost; a SIGKILL loses this much more of
+# them. A key's limits see them sooner in its own process: a turn's admission commits
+# every row waiting first (``SQLiteStore._commit``); another process sees them this late.
+ROW_LINGER = 0.5
 
 
 @dataclass(slots=True)
