@@ -16,7 +16,12 @@ bounds on what one client may hold.
   request line) gets ``400`` ``invalid_http``.
 
 Each of these answers is the OpenAI error envelope with ``Date`` and ``x-request-id``,
-closes the connection, and is logged once, with its request id. uvicorn's own plain-text
+closes the connection, and is logged once, with its request id. The close lingers
+(nginx's ``lingering_close``): the answer is followed by a half-close (FIN), and what the
+client still sends is read and dropped for up to ``LINGER`` seconds, until it closes its
+side. A socket closed with unread bytes makes the kernel send a reset, and a reset can
+destroy the answer in the client's buffer before it is read: a slow client still sending
+header lines got a bare reset instead of its 408. uvicorn's own plain-text
 400 and its "Invalid HTTP request received." line are never reached: parser errors stop
 in ``_Parser``.
 
@@ -51,6 +56,9 @@ from .settings import Settings
 from .settings_schema import default
 
 logger = logging.getLogger("hermes_api")
+# Seconds a refused connection is read (and dropped) after its answer and half-close,
+# unless the client closes first: nginx's lingering_time is 30 s, its lingering_timeout 5.
+LINGER = 2.0
 
 
 class _HeadTooLarge(Exception):
@@ -91,6 +99,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._boundary = False  # a request began or its head ended during this read
         self._refused = False  # an answer of our own was sent: nothing more is read
         self._head_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None  # closes a refused connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -104,6 +113,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -200,7 +211,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         headers += [*self.server_state.default_headers, (b"x-request-id", request_id.encode())]
         head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(STATUS_LINE[error.status_code] + head + b"connection: close\r\n\r\n" + body)
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()  # the client reads the answer, then the end; its FIN closes ours
+        self.connections.discard(self)  # lingering, it holds no place under max_connections
+        self._linger = self.loop.call_later(LINGER, self.transport.close)
 
 
 def bounded_protocol(

@@ -140,7 +140,8 @@ def test_answers_of_the_protocol_carry_date_and_request_id_and_are_logged_once(
 def test_slow_headers_are_cut_at_header_timeout(tmp_path: Path, home: HermesHome, serve_process, workers: int) -> None:
     """Twenty clients each send their headers one line every 0.2 s for ever, and one
     sends nothing at all: with ``header_timeout: 1`` every one gets 408 and is closed
-    (long before the generous 20 s bound), and the server goes on serving."""
+    (long before the generous 20 s bound), though they go on sending after it, and the
+    server goes on serving."""
     server = serve_process(
         write_config(tmp_path, home, header_timeout=1), tmp_path / "serve.log", args=("--workers", str(workers))
     )
@@ -178,7 +179,8 @@ def test_slow_headers_are_cut_at_header_timeout(tmp_path: Path, home: HermesHome
     for raw in [*(a for a in answers.values() if a), silent_answer]:
         got, _, error = answer_of(raw)
         assert (got, error["code"]) == (408, "request_timeout")
-    assert sum(1 for a in answers.values() if a) >= len(slow) // 2, "most see the 408 before the close"
+    # The close lingers (protocol.LINGER): none is reset before it could read its 408.
+    assert all(answers.values()), f"{sum(1 for a in answers.values() if not a)} of {len(slow)} were reset, no 408"
     assert httpx.get(server.url + "/health").status_code == 200
 
 

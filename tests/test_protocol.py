@@ -21,22 +21,36 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from hermes_api import protocol as protocol_module
 from hermes_api.protocol import BoundedHttpToolsProtocol, bounded_protocol
 
 
 class FakeTransport(asyncio.Transport):
-    """What the protocol writes, and whether it closed."""
+    """What the protocol writes, whether it half-closed (``eof``, as a TCP transport
+    can), and whether it closed."""
 
     def __init__(self) -> None:
         super().__init__()
         self.written = b""
         self.closed = False
+        self.eof = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += bytes(data)
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
     def close(self) -> None:
         self.closed = True
+
+    @property
+    def ended(self) -> bool:
+        """The answer is complete on the client's side: half-closed or closed."""
+        return self.eof or self.closed
 
     def is_closing(self) -> bool:
         return self.closed
@@ -123,7 +137,7 @@ def test_what_the_parser_refuses_is_answered_once_in_the_envelope(
     for chunk in data if isinstance(data, tuple) else (data,):
         protocol.data_received(chunk)
     got, headers, error = answer(transport)
-    assert (got, error["code"], transport.closed) == (status, code, True)
+    assert (got, error["code"], transport.ended) == (status, code, True)
     assert headers["date"] == "Mon, 01 Jan 2024 00:00:00 GMT" and headers["x-request-id"].startswith("req_")
     assert protocol.logger.warning.call_count == 0, "uvicorn logged it too"
     written = transport.written
@@ -146,7 +160,7 @@ def test_a_head_not_complete_within_header_timeout_gets_408(
     protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
     loop.run_until_complete(asyncio.sleep(0.2))
     got, headers, error = answer(transport)
-    assert (got, error["code"], transport.closed) == (408, "request_timeout", True)
+    assert (got, error["code"], transport.ended) == (408, "request_timeout", True)
 
 
 def test_the_head_timer_restarts_for_the_next_request_on_the_connection(
@@ -158,7 +172,7 @@ def test_the_head_timer_restarts_for_the_next_request_on_the_connection(
     assert not transport.closed
     protocol.data_received(b"GET / HTTP/1.1\r\n")
     loop.run_until_complete(asyncio.sleep(0.2))
-    assert transport.closed and b"408 Request Timeout" in transport.written
+    assert transport.ended and b"408 Request Timeout" in transport.written
 
 
 def test_a_connection_over_max_connections_gets_503_before_any_byte(
@@ -168,7 +182,7 @@ def test_a_connection_over_max_connections_gets_503_before_any_byte(
     assert not any(t.closed for _, t in open_)
     protocol, transport = connect(loop, state, max_connections=2)
     got, headers, error = answer(transport)
-    assert (got, error["code"], headers["retry-after"], transport.closed) == (503, "too_many_connections", "1", True)
+    assert (got, error["code"], headers["retry-after"], transport.ended) == (503, "too_many_connections", "1", True)
     assert protocol._head_timer is None
 
 
@@ -177,3 +191,23 @@ def test_the_default_bounds_are_the_settings_defaults() -> None:
 
     defaults = {f: Settings.__dataclass_fields__[f].default for f in ("header_timeout", "max_connections")}
     assert {f: getattr(BoundedHttpToolsProtocol, f) for f in defaults} == defaults
+
+
+def test_a_refused_connection_lingers_then_closes(
+    loop: asyncio.AbstractEventLoop, state: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its answer a refused connection is half-closed and what the client still
+    sends is dropped, so the kernel never resets it while the answer waits to be read
+    (a bare reset instead of a 408); it is closed after ``LINGER`` seconds, and meanwhile
+    holds no place under ``max_connections``."""
+    monkeypatch.setattr(protocol_module, "LINGER", 0.05)
+    protocol, transport = connect(loop, state, header_timeout=0.01, max_connections=1)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    loop.run_until_complete(asyncio.sleep(0.03))
+    assert (answer(transport)[0], transport.eof, transport.closed) == (408, True, False)
+    protocol.data_received(b"X-Still: sending\r\n")  # read and dropped
+    assert protocol not in state.connections
+    second, other = connect(loop, state, max_connections=1)
+    assert not other.ended  # the lingering one does not count
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert transport.closed
