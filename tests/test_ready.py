@@ -135,7 +135,7 @@ def test_json_log_has_one_line_per_request_with_its_fields(json_logged) -> None:
     assert not any("uvicorn.access" == r["logger"] for r in records), "ours replaces uvicorn's access line"
 
 
-def test_a_serving_process_freezes_what_its_startup_made(make_settings, upstream) -> None:
+def test_an_app_made_to_serve_freezes_what_its_startup_made(make_settings, upstream) -> None:
     """``serve``, its workers and ``create_app_from_env`` start the app with
     ``freeze_startup``: once started, what startup made is in the garbage collector's
     permanent generation, so full collections under load no longer scan it. An app made
