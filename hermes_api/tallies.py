@@ -42,21 +42,24 @@ class Seen:
 
 class Tallies:
     """``seen``: a ``Seen`` per request labels; and per their own labels, the rarer
-    upstream errors, refusals and delegated requests, since the last ``Metrics.flush``.
-    (Turns in flight are the concurrency limiter's count, read at each flush.)"""
+    upstream errors, refusals (the 429s of our own ``refusal_codes``) and delegated
+    requests, since the last ``Metrics.flush``. (Turns in flight are the concurrency
+    limiter's count, read at each flush.)"""
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...], refusal_codes: frozenset[str]) -> None:
         self.bounds = bounds
+        self.refusal_codes = refusal_codes
         self.seen: dict[RequestLabels, Seen] = {}
         self.upstream_errors: dict[Labels, int] = {}
         self.refusals: dict[Labels, int] = {}
         self.delegated: dict[RequestLabels, int] = {}
 
-    def add(self, e: Exchange, refusal: bool) -> None:
-        """One finished request (``refusal``: answered with a 429 of our own)."""
+    def add(self, e: Exchange) -> None:
+        """One finished request."""
         labels = (e.endpoint, e.profile, e.key, e.status)
-        seen = self.seen.get(labels)
-        if seen is None:
+        try:
+            seen = self.seen[labels]
+        except KeyError:
             seen = self.seen[labels] = Seen(len(self.bounds))
         seen.requests += 1
         seconds = e.finished - e.started
@@ -70,10 +73,15 @@ class Tallies:
             seen.input_tokens += e.input_tokens
         if e.output_tokens:
             seen.output_tokens += e.output_tokens
+        if e.error is not None or e.upstream_error is not None or e.delegated_by is not None:
+            self._add_rare(e)
+
+    def _add_rare(self, e: Exchange) -> None:
+        """What few requests have: an upstream error, a refusal, a delegating profile."""
         if e.upstream_error is not None:
             key = (e.profile, e.upstream_error)
             self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
-        if refusal:
+        if e.error in self.refusal_codes:
             key = (e.profile, e.key, str(e.error))
             self.refusals[key] = self.refusals.get(key, 0) + 1
         if e.delegated_by is not None:

@@ -58,7 +58,7 @@ def record(rid: str, *, owner: str = "k1", profile: str = "alpha", at: float = T
 
 
 def turn(uid: str, *, key: str = "team", profile: str = "alpha", at: float = T0, **kw: Any) -> UsageRecord:
-    values: dict[str, Any] = {"status": 200, "input_tokens": 10, "output_tokens": 5, "duration": 0.5} | kw
+    values: dict[str, Any] = {"stream": 0, "status": 200, "input_tokens": 10, "output_tokens": 5, "duration": 0.5} | kw
     return UsageRecord(
         id=uid,
         created_at=at,
@@ -66,7 +66,6 @@ def turn(uid: str, *, key: str = "team", profile: str = "alpha", at: float = T0,
         profile=profile,
         model=f"model-{profile}",
         operation="create_chat_completion",
-        stream=False,
         request_id=f"req_{uid}",
         **values,
     )
@@ -425,6 +424,23 @@ async def test_usage_keeps_what_the_provider_did_not_say_as_unknown(open_store, 
     await store.record_usage(turn("u1", input_tokens=None, output_tokens=None, error="upstream_timeout", status=504))
     rows = await backend.rows("SELECT input_tokens, output_tokens, status, error FROM usage")
     assert rows == [(None, None, 504, "upstream_timeout")]
+
+
+async def test_usage_rows_of_every_shape_committed_together_read_back_as_given(open_store, backend: Backend) -> None:
+    """A turn with every field, one the provider gave no figures for, a failed one and a
+    delegated one, queued into one commit (on SQLite, the common ones bind fewer
+    parameters): each row reads back exactly as it was recorded."""
+    store = await open_store()
+    records = [
+        turn("plain", stream=1),
+        turn("no-figures", input_tokens=None, output_tokens=None),
+        turn("failed", status=502, error="upstream_unavailable", stream=True),
+        turn("delegated", delegated_by="coder", caller_request_id="req_caller"),
+        turn("plain-2", input_tokens=0, output_tokens=0, duration=0.0),
+    ]
+    await asyncio.gather(*(store.record_usage(r) for r in records))
+    rows = await backend.rows(f"SELECT {', '.join(UsageRecord._fields)} FROM usage ORDER BY seq")
+    assert sorted(rows) == sorted(tuple(int(v) if isinstance(v, bool) else v for v in r) for r in records)
 
 
 async def test_start_usage_then_record_completes_one_row(open_store, backend: Backend) -> None:

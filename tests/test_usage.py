@@ -170,10 +170,10 @@ def test_a_usage_write_that_fails_is_logged_and_the_answer_stands(make_settings,
     async def failing(settings):
         store = await open_store(settings)
 
-        async def refuse(record: object) -> None:
+        def refuse(db: object, groups: object) -> None:  # the commit of the usage rows fails
             raise sqlite3.OperationalError("disk I/O error")
 
-        store.record_usage = refuse
+        store._insert_rows = refuse
         return store
 
     upstream.post("/chat/completions").respond(json=completion("fine"))

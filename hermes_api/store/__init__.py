@@ -33,23 +33,36 @@ Message = dict[str, Any]
 UsageGrouping = Literal["key", "profile", "day"]
 
 
+class UsageWritten(NamedTuple):
+    """What became of the usage rows one commit carried (``QueuedRow.group``'s result):
+    ``rows`` their parameters, each a plain tuple of its record's fields in their order
+    (on SQLite, without the last ones when they are None: ``writes.WriteQueue.add_row``);
+    ``failed`` the ids of those the database refused, with its errors; ``error`` what
+    failed the whole commit (then none was written), else None."""
+
+    rows: list[tuple[object, ...]]
+    failed: dict[str, BaseException]
+    error: BaseException | None
+
+
 class QueuedRow:
     """A usage row queued by ``record_usage``: awaiting it returns None once the row is
     committed, or raises what kept it out. ``group`` is the future of every row queued
-    with it (one transaction): the ids of those that failed, with their errors ({}:
-    all were written; an exception: none was), for a caller that follows many rows
-    with one callback instead of a future each (``exchange.UsageRows``)."""
+    with it (one transaction; its result a ``UsageWritten``), and ``first`` is true for
+    the first row of its group: a caller that follows many rows with one callback per
+    group (``exchange.UsageRows``) adds it there, not a future per row."""
 
-    __slots__ = ("group", "id")
+    __slots__ = ("group", "id", "first")
 
-    def __init__(self, group: asyncio.Future[dict[str, BaseException]], row_id: str) -> None:
+    def __init__(self, group: asyncio.Future[UsageWritten], row_id: str, first: bool) -> None:
         self.group = group
         self.id = row_id
+        self.first = first
 
     def __await__(self) -> Generator[Any, None, None]:
         # shielded: a caller that stops waiting must not cancel the others' future
-        failed = yield from asyncio.shield(self.group).__await__()
-        error = failed.get(self.id)
+        written = yield from asyncio.shield(self.group).__await__()
+        error = written.error or written.failed.get(self.id)
         if error is not None:
             raise error
 
@@ -77,9 +90,14 @@ class StoredResponse:
 class UsageRecord(NamedTuple):
     """One turn (a chat completion or a Responses request, streamed or not).
 
-    A named tuple in the usage table's column order (``queries.USAGE_COLUMNS``): SQLite
-    takes it as the row's parameters as it is. One is made for every turn; a frozen
-    dataclass cost 2.1 µs to make and a tuple more to turn into parameters.
+    A named tuple in the order of ``queries.USAGE_COLUMNS``: SQLite takes it as the
+    row's parameters as it is. One is made for every turn; a frozen dataclass cost
+    2.1 µs to make and a tuple more to turn into parameters. The fields most turns leave
+    None (``error``, ``delegated_by``, ``caller_request_id``) come last, so that SQLite
+    binds the others alone (``sqlite.SQLiteStore._insert_rows``), and ``stream`` is an
+    int (1: streamed): Python's sqlite3 runs its adapter lookup for every parameter that
+    is not an int, float or str (None and bools too), 2-3,000 instructions each, which
+    made a usage row's insert cost as much again.
 
     ``id`` is unique per turn (the row's key: ``record_usage`` of the same id completes
     the row ``start_usage`` inserted); ``created_at`` Unix seconds when the turn began;
@@ -101,13 +119,13 @@ class UsageRecord(NamedTuple):
     profile: str
     model: str
     operation: str
-    stream: bool
+    stream: int
     request_id: str
     status: int | None = None
-    error: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     duration: float | None = None
+    error: str | None = None
     delegated_by: str | None = None
     caller_request_id: str | None = None
 

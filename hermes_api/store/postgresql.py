@@ -45,6 +45,7 @@ from . import (
     UsageRecord,
     UsageSummary,
     UsageTotals,
+    UsageWritten,
 )
 from . import queries as q
 from .migrations import POSTGRESQL, migrate_async
@@ -111,8 +112,8 @@ class PostgreSQLStore:
         self._clock = clock
         self._down = False
         self._checking: asyncio.Task[None] | None = None
-        self._rows: list[tuple[object, ...]] = []  # usage rows waiting for _flush_soon
-        self._group: asyncio.Future[dict[str, BaseException]] | None = None  # their future
+        self._rows: list[tuple[object, ...]] = []  # the parameters of the usage rows waiting for _flush_soon
+        self._group: asyncio.Future[UsageWritten] | None = None  # their future
         self._flushing: set[asyncio.Task[None]] = set()
         self._aged_at = float("-inf")
         password = conninfo_to_dict(config.url or "").get("password")
@@ -241,11 +242,12 @@ class PostgreSQLStore:
         """Queued, and written with the others of the next ``LINGER`` seconds in one
         transaction (``executemany``, pipelined by psycopg): one round trip for many,
         and one future (``QueuedRow.group``) for all of them."""
+        first = self._group is None
         if self._group is None:
             self._group = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_later(LINGER, self._flush_soon)
         self._rows.append(q.usage_params(record))
-        return QueuedRow(self._group, record.id)
+        return QueuedRow(self._group, record.id, first)
 
     def _flush_soon(self) -> None:
         if self._group is not None:
@@ -254,8 +256,8 @@ class PostgreSQLStore:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def _flush(self, rows: list[tuple[object, ...]], group: asyncio.Future[dict[str, BaseException]]) -> None:
-        """One transaction: every row is written, or none (the group's exception)."""
+    async def _flush(self, rows: list[tuple[object, ...]], group: asyncio.Future[UsageWritten]) -> None:
+        """One transaction: every row is written, or none (``UsageWritten.error``)."""
         try:
             async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 await cursor.executemany(RECORD_USAGE, rows)
@@ -263,9 +265,9 @@ class PostgreSQLStore:
                     self._aged_at = time.monotonic()
                     await cursor.execute(PRUNE.format(table="usage"), (self._cutoff(), None))
         except Exception as exc:
-            group.set_exception(exc)
+            group.set_result(UsageWritten(rows, {}, exc))
         else:
-            group.set_result({})
+            group.set_result(UsageWritten(rows, {}, None))
         finally:
             if not group.done():  # the flush itself was cancelled (the loop is closing)
                 group.cancel()

@@ -8,6 +8,7 @@ is never served before retention deletes it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -48,20 +49,28 @@ APPEND_SESSION = "INSERT INTO session_turns (owner, profile, session_id, created
 
 USAGE_COLUMNS = (
     "id, created_at, key_name, profile, model, operation, stream, request_id,"
-    " status, error, input_tokens, output_tokens, duration, delegated_by, caller_request_id"
+    " status, input_tokens, output_tokens, duration, error, delegated_by, caller_request_id"
 )
-# A turn's row; the same id again (the end of a turn start_usage inserted) completes it.
-RECORD_USAGE = f"""
-    INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+# The columns every finished turn has a value for: ``UsageRecord``'s first twelve fields.
+USAGE_COMMON = 12
+_UPSERT = """
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, duration = excluded.duration
 """
-_ROW = "(" + ", ".join("?" * len(USAGE_COLUMNS.split(","))) + ")"
 
 
-def record_usage_rows(n: int) -> str:
-    """``RECORD_USAGE`` for ``n`` rows in one statement (their parameters one after the other)."""
-    return RECORD_USAGE.replace(f"VALUES {_ROW}", "VALUES " + ", ".join([_ROW] * n))
+@functools.cache
+def record_usage_rows(n: int, width: int = len(USAGE_COLUMNS.split(","))) -> str:
+    """An INSERT of ``n`` usage rows, each the first ``width`` of ``USAGE_COLUMNS`` (the
+    others NULL), their parameters one after the other; the same id again (the end of a
+    turn ``start_usage`` inserted) completes that row."""
+    columns = ", ".join(c.strip() for c in USAGE_COLUMNS.split(",")[:width])
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO usage ({columns}) VALUES {', '.join([row] * n)}{_UPSERT}"
+
+
+# A turn's row (every column).
+RECORD_USAGE = record_usage_rows(1)
 
 
 # Parameters: key name, since, profile (None: every profile).
@@ -89,23 +98,7 @@ def usage_params(r: UsageRecord) -> tuple[object, ...]:
     """``RECORD_USAGE``'s parameters, in ``USAGE_COLUMNS`` order, ``stream`` an integer
     (PostgreSQL will not put a boolean in an INTEGER column; for SQLite the record is its
     own parameters)."""
-    return (
-        r.id,
-        r.created_at,
-        r.key_name,
-        r.profile,
-        r.model,
-        r.operation,
-        int(r.stream),
-        r.request_id,
-        r.status,
-        r.error,
-        r.input_tokens,
-        r.output_tokens,
-        r.duration,
-        r.delegated_by,
-        r.caller_request_id,
-    )
+    return (*r[:6], int(r.stream), *r[7:])
 
 
 def stored_response(row: tuple[Any, ...]) -> StoredResponse:

@@ -9,7 +9,9 @@ starts a commit at once, one that is not (a turn's admission, ``start_usage``) w
 transaction carry many: the hand-off and the commit, not the rows, were most of a
 usage row's cost. The rows queued together share one future
 (``Rows``): a row costs a tuple in a list, not a future of its own, which under load
-lived long enough to be promoted through the garbage collector's generations.
+lived long enough to be promoted through the garbage collector's generations. The
+future's result, a ``UsageWritten``, carries the rows themselves, so that whoever follows
+the group needs no list of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import QueuedRow
+from . import QueuedRow, UsageRecord, UsageWritten
+from .queries import USAGE_COMMON
 
 Job = Callable[[sqlite3.Connection], Any]
 LINGER = 0.02  # seconds a write that is not durable waits for others to share its commit
@@ -33,6 +36,9 @@ LINGER = 0.02  # seconds a write that is not durable waits for others to share i
 # them. A key's limits see them sooner in its own process: a turn's admission commits
 # every row waiting first (``SQLiteStore._commit``); another process sees them this late.
 ROW_LINGER = 0.5
+# A common row: nothing after its first USAGE_COMMON fields, and these known.
+_NOTHING_MORE = (None,) * (len(UsageRecord._fields) - USAGE_COMMON)
+_KNOWN = slice(UsageRecord._fields.index("status"), USAGE_COMMON)  # status, tokens, duration
 
 
 @dataclass(slots=True)
@@ -51,13 +57,17 @@ class Pending:
 
 @dataclass(slots=True)
 class Rows:
-    """Usage rows queued from one event loop for the next commit: their parameters
-    (the row's id first), and the one future they share (``QueuedRow.group``);
-    ``failed`` the rows refused, ``error`` what failed the whole commit."""
+    """Usage rows queued from one event loop for the next commit, each its parameters (a
+    plain tuple of its record's fields in their order): ``common`` the rows whose last
+    fields are None and whose status, tokens and duration are known (most turns'), cut
+    after ``queries.USAGE_COMMON`` fields; ``other`` the rest, whole. ``future`` the one
+    they share (``QueuedRow.group``); ``failed`` the rows refused, ``error`` what failed
+    the whole commit."""
 
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[dict[str, BaseException]]
-    params: list[tuple[object, ...]] = field(default_factory=list)
+    future: asyncio.Future[UsageWritten]
+    common: list[tuple[object, ...]] = field(default_factory=list)
+    other: list[tuple[object, ...]] = field(default_factory=list)
     failed: dict[str, BaseException] = field(default_factory=dict)
     error: BaseException | None = None
 
@@ -88,18 +98,27 @@ class WriteQueue:
             loop.call_later(LINGER, self.commit_soon)
         return future
 
-    def add_row(self, row: tuple[object, ...]) -> QueuedRow:
-        """Queue a usage row (``row[0]`` its id) for a commit within ``ROW_LINGER`` seconds."""
+    def add_row(self, row: UsageRecord) -> QueuedRow:
+        """Queue a usage row for a commit within ``ROW_LINGER`` seconds, as ``Rows`` keeps
+        them. Sorted and cut here, on the event loop, so that the store's thread only
+        joins the rows' parameters (in C): every bit of Python that thread runs holds the
+        GIL against the event loop, and under load a row's work there cost the loop more
+        than it cost the thread (bench/RESULTS.md, "Observation")."""
+        head = row[:USAGE_COMMON]
+        common = row[USAGE_COMMON:] == _NOTHING_MORE and None not in head[_KNOWN]
         loop = asyncio.get_running_loop()
         with self._lock:
             rows = self._rows.get(loop)
             first = rows is None
             if rows is None:
                 rows = self._rows[loop] = Rows(loop, loop.create_future())
-            rows.params.append(row)
+            if common:
+                rows.common.append(head)
+            else:
+                rows.other.append(tuple(row))
         if first:
             loop.call_later(ROW_LINGER, self.commit_soon)
-        return QueuedRow(rows.future, str(row[0]))
+        return QueuedRow(rows.future, row[0], first)
 
     def commit_soon(self) -> None:
         """Queue a commit of what is waiting, unless one is queued already."""
@@ -138,9 +157,5 @@ def _settle(done: list[Pending], groups: list[Rows]) -> None:
         else:
             p.future.set_exception(error)
     for r in groups:
-        if r.future.done():
-            continue
-        if r.error is None:
-            r.future.set_result(r.failed)
-        else:
-            r.future.set_exception(r.error)
+        if not r.future.done():
+            r.future.set_result(UsageWritten(r.common + r.other, r.failed, r.error))
