@@ -185,6 +185,8 @@ class Metrics:
             (self.upstream_errors, t.upstream_errors),
             (self.refusals, t.refusals),
             (self.delegated, t.delegated),
+            (self.store_writes, t.store_writes),
+            (self.store_failures, t.store_failures),
         ):
             for labels, amount in table.items():
                 self._child(family, *labels).inc(amount)
@@ -196,13 +198,13 @@ class Metrics:
 
     def store_write(self, operation: str, *, failed: bool) -> None:
         """One write to the store (``operation``: the store method), and whether it failed."""
-        self.store_writes_done(operation, 1, int(failed))
+        self.tallies.add_store_writes(operation, 1, int(failed))
 
     def store_writes_done(self, operation: str, count: int, failed: int) -> None:
-        """``count`` writes of ``operation`` done, ``failed`` of them failed."""
-        self._child(self.store_writes, operation).inc(count)
-        if failed:
-            self._child(self.store_failures, operation).inc(failed)
+        """``count`` writes of ``operation`` done, ``failed`` of them failed; kept in
+        ``tallies`` until the next ``flush``, like the requests (a Response's own write
+        counted straight into prometheus_client cost it a lock and a label lookup)."""
+        self.tallies.add_store_writes(operation, count, failed)
 
     def agent_worker(self, profile: str, event: WorkerEvent) -> None:
         """For the agent runtime: a worker process of ``profile`` was started, restarted

@@ -43,8 +43,9 @@ class Seen:
 class Tallies:
     """``seen``: a ``Seen`` per request labels; and per their own labels, the rarer
     upstream errors, refusals (the 429s of our own ``refusal_codes``) and delegated
-    requests, since the last ``Metrics.flush``. (Turns in flight are the concurrency
-    limiter's count, read at each flush.)"""
+    requests, and the store's writes and failed writes, since the last
+    ``Metrics.flush``. (Turns in flight are the concurrency limiter's count, read at
+    each flush.)"""
 
     def __init__(self, bounds: tuple[float, ...], refusal_codes: frozenset[str]) -> None:
         self.bounds = bounds
@@ -53,6 +54,8 @@ class Tallies:
         self.upstream_errors: dict[Labels, int] = {}
         self.refusals: dict[Labels, int] = {}
         self.delegated: dict[RequestLabels, int] = {}
+        self.store_writes: dict[Labels, int] = {}  # by (operation,): the store method
+        self.store_failures: dict[Labels, int] = {}
 
     def add(self, e: Exchange) -> None:
         """One finished request."""
@@ -87,3 +90,10 @@ class Tallies:
         if e.delegated_by is not None:
             asked = (e.profile, e.delegated_by, e.key, e.status)
             self.delegated[asked] = self.delegated.get(asked, 0) + 1
+
+    def add_store_writes(self, operation: str, count: int, failed: int) -> None:
+        """``count`` writes of ``operation`` done, ``failed`` of them failed."""
+        key = (operation,)
+        self.store_writes[key] = self.store_writes.get(key, 0) + count
+        if failed:
+            self.store_failures[key] = self.store_failures.get(key, 0) + failed
