@@ -90,8 +90,8 @@ class StoredResponse:
 class UsageRecord(NamedTuple):
     """One turn (a chat completion or a Responses request, streamed or not).
 
-    A named tuple in the order of ``queries.USAGE_COLUMNS``: SQLite takes it as the
-    row's parameters as it is. One is made for every turn; a frozen dataclass cost
+    A named tuple whose fields are the usage table's columns (``queries.USAGE_COLUMNS``
+    is made from them): its fields are the row's parameters. One is made for every turn; a frozen dataclass cost
     2.1 µs to make and a tuple more to turn into parameters. The fields most turns leave
     None (``error``, ``delegated_by``, ``caller_request_id``) come last, so that SQLite
     binds the others alone (``sqlite.SQLiteStore._insert_rows``), and ``stream`` is an

@@ -47,12 +47,11 @@ SESSION_MESSAGES = (
 )
 APPEND_SESSION = "INSERT INTO session_turns (owner, profile, session_id, created_at, messages) VALUES (?, ?, ?, ?, ?)"
 
-USAGE_COLUMNS = (
-    "id, created_at, key_name, profile, model, operation, stream, request_id,"
-    " status, input_tokens, output_tokens, duration, error, delegated_by, caller_request_id"
-)
-# The columns every finished turn has a value for: ``UsageRecord``'s first twelve fields.
-USAGE_COMMON = 12
+# The usage table's columns, in the order of ``UsageRecord``'s fields, which are named
+# after them: one order to keep, the record's.
+USAGE_COLUMNS = ", ".join(UsageRecord._fields)
+# The fields every finished turn has a value for: those before ``error`` (twelve).
+USAGE_COMMON = UsageRecord._fields.index("error")
 _UPSERT = """
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, duration = excluded.duration
@@ -60,11 +59,11 @@ _UPSERT = """
 
 
 @functools.cache
-def record_usage_rows(n: int, width: int = len(USAGE_COLUMNS.split(","))) -> str:
+def record_usage_rows(n: int, width: int = len(UsageRecord._fields)) -> str:
     """An INSERT of ``n`` usage rows, each the first ``width`` of ``USAGE_COLUMNS`` (the
     others NULL), their parameters one after the other; the same id again (the end of a
     turn ``start_usage`` inserted) completes that row."""
-    columns = ", ".join(c.strip() for c in USAGE_COLUMNS.split(",")[:width])
+    columns = ", ".join(UsageRecord._fields[:width])
     row = "(" + ", ".join("?" * width) + ")"
     return f"INSERT INTO usage ({columns}) VALUES {', '.join([row] * n)}{_UPSERT}"
 
